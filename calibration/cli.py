@@ -1,0 +1,217 @@
+"""The `calib` command line: a thin layer of typer sub-apps over library functions."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from calibration.errors import CalibError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class App(typer.Typer):
+    """A Typer whose commands turn `CalibError` into one red line and exit code 1, never a traceback."""
+
+    def __init__(self, **kw):
+        super().__init__(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, **kw)
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def deco(fn):
+            @functools.wraps(fn)
+            def wrapped(*a, **k):
+                try:
+                    return fn(*a, **k)
+                except CalibError as e:
+                    err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+                    raise typer.Exit(1) from None
+                except KeyboardInterrupt:
+                    err_console.print("[red]interrupted[/red]")
+                    raise typer.Exit(130) from None
+
+            return register(wrapped)
+
+        return deco
+
+
+app = App(help="Synthetic calibration data and an INT8 post-training-quantization study.")
+zoo_app = App(help="The five CIFAR-10 classifiers: list, train, export, evaluate.")
+gan_app = App(help="DiStyleGAN: parameter counts, teacher sets, distillation, sampling speed.")
+sets_app = App(help="Calibration sets on disk: validate, export and import through Datumaro.")
+study_app = App(help="Study grids: run (resumable), report tables, plot heatmaps.")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(gan_app, name="distylegan")
+app.add_typer(sets_app, name="sets")
+app.add_typer(study_app, name="study")
+
+DataDir = Annotated[Path | None, typer.Option(help="CIFAR-10 image-folder root <root>/{train,test}/<class>/*; "
+                                                   "default $CALIB_CIFAR10_DIR, else torchvision's download.")]
+WeightsPath = Annotated[Path | None, typer.Option("--weights", help="Weight file; default: $CALIB_WEIGHTS_DIR, "
+                                                                    "then the official release (hash-checked).")]
+
+
+def print_json(obj) -> None:
+    from calibration.runs import to_jsonable
+
+    console.print_json(json.dumps(to_jsonable(obj)))
+
+
+# ---------------------------------------------------------------- zoo
+@zoo_app.command("list")
+def zoo_list(tiny: Annotated[bool, typer.Option(help="Include test-only tiny models.")] = False) -> None:
+    """List registered models with their parameter counts and official weight files."""
+    from calibration.zoo import create_model, list_models, model_info
+
+    table = Table("model", "parameters", "official weights")
+    for name in list_models(include_tiny=tiny):
+        n = sum(p.numel() for p in create_model(name).parameters())
+        table.add_row(name, f"{n:,}", model_info(name).weights_file or "-")
+    console.print(table)
+
+
+@zoo_app.command("train")
+def zoo_train(
+    name: str,
+    epochs: Annotated[int, typer.Option(min=1)] = 200,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    lr: Annotated[float, typer.Option(min=0.0)] = 0.1,
+    warmup_epochs: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Run folder; default runs/zoo/<name>.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's last.pt if present.")] = True,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps (smoke runs).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Train a zoo model with the zoo's recipe; resumes from its last checkpoint."""
+    from calibration.data import load_split
+    from calibration.train import TrainConfig, train_model
+    from calibration.zoo import model_info
+
+    model_info(name)
+    cfg = TrainConfig(name, epochs, batch_size, lr, warmup_epochs=warmup_epochs, seed=seed, device=device,
+                      max_steps=max_steps)
+    summary = train_model(cfg, load_split("train", data_dir), out or Path("runs/zoo") / name,
+                          test=load_split("test", data_dir), resume=resume)
+    print_json(summary)
+
+
+@zoo_app.command("export")
+def zoo_export(
+    name: str,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/export"),
+    dynamic_batch: Annotated[bool, typer.Option(help="Batch-dynamic input instead of 1x3x32x32.")] = False,
+    onnx: Annotated[bool, typer.Option(help="Also write an ONNX file.")] = False,
+    fuse: Annotated[bool, typer.Option(help="Fuse RepVGG branches before export.")] = True,
+    pretrained: Annotated[bool, typer.Option(help="Load trained weights (off: random, for speed tests).")] = True,
+    weights: WeightsPath = None,
+) -> None:
+    """Export a zoo model to OpenVINO IR (FP32) and optionally ONNX."""
+    from calibration.export import save_ir, to_onnx, to_openvino
+    from calibration.weights import load_model
+
+    model = load_model(name, weights, pretrained=pretrained, fuse=fuse)
+    suffix = "_dyn" if dynamic_batch else ""
+    xml = save_ir(to_openvino(model, dynamic_batch), out / f"{name}{suffix}_fp32.xml")
+    console.print(f"wrote {xml}")
+    if onnx:
+        console.print(f"wrote {to_onnx(model, out / f'{name}{suffix}_fp32.onnx', dynamic_batch)}")
+
+
+@zoo_app.command("eval")
+def zoo_eval(name: str, weights: WeightsPath = None, data_dir: DataDir = None,
+             fuse: Annotated[bool, typer.Option(help="Fuse RepVGG branches first.")] = True) -> None:
+    """Top-1 accuracy of a zoo model in PyTorch on the CIFAR-10 test split."""
+    from calibration.data import load_split
+    from calibration.train import accuracy, pick_device
+    from calibration.weights import load_model, resolve_weights, weight_card
+
+    model = load_model(name, weights, fuse=fuse)
+    acc = accuracy(model, load_split("test", data_dir), pick_device("cpu"))
+    card = weight_card(resolve_weights(name, weights))
+    console.print(f"{name}: test accuracy {acc:.4f} (10,000 images)"
+                  + (f"; weight card says {card['test_accuracy']:.4f}" if "test_accuracy" in card else ""))
+
+
+# ---------------------------------------------------------------- distylegan
+@gan_app.command("params")
+def gan_params() -> None:
+    """Parameter counts of the full-size generator and discriminator against the published figures."""
+    from distylegan.networks import CONFIGS, Discriminator, Generator, count_parameters
+
+    g_cfg, d_cfg = CONFIGS["cifar10"]
+    for label, n, ref in (("generator", count_parameters(Generator(g_cfg)), 2.05e6),
+                          ("discriminator", count_parameters(Discriminator(d_cfg)), 3.4e6)):
+        console.print(f"{label}: {n:,} parameters; reference about {ref / 1e6:.2f}M; "
+                      f"difference {100 * (n - ref) / ref:+.2f}%")
+
+
+@gan_app.command("teacher-set")
+def gan_teacher_set(
+    teacher: Annotated[str, typer.Option(help="tiny[:SEED] | module:PATH.pt | stylegan2-ada:PATH.pkl")],
+    out: Annotated[Path, typer.Option()],
+    count: Annotated[int, typer.Option(min=10)] = 50_000,
+    seed: int = 0,
+    trust_teacher: Annotated[bool, typer.Option(help="Allow loading a StyleGAN2-ADA pickle.")] = False,
+    device: str = "cpu",
+) -> None:
+    """Write (z, class, image) triplets from a teacher; resumes an interrupted build."""
+    from distylegan.teacher_set import build_teacher_set
+    from distylegan.teachers import build_teacher
+
+    t = build_teacher(teacher, trust=trust_teacher)
+    t.module.to(device)
+    console.print(f"wrote {build_teacher_set(t, out, count, seed, device=device)}")
+
+
+@gan_app.command("train")
+def gan_train(
+    out: Annotated[Path, typer.Option(help="Run folder (options saved before the first step).")],
+    teacher_set: Annotated[Path | None, typer.Option(help="Teacher-set folder; omit to train on real data only.")] = None,
+    real: Annotated[bool, typer.Option(help="Add the real CIFAR-10 adversarial term (calibration pool).")] = True,
+    network: Annotated[str, typer.Option(help="cifar10 or tiny")] = "cifar10",
+    steps: Annotated[int, typer.Option(min=1)] = 20_000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    lr: float = 2e-4,
+    w_adv: float = 1.0,
+    w_fm: float = 1.0,
+    w_pixel: float = 1.0,
+    w_real: float = 0.5,
+    snapshot_every: Annotated[int, typer.Option(min=1)] = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out bit-for-bit.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Distill a teacher set into DiStyleGAN (or train it on real images alone when no teacher exists)."""
+    from calibration.data import train_splits
+    from distylegan.networks import save_generator
+    from distylegan.teacher_set import load_teacher_set
+    from distylegan.train import DistillConfig, distill
+
+    cfg = DistillConfig(network, steps, batch_size, lr, w_adv=w_adv, w_fm=w_fm, w_pixel=w_pixel, w_real=w_real,
+                        snapshot_every=snapshot_every, seed=seed, device=device)
+    ts = load_teacher_set(teacher_set) if teacher_set else None
+    pool = train_splits(data_dir)["calibration_pool"] if real else None
+    trainer = distill(cfg, out, ts, pool, resume=resume)
+    save_generator(trainer.G, out / "generator-fp16.pt", half=True, extra={"step": trainer.step})
+    console.print(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; generator in {out / 'generator.pt'}")
+
+
+def main() -> None:
+    app(prog_name="calib")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

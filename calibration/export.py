@@ -1,0 +1,43 @@
+"""PyTorch -> OpenVINO IR and ONNX, FP32 kept FP32, static batch 1 or batch-dynamic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from calibration.data import IMAGE_SIZE
+
+
+def example_input(batch: int = 1) -> torch.Tensor:
+    return torch.zeros(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def to_openvino(model: nn.Module, dynamic_batch: bool = False):
+    """Convert an eval-mode module to an `ov.Model` with input shape [1|?, 3, 32, 32]."""
+    import openvino as ov
+
+    shape = [-1 if dynamic_batch else 1, 3, IMAGE_SIZE, IMAGE_SIZE]
+    with torch.no_grad():
+        ov_model = ov.convert_model(model.eval(), example_input=example_input(), input=[shape])
+    return ov_model
+
+
+def save_ir(ov_model, path: Path) -> Path:
+    """Write `.xml` + `.bin` without FP16 compression, so FP32 stays FP32."""
+    import openvino as ov
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+    return path
+
+
+def to_onnx(model: nn.Module, path: Path, dynamic_batch: bool = True) -> Path:
+    """Export with torch's exporter (TorchScript path: stable opset, no extra dependencies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with torch.no_grad():
+        torch.onnx.export(model.eval(), (example_input(),), str(path), input_names=["input"],
+                          output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    return path

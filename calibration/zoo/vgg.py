@@ -1,0 +1,37 @@
+"""VGG16 with BatchNorm (config D) for 32x32 inputs: the 512-d feature after five pools feeds the MLP."""
+
+from torch import Tensor, nn
+
+from calibration.zoo import register_model
+
+CFG_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG(nn.Module):
+    def __init__(self, cfg: tuple = CFG_D, num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(512, num_classes),
+        )
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.classifier[:-1](self.features(x).flatten(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+@register_model("vgg", "6ee7ea24")
+def vgg16_bn(num_classes: int = 10) -> VGG:
+    return VGG(CFG_D, num_classes)
