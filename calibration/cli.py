@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from calibration.errors import CalibError
+from calibration.quantize import Algo, DropType, Preset
 
 console = Console()
 err_console = Console(stderr=True)
@@ -207,6 +208,199 @@ def gan_train(
     trainer = distill(cfg, out, ts, pool, resume=resume)
     save_generator(trainer.G, out / "generator-fp16.pt", half=True, extra={"step": trainer.step})
     console.print(f"done: {trainer.step} steps in {trainer.elapsed:.0f} s; generator in {out / 'generator.pt'}")
+
+
+# ---------------------------------------------------------------- sets, generate, show, inspect
+def _source_enum():
+    from calibration.sources import list_sources
+
+    return Enum("Source", {n: n for n in list_sources()}, type=str)
+
+
+Source = _source_enum()
+
+
+class Engine(str, Enum):
+    openvino = "openvino"
+    onnxruntime = "onnxruntime"
+
+
+class CalibMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+RecordPath = Annotated[Path, typer.Option("--record", help="JSON-lines file that gets one row per run.",
+                                          envvar="CALIB_RECORDS")]
+DEFAULT_RECORD = Path("runs/records.jsonl")
+
+
+@app.command("generate")
+def generate_cmd(
+    source: Annotated[Source, typer.Option(help="Calibration source (registry).")],
+    per_class: Annotated[int, typer.Option(min=1, help="Images per class.")] = 500,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    out: Annotated[Path | None, typer.Option(help="Set folder; default runs/sets/<source>-<N>pc-s<seed>.")] = None,
+    overwrite: bool = False,
+    model: Annotated[str | None, typer.Option(help="inversion: zoo model to invert.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="inversion: weight file.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="distylegan: generator checkpoint (default: shipped).")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="stylegan2-ada: NVIDIA pickle or native checkpoint.")] = None,
+    trust_teacher: Annotated[bool | None, typer.Option("--trust-teacher", help="stylegan2-ada: allow the pickle.")] = None,
+    truncation: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="stylegan2-ada: psi.")] = None,
+    iterations: Annotated[int | None, typer.Option(min=1, help="inversion: optimizer steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="inversion: images per batch.")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="inversion: learning rate.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Write a calibration set: class folders of 32x32 PNG plus a manifest."""
+    from calibration.sources import generate_set
+
+    name = source.value
+    out = out or Path("runs/sets") / f"{name}-{per_class}pc-s{seed}"
+    opts = dict(model=model, weights=weights, checkpoint=checkpoint, teacher=teacher, trust_teacher=trust_teacher,
+                truncation=truncation, iterations=iterations, batch_size=batch_size, lr=lr, data_dir=data_dir)
+    path = generate_set(name, per_class, seed, out, overwrite=overwrite, **opts)
+    console.print(f"wrote {per_class * 10} images to {path}")
+
+
+@app.command("show")
+def show_cmd(set_dir: Annotated[Path, typer.Argument(metavar="SET")], out: Annotated[Path, typer.Option()],
+             per_class: Annotated[int, typer.Option(min=1)] = 12) -> None:
+    """Save a labelled grid of a set, one row per class."""
+    from calibration.sets import read_set
+    from calibration.show import save_grid
+
+    console.print(f"wrote {save_grid(read_set(set_dir, allow_unbalanced=True), out, per_class)}")
+
+
+@app.command("inspect")
+def inspect_cmd(set_dir: Annotated[Path, typer.Argument(metavar="SET")], model: str = "resnet20",
+                weights: WeightsPath = None, data_dir: DataDir = None, record_path: RecordPath = DEFAULT_RECORD) -> None:
+    """Set-quality metrics under a zoo classifier; printed and recorded."""
+    from calibration.data import train_splits
+    from calibration.quality import set_metrics
+    from calibration.runs import record
+    from calibration.sets import read_set
+    from calibration.weights import load_model, resolve_weights
+
+    cset = read_set(set_dir)
+    net = load_model(model, weights, fuse=False)
+    metrics = set_metrics(net, cset.images, cset.labels, train_splits(data_dir)["validation"])
+    row = record(record_path, "inspect", {"set": str(set_dir), "source": cset.manifest["source"], "model": model,
+                                           **metrics}, inputs={"set": cset.content_hash,
+                                                               "weights": resolve_weights(model, weights).name})
+    print_json({k: row[k] for k in ("source", "model", *metrics)})
+
+
+@sets_app.command("validate")
+def sets_validate(set_dir: Annotated[Path, typer.Argument(metavar="SET")]) -> None:
+    """Check a set against its manifest (files, hashes, sizes, balance)."""
+    from calibration.sets import read_set
+
+    cset = read_set(set_dir)
+    console.print(f"{set_dir}: ok, {len(cset)} images, source {cset.manifest['source']}, role {cset.role}")
+
+
+class ExportFormat(str, Enum):
+    cifar = "cifar"
+    imagenet = "imagenet"
+
+
+@sets_app.command("export")
+def sets_export(set_dir: Annotated[Path, typer.Argument(metavar="SET")],
+                format: Annotated[ExportFormat, typer.Option("--format")], out: Annotated[Path, typer.Option()]) -> None:
+    """Convert a set with Datumaro (cifar: the CIFAR-10 pickle layout; imagenet: class folders)."""
+    from calibration.sets import export_set
+
+    console.print(f"wrote {export_set(set_dir, format.value, out)}")
+
+
+@sets_app.command("import")
+def sets_import(src: Path, out: Annotated[Path, typer.Option()],
+                format: Annotated[str | None, typer.Option("--format", help="Datumaro format; default: detect.")] = None) -> None:
+    """Read any Datumaro-readable CIFAR-10-labelled dataset into the set format."""
+    from calibration.sets import import_set
+
+    console.print(f"wrote {import_set(src, out, format)}")
+
+
+# ---------------------------------------------------------------- quantize, evaluate, benchmark
+@app.command("quantize")
+def quantize_cmd(
+    model: Annotated[str, typer.Option(help="Zoo name (trained weights) or path to an FP32 .xml/.onnx.")],
+    calib: Annotated[Path, typer.Option(help="Calibration set folder.")],
+    algo: Annotated[Algo, typer.Option()] = Algo.default,
+    engine: Annotated[Engine, typer.Option()] = Engine.openvino,
+    subset_size: Annotated[int | None, typer.Option(min=1, help="Calibration images (default: all).")] = None,
+    preset: Annotated[Preset, typer.Option()] = Preset.performance,
+    fast_bias_correction: Annotated[bool, typer.Option("--fast-bias-correction/--no-fast-bias-correction")] = True,
+    max_drop: Annotated[float, typer.Option(min=0.0)] = 0.01,
+    drop_type: Annotated[DropType, typer.Option()] = DropType.absolute,
+    calibrate_method: Annotated[CalibMethod, typer.Option(help="onnxruntime only.")] = CalibMethod.minmax,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="Output folder; default runs/quantize/<model>-<algo>-<set>.")] = None,
+    evaluate: Annotated[bool, typer.Option(help="Also measure FP32 and INT8 test accuracy.")] = False,
+    weights: WeightsPath = None,
+    data_dir: DataDir = None,
+    record_path: RecordPath = DEFAULT_RECORD,
+) -> None:
+    """Quantize to INT8 with NNCF (default or accuracy-aware) or ONNX Runtime (static QDQ)."""
+    from calibration.pipeline import QuantizeRequest, run_quantize
+
+    req = QuantizeRequest(model=model, calib=calib, algo=algo.value, engine=engine.value, subset_size=subset_size,
+                          preset=preset.value, fast_bias_correction=fast_bias_correction, max_drop=max_drop,
+                          drop_type=drop_type.value, calibrate_method=calibrate_method.value, seed=seed,
+                          weights=weights, data_dir=data_dir)
+    row = run_quantize(req, out, evaluate=evaluate, record_path=record_path)
+    print_json(row)
+
+
+@app.command("evaluate")
+def evaluate_cmd(model: Annotated[str, typer.Argument(help="IR .xml, ONNX file or zoo name.")],
+                 batch: Annotated[int, typer.Option(min=1)] = 50, weights: WeightsPath = None,
+                 data_dir: DataDir = None, record_path: RecordPath = DEFAULT_RECORD) -> None:
+    """Top-1 accuracy on the CIFAR-10 test split (OpenVINO AsyncInferQueue, or ONNX Runtime for .onnx)."""
+    from calibration.pipeline import run_evaluate
+
+    row = run_evaluate(model, batch=batch, weights=weights, data_dir=data_dir, record_path=record_path)
+    console.print(f"{model}: accuracy {row['accuracy']:.4f} on {row['images']} test images "
+                  f"({row['eval_fps']:.0f} images/s, engine {row['engine']})")
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    models: Annotated[str, typer.Option(help="Comma-separated zoo names, or 'all'.")] = "all",
+    engines: Annotated[str, typer.Option(help="Comma-separated: openvino,onnxruntime.")] = "openvino",
+    duration: Annotated[float, typer.Option(min=0.5, help="Seconds per timed run.")] = 3.0,
+    repeats: Annotated[int, typer.Option(min=3)] = 3,
+    pytorch: Annotated[bool, typer.Option(help="Also time PyTorch at batch 1.")] = True,
+    trained: Annotated[bool, typer.Option(help="Use trained weights (speed does not need them).")] = False,
+    app_check: Annotated[str | None, typer.Option(help="Model whose INT8 IR is also timed by `calib evaluate` "
+                                                       "and benchmark_app; their ratio is printed.")] = "resnet20",
+    out: Annotated[Path, typer.Option()] = Path("runs/benchmark"),
+    data_dir: DataDir = None,
+    record_path: RecordPath = DEFAULT_RECORD,
+) -> None:
+    """FP32 vs INT8 speed for zoo models under one protocol, plus the evaluate/benchmark_app ratio."""
+    from calibration.benchmark import Protocol
+    from calibration.pipeline import benchmark_models, evaluate_vs_benchmark_app
+    from calibration.zoo import list_models
+
+    names = list_models() if models == "all" else [m.strip() for m in models.split(",")]
+    rows = benchmark_models(names, [e.strip() for e in engines.split(",")], Protocol(duration_s=duration,
+                            repeats=repeats), out, pytorch=pytorch, trained=trained, record_path=record_path)
+    table = Table("model", "engine", "FP32 img/s", "INT8 img/s", "INT8/FP32", "FP32 MB", "INT8 MB", "PyTorch b1 img/s")
+    for r in rows:
+        table.add_row(r["model"], r["engine"], f"{r['fp32_fps']:.0f}", f"{r['int8_fps']:.0f}", f"{r['speedup']:.2f}",
+                      f"{r['fp32_bytes'] / 1e6:.2f}", f"{r['int8_bytes'] / 1e6:.2f}",
+                      f"{r.get('pytorch_fps', float('nan')):.0f}")
+    console.print(table)
+    if app_check:
+        r = evaluate_vs_benchmark_app(app_check, out, data_dir=data_dir, record_path=record_path)
+        console.print(f"{app_check} INT8: calib evaluate {r['eval_fps']:.0f} img/s, benchmark_app async "
+                      f"{r['benchmark_app_fps']:.0f} img/s, ratio {r['ratio']:.3f}")
 
 
 def main() -> None:

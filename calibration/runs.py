@@ -143,3 +143,16 @@ def start_run(out_dir: Path, options: Any, seeds: dict[str, int] | None = None,
     atomic_write_json(out_dir / "options.json", options)
     atomic_write_json(out_dir / "manifest.json", provenance(seeds, inputs))
     return out_dir
+
+
+def record(path: Path, kind: str, fields: dict, seeds: dict[str, int] | None = None,
+           inputs: dict[str, str] | None = None) -> dict:
+    """Append one flat row (`kind`, results, provenance) to a JSON-lines record file and return it."""
+    prov = provenance(seeds, inputs)
+    row = {"kind": kind, **fields, "command": prov["command"], "time": prov["time"], "git_sha": prov["git_sha"],
+           "cpu": prov["cpu"], "cpu_count": prov["cpu_count"],
+           **{f"version_{k}": v for k, v in prov["versions"].items()},
+           **{f"seed_{k}": v for k, v in prov["seeds"].items()},
+           **{f"input_{k}": v for k, v in prov["inputs"].items()}}
+    append_jsonl(path, row)
+    return row

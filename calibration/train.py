@@ -119,7 +119,7 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"].to(gen.device) if device.type == "cpu" else state["generator"])
+        gen.set_state(state["generator"].cpu())
         step, epoch, elapsed = state["step"], state["epoch"], state["elapsed"]
     else:
         start_run(out_dir, cfg, seeds={"train": cfg.seed})

@@ -142,7 +142,7 @@ class Distiller:
         self.D.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.rng.set_state(state["rng"].cpu() if self.device.type == "cpu" else state["rng"])
+        self.rng.set_state(state["rng"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         self.step, self.elapsed = state["step"], state["elapsed"]
 
