@@ -403,6 +403,50 @@ def benchmark_cmd(
                       f"{r['benchmark_app_fps']:.0f} img/s, ratio {r['ratio']:.3f}")
 
 
+# ---------------------------------------------------------------- study
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@study_app.command("run")
+def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
+              out: Annotated[Path | None, typer.Option(help="Run folder; default runs/study/<grid name>.")] = None,
+              executor: Annotated[Executor, typer.Option()] = Executor.local,
+              address: Annotated[str | None, typer.Option(help="Ray cluster address (ray executor).")] = None,
+              models: Annotated[str | None, typer.Option(help="Only these models (comma-separated).")] = None,
+              sources: Annotated[str | None, typer.Option(help="Only these sources (comma-separated).")] = None,
+              data_dir: DataDir = None) -> None:
+    """Run a grid; a rerun skips finished cells, so a killed run resumes."""
+    from experiments.grid import load_grid
+    from experiments.runner import run_study
+
+    out = out or Path("runs/study") / load_grid(grid).name
+    split = lambda v: [x.strip() for x in v.split(",")] if v else None  # noqa: E731
+    s = run_study(grid, out, executor.value, address, data_dir, split(models), split(sources))
+    console.print(f"{out}: {s['cells']} cells ({s['ran']} run now, {s['skipped_done']} already done); "
+                  f"{s['ok']} ok, {s['skipped']} skipped, {s['errors']} errors")
+    console.print(f"wall time {s['wall_seconds']:.0f} s; peak resident memory {s['peak_rss_mib']:.0f} MiB")
+
+
+@study_app.command("report")
+def study_report(run: Path, out: Annotated[Path | None, typer.Option(help="Default <run>/report.")] = None) -> None:
+    """Write Table 1 and Table 2 (CSV and Markdown) from a run folder."""
+    from experiments.report import write_report
+
+    for p in write_report(run, out):
+        console.print(f"wrote {p}")
+
+
+@study_app.command("plot")
+def study_plot(run: Path, out: Annotated[Path | None, typer.Option(help="Default <run>/plots.")] = None) -> None:
+    """Write seaborn heatmaps from a run folder."""
+    from experiments.plot import write_plots
+
+    for p in write_plots(run, out):
+        console.print(f"wrote {p}")
+
+
 def main() -> None:
     app(prog_name="calib")
 

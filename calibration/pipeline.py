@@ -154,7 +154,7 @@ def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, o
     for name in track(names, description="benchmark", transient=True):
         torch_fps = bench_torch(load_model(name, pretrained=trained), protocol) if pytorch else None
         for engine in engines:
-            q = _quantize_for_speed(name, engine, cset, out, trained)
+            q = quantize_for_speed(name, engine, cset, out, trained)
             if engine == "openvino":
                 fp32, int8 = bench_openvino(q["fp32_path"], "f32", protocol), bench_openvino(q["int8_path"], "f32",
                                                                                              protocol)
@@ -176,7 +176,7 @@ def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, o
     return rows
 
 
-def _quantize_for_speed(name: str, engine: str, cset: CalibrationSet, out: Path, trained: bool = False) -> dict:
+def quantize_for_speed(name: str, engine: str, cset: CalibrationSet, out: Path, trained: bool = False) -> dict:
     """FP32 and default-INT8 files of a zoo model for timing; random weights unless `trained`."""
     import torch
 
@@ -210,7 +210,7 @@ def evaluate_vs_benchmark_app(name: str, out: Path, data_dir: Path | None = None
 
     xml = out / f"{name}-openvino" / "int8.xml"
     if not xml.exists():
-        _quantize_for_speed(name, "openvino", memory_set(), out)
+        quantize_for_speed(name, "openvino", memory_set(), out)
     test = load_split("test", data_dir)
     ev = evaluate(str(xml), test)
     app = benchmark_app_fps(xml, seconds)

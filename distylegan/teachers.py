@@ -3,7 +3,8 @@
 Specs:
   tiny[:SEED]             a small random conditional generator (tests; no meaning beyond being fixed)
   module:PATH.pt          a generator checkpoint of this project (DiStyleGAN or native StyleGAN2)
-  stylegan2-ada:PATH.pkl  NVIDIA's official pickle, read only with trust=True (see distylegan.stylegan2)
+  stylegan2-ada:PATH.pkl  NVIDIA's official pickle, read safely, only with trust=True (distylegan.stylegan2)
+  stylegan2-ada-nvidia:PATH.pkl  the same, unpickled with NVIDIA's code on PYTHONPATH (trust=True too)
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def tiny_teacher(seed: int = 0) -> ModuleTeacher:
     return ModuleTeacher(g, g.cfg.z_dim, g.cfg.num_classes, f"tiny:{seed}")
 
 
-def load_module_checkpoint(path: Path) -> ModuleTeacher:
+def load_module_checkpoint(path: Path, truncation_psi: float = 1.0) -> ModuleTeacher:
     from distylegan.networks import load_generator
 
     try:
@@ -56,7 +57,7 @@ def load_module_checkpoint(path: Path) -> ModuleTeacher:
     if kind == "distylegan.StyleGAN2":
         from distylegan.stylegan2 import load_native
 
-        g = load_native(path)
+        g = load_native(path, truncation_psi)
         return ModuleTeacher(g, g.cfg.z_dim, g.cfg.c_dim, f"module:{path}")
     g = load_generator(path)
     return ModuleTeacher(g, g.cfg.z_dim, g.cfg.num_classes, f"module:{path}")
@@ -67,9 +68,9 @@ def build_teacher(spec: str, trust: bool = False, truncation_psi: float = 1.0) -
     if kind == "tiny":
         return tiny_teacher(int(arg or 0))
     if kind == "module":
-        return load_module_checkpoint(Path(arg))
-    if kind == "stylegan2-ada":
+        return load_module_checkpoint(Path(arg), truncation_psi)
+    if kind in ("stylegan2-ada", "stylegan2-ada-nvidia"):
         from distylegan.stylegan2 import stylegan2_ada_teacher
 
-        return stylegan2_ada_teacher(Path(arg), trust=trust, truncation_psi=truncation_psi)
+        return stylegan2_ada_teacher(Path(arg), trust, truncation_psi, nvidia_code=kind.endswith("nvidia"))
     raise CalibError(f"unknown teacher spec {spec!r}; use tiny[:SEED], module:PATH.pt or stylegan2-ada:PATH.pkl")

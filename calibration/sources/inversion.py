@@ -82,7 +82,7 @@ def invert_batch(model: nn.Module, labels: np.ndarray, seeds: list[int], iterati
                 inp = inp.flip(3)
             logits = model(inp)
             bn = hooks.value()
-            first_bn = float(bn) if first_bn is None else first_bn
+            first_bn = bn.item() if first_bn is None else first_bn
             loss = (w_bn * bn + w_ce * nn.functional.cross_entropy(logits, y) + w_tv * total_variation(x)
                     + w_l2 * x.pow(2).mean())
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,1 @@
+"""Study grids, the resumable runner, and the report/plot steps."""
