@@ -54,7 +54,9 @@ study_app = App(help="Study grids: run (resumable), report tables, plot heatmaps
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(gan_app, name="distylegan")
 app.add_typer(sets_app, name="sets")
+bench_app = App(help="Speed under one protocol: models (FP32 vs INT8), sources, generators.")
 app.add_typer(study_app, name="study")
+app.add_typer(bench_app, name="benchmark")
 
 DataDir = Annotated[Path | None, typer.Option(help="CIFAR-10 image-folder root <root>/{train,test}/<class>/*; "
                                                    "default $CALIB_CIFAR10_DIR, else torchvision's download.")]
@@ -369,8 +371,8 @@ def evaluate_cmd(model: Annotated[str, typer.Argument(help="IR .xml, ONNX file o
                   f"({row['eval_fps']:.0f} images/s, engine {row['engine']})")
 
 
-@app.command("benchmark")
-def benchmark_cmd(
+@bench_app.command("models")
+def benchmark_models_cmd(
     models: Annotated[str, typer.Option(help="Comma-separated zoo names, or 'all'.")] = "all",
     engines: Annotated[str, typer.Option(help="Comma-separated: openvino,onnxruntime.")] = "openvino",
     duration: Annotated[float, typer.Option(min=0.5, help="Seconds per timed run.")] = 3.0,
@@ -401,6 +403,40 @@ def benchmark_cmd(
         r = evaluate_vs_benchmark_app(app_check, out, data_dir=data_dir, record_path=record_path)
         console.print(f"{app_check} INT8: calib evaluate {r['eval_fps']:.0f} img/s, benchmark_app async "
                       f"{r['benchmark_app_fps']:.0f} img/s, ratio {r['ratio']:.3f}")
+
+
+@bench_app.command("sources")
+def benchmark_sources_cmd(
+    fractal_images: Annotated[int, typer.Option(min=10)] = 500,
+    inversion_images: Annotated[int, typer.Option(min=1)] = 20,
+    inversion_iterations: Annotated[int, typer.Option(min=1)] = 400,
+    model: str = "resnet20",
+    weights: WeightsPath = None,
+    record_path: RecordPath = DEFAULT_RECORD,
+) -> None:
+    """Fractal images per second and inversion seconds per image, measured on this machine."""
+    from calibration.pipeline import benchmark_sources
+
+    r = benchmark_sources(fractal_images, inversion_images, inversion_iterations, model, weights, record_path)
+    console.print(f"fractal: {r['fractal_images_per_s']:.0f} images/s ({fractal_images} images)")
+    console.print(f"inversion ({model}, {inversion_iterations} iterations, batch {r['inversion_batch']}): "
+                  f"{r['inversion_s_per_image']:.2f} s/image")
+
+
+@bench_app.command("generators")
+def benchmark_generators_cmd(
+    images: Annotated[int, typer.Option(min=10)] = 200,
+    batch: Annotated[int, typer.Option(min=1)] = 50,
+    record_path: RecordPath = DEFAULT_RECORD,
+) -> None:
+    """Sampling speed on this CPU: DiStyleGAN vs the native StyleGAN2 generator (CIFAR-10 configuration)."""
+    from distylegan.bench import benchmark_generators
+
+    r = benchmark_generators(images, batch, record_path)
+    console.print(f"DiStyleGAN: {r['distylegan_images_per_s']:.0f} images/s ({r['distylegan_params']:,} parameters)")
+    console.print(f"StyleGAN2 (native, CIFAR-10 config): {r['stylegan2_images_per_s']:.1f} images/s "
+                  f"({r['stylegan2_params']:,} parameters)")
+    console.print(f"ratio DiStyleGAN / StyleGAN2: {r['ratio']:.1f}x")
 
 
 # ---------------------------------------------------------------- study

@@ -216,3 +216,28 @@ def evaluate_vs_benchmark_app(name: str, out: Path, data_dir: Path | None = None
     app = benchmark_app_fps(xml, seconds)
     return record(record_path, "evaluate_vs_benchmark_app", {"model": name, "ir": str(xml), "eval_fps": ev["eval_fps"],
                                                              "benchmark_app_fps": app, "ratio": ev["eval_fps"] / app})
+
+
+def benchmark_sources(fractal_images: int = 500, inversion_images: int = 20, inversion_iterations: int = 400,
+                      model: str = "resnet20", weights: Path | None = None,
+                      record_path: Path = Path("runs/records.jsonl")) -> dict:
+    """Fractal images/s and inversion seconds/image, each timed around the source function alone."""
+    import time
+
+    from calibration.sources import generate
+
+    per_class = max(1, fractal_images // 10)
+    generate("fractal", 1, 99)  # warm-up (imports, first allocations)
+    t0 = time.perf_counter()
+    generate("fractal", per_class, 0)
+    fractal = per_class * 10 / (time.perf_counter() - t0)
+    per_class = max(1, inversion_images // 10)
+    batch = per_class * 10
+    t0 = time.perf_counter()
+    generate("inversion", per_class, 0, model=model, weights=weights, iterations=inversion_iterations,
+             batch_size=batch)
+    inversion = (time.perf_counter() - t0) / batch
+    return record(record_path, "benchmark_sources", {"fractal_images_per_s": fractal, "fractal_images": per_class * 10,
+                                                     "inversion_s_per_image": inversion, "inversion_model": model,
+                                                     "inversion_iterations": inversion_iterations,
+                                                     "inversion_batch": batch})

@@ -3,7 +3,7 @@
 Images are optimized in normalized space so that the mean and variance of every BatchNorm layer's *input*
 match that layer's running statistics (inputs, not conv outputs, so RepVGG's identity-branch BNs count),
 with cross-entropy toward each image's class, total-variation and L2 priors, random jitter and flips.
-The result is de-normalized, clipped and rounded to uint8, and the BN loss is measured again on those
+Images are kept inside the valid pixel range at every step; the result is de-normalized and rounded to uint8, and the BN loss is measured again on those
 uint8 images, since that is what calibration will see.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration.data import from_model_input, to_model_input
+from calibration.data import MEAN, STD, from_model_input, to_model_input
 from calibration.sources import Generated, balanced_labels, image_seed, register_source
 
 
@@ -46,6 +46,12 @@ class BNStatsLoss:
             h.remove()
 
 
+def to_normalized(pixels: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
@@ -72,6 +78,7 @@ def invert_batch(model: nn.Module, labels: np.ndarray, seeds: list[int], iterati
     y = torch.from_numpy(labels)
     opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+    lo, hi = to_normalized(torch.zeros(1, 3, 1, 1)), to_normalized(torch.ones(1, 3, 1, 1))
     hooks = BNStatsLoss(model)
     first_bn = None
     try:
@@ -89,6 +96,8 @@ def invert_batch(model: nn.Module, labels: np.ndarray, seeds: list[int], iterati
             loss.backward()
             opt.step()
             sched.step()
+            with torch.no_grad():  # stay inside the valid pixel range, so that saving loses only rounding
+                x.copy_(torch.maximum(torch.minimum(x, hi), lo))
         with torch.no_grad():
             model(x)
             last_bn = float(hooks.value())
@@ -106,6 +115,7 @@ def inversion(per_class: int, seed: int, model: str = "resnet20", weights: Path 
     """Class-conditional images optimized to match the model's BatchNorm running statistics."""
     from calibration.weights import load_model, resolve_weights
 
+    torch.manual_seed(seed)  # fixes random weights of test-only tiny models too
     pretrained = weights is not None or not model.startswith("tiny")
     net = load_model(model, weights, fuse=False, pretrained=pretrained)  # unfused: keep every BN
     labels = balanced_labels(per_class)
@@ -114,7 +124,6 @@ def inversion(per_class: int, seed: int, model: str = "resnet20", weights: Path 
     seeds = [image_seed(seed, i) for i in range(len(labels))]
     images = np.empty((len(labels), 32, 32, 3), np.uint8)
     stats = []
-    torch.manual_seed(seed)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         imgs, st = invert_batch(net, labels[idx], [seeds[i] for i in idx], iterations, lr, w_bn, w_ce, w_tv, w_l2)

@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.data import LabeledImages, load_split
+from calibration.export import to_onnx, to_openvino
+from calibration.train import TrainConfig, train_model
+from calibration.zoo import create_model, list_models
+
+
+def test_tiny_training_lowers_the_loss(tmp_path, cifar_dir):
+    train = load_split("train", cifar_dir)
+    cfg = TrainConfig("tiny_cnn", epochs=4, batch_size=64, lr=0.05, seed=0)
+    summary = train_model(cfg, train, tmp_path / "run", test=load_split("test", cifar_dir), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "run" / "options.json").exists()
+    assert (tmp_path / "run" / summary["file"]).exists()
+    assert json.loads((tmp_path / "run" / summary["file"]).with_suffix(".json").read_text())["epochs"] == 4
+
+
+def test_training_resumes_from_its_last_checkpoint(tmp_path, cifar_dir):
+    train = load_split("train", cifar_dir)
+    full = train_model(TrainConfig("tiny_cnn", epochs=2, batch_size=128, seed=3), train, tmp_path / "a", progress=False)
+    cfg = TrainConfig("tiny_cnn", epochs=2, batch_size=128, seed=3)
+    # stop after the first epoch by running a 1-epoch prefix with the same config, then resume
+    train_model(cfg.__class__(**{**cfg.__dict__, "max_steps": 8}), train, tmp_path / "b", progress=False)
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    state["config"] = cfg.__dict__
+    torch.save(state, tmp_path / "b" / "last.pt")
+    resumed = train_model(cfg, train, tmp_path / "b", progress=False)
+    assert resumed["file"] == full["file"]  # same bytes -> same hash in the file name
+
+
+def test_training_refuses_test_data():
+    data = LabeledImages(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64), "test")
+    from calibration.errors import CalibError
+
+    with pytest.raises(CalibError):
+        train_model(TrainConfig("tiny_cnn"), data, None)
+
+
+EXPORT_CASES = [(n, False) for n in list_models(include_tiny=True)] + [(n, True) for n in ("tiny_cnn", "resnet20")]
+
+
+@pytest.mark.parametrize(("name", "dynamic"), EXPORT_CASES)
+def test_openvino_export_matches_pytorch(name, dynamic):
+    import openvino as ov
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    compiled = ov.Core().compile_model(to_openvino(model, dynamic), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = torch.randn(3 if dynamic else 1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(compiled(x.numpy())[0] - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "tiny_repvgg", "resnet20"])
+def test_onnx_export_matches_pytorch(name, tmp_path):
+    from calibration.ort import session
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    sess = session(to_onnx(model, tmp_path / "m.onnx"))
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(sess.run(None, {"input": x.numpy()})[0] - expected).max() < 1e-4
