@@ -405,6 +405,31 @@ def benchmark_models_cmd(
                       f"{r['benchmark_app_fps']:.0f} img/s, ratio {r['ratio']:.3f}")
 
 
+@bench_app.command("engines")
+def benchmark_engines_cmd(
+    calib: Annotated[Path, typer.Option(help="Calibration set folder.")],
+    model: str = "resnet20",
+    subset_size: Annotated[int | None, typer.Option(min=1)] = None,
+    duration: Annotated[float, typer.Option(min=0.5)] = 3.0,
+    repeats: Annotated[int, typer.Option(min=3)] = 3,
+    out: Annotated[Path, typer.Option()] = Path("runs/engines"),
+    data_dir: DataDir = None,
+    record_path: RecordPath = DEFAULT_RECORD,
+) -> None:
+    """OpenVINO/NNCF vs ONNX Runtime: FP32 and INT8 accuracy, throughput and size from the same set."""
+    from calibration.benchmark import Protocol
+    from calibration.pipeline import compare_engines
+
+    rows = compare_engines(model, calib, Protocol(duration_s=duration, repeats=repeats), out, subset_size,
+                           data_dir, record_path)
+    table = Table("engine", "FP32 acc", "INT8 acc", "FP32 img/s", "INT8 img/s", "INT8/FP32", "FP32 MB", "INT8 MB")
+    for r in rows:
+        table.add_row(r["engine"], f"{r['fp32_accuracy']:.4f}", f"{r['int8_accuracy']:.4f}", f"{r['fp32_fps']:.0f}",
+                      f"{r['int8_fps']:.0f}", f"{r['speedup']:.2f}", f"{r['fp32_bytes'] / 1e6:.2f}",
+                      f"{r['int8_bytes'] / 1e6:.2f}")
+    console.print(table)
+
+
 @bench_app.command("sources")
 def benchmark_sources_cmd(
     fractal_images: Annotated[int, typer.Option(min=10)] = 500,

@@ -9,6 +9,8 @@ import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from calibration.benchmark import Protocol, bench_openvino, bench_torch, benchmark_app_fps, model_size_bytes
 from calibration.data import load_split, train_splits
 from calibration.errors import CalibError
@@ -154,7 +156,7 @@ def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, o
     for name in track(names, description="benchmark", transient=True):
         torch_fps = bench_torch(load_model(name, pretrained=trained), protocol) if pytorch else None
         for engine in engines:
-            q = quantize_for_speed(name, engine, cset, out, trained)
+            q = quantize_for_speed(name, engine, cset.images, out, trained)
             if engine == "openvino":
                 fp32, int8 = bench_openvino(q["fp32_path"], "f32", protocol), bench_openvino(q["int8_path"], "f32",
                                                                                              protocol)
@@ -176,7 +178,7 @@ def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, o
     return rows
 
 
-def quantize_for_speed(name: str, engine: str, cset: CalibrationSet, out: Path, trained: bool = False) -> dict:
+def quantize_for_speed(name: str, engine: str, images: np.ndarray, out: Path, trained: bool = False) -> dict:
     """FP32 and default-INT8 files of a zoo model for timing; random weights unless `trained`."""
     import torch
 
@@ -187,18 +189,21 @@ def quantize_for_speed(name: str, engine: str, cset: CalibrationSet, out: Path, 
     torch.manual_seed(0)
     model = load_model(name, pretrained=trained)
     if engine == "openvino":
+        import nncf
+
         from calibration.export import save_ir, to_openvino
 
         ov_model = to_openvino(model)
         fp32 = save_ir(ov_model, folder / "fp32.xml")
-        q, rec = quantize_model(ov_model, cset, QuantizeConfig(subset_size=len(cset)))
+        dataset = nncf.Dataset(calibration_items(images))
+        q = nncf.quantize(ov_model, dataset, subset_size=len(images), target_device=nncf.TargetDevice.CPU)
         int8 = save_ir(q, folder / "int8.xml")
     else:
         from calibration.export import to_onnx
         from calibration.ort import quantize_onnx
 
         fp32 = to_onnx(model, folder / "fp32.onnx")
-        int8 = quantize_onnx(fp32, folder / "int8.onnx", calibration_items(cset.images))
+        int8 = quantize_onnx(fp32, folder / "int8.onnx", calibration_items(images))
     return {"fp32_path": str(fp32), "int8_path": str(int8), "fp32_bytes": model_size_bytes(fp32),
             "int8_bytes": model_size_bytes(int8)}
 
@@ -210,7 +215,7 @@ def evaluate_vs_benchmark_app(name: str, out: Path, data_dir: Path | None = None
 
     xml = out / f"{name}-openvino" / "int8.xml"
     if not xml.exists():
-        quantize_for_speed(name, "openvino", memory_set(), out)
+        quantize_for_speed(name, "openvino", memory_set().images, out)
     test = load_split("test", data_dir)
     ev = evaluate(str(xml), test)
     app = benchmark_app_fps(xml, seconds)
@@ -241,3 +246,31 @@ def benchmark_sources(fractal_images: int = 500, inversion_images: int = 20, inv
                                                      "inversion_s_per_image": inversion, "inversion_model": model,
                                                      "inversion_iterations": inversion_iterations,
                                                      "inversion_batch": batch})
+
+
+def compare_engines(model: str, calib: Path, protocol: Protocol, out: Path, subset_size: int | None = None,
+                    data_dir: Path | None = None, record_path: Path = Path("runs/records.jsonl")) -> list[dict]:
+    """FP32 and INT8 accuracy, throughput and size for OpenVINO and ONNX Runtime, from one set, in one run."""
+    cset = read_set(calib)
+    test = load_split("test", data_dir)
+    rows = []
+    for engine in ("openvino", "onnxruntime"):
+        q = quantize_with(QuantizeRequest(model=model, calib=calib, engine=engine, subset_size=subset_size,
+                                          data_dir=data_dir), cset, out / engine)
+        row = {"model": model, "engine": engine, "calib_hash": cset.content_hash,
+               "subset_size_images": q["subset_size_images"], "fp32_bytes": q["fp32_bytes"],
+               "int8_bytes": q["int8_bytes"], "protocol": asdict(protocol)}
+        for prec in ("fp32", "int8"):
+            path = q[f"{prec}_path"]
+            row[f"{prec}_accuracy"] = accuracy_of(path, test)["accuracy"]
+            if engine == "openvino":
+                bench = bench_openvino(path, "f32", protocol)
+            else:
+                from calibration.ort import bench_onnx
+
+                bench = bench_onnx(Path(path), protocol)
+            row[f"{prec}_fps"] = bench["fps_throughput_median"]
+            row[f"{prec}_latency_fps"] = bench["fps_latency_median"]
+        row["speedup"] = row["int8_fps"] / row["fp32_fps"]
+        rows.append(record(record_path, "compare_engines", row, inputs={"calib": cset.content_hash}))
+    return rows

@@ -161,10 +161,12 @@ def _quantize_cell(grid: Grid, cell: Cell, out: Path, weights: Path, data_dir: P
 def _speed_only_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None) -> dict:
     from calibration.benchmark import Protocol
     from calibration.pipeline import quantize_for_speed
+    from calibration.quantize import select_calibration
     from calibration.sets import read_set
 
     cset = read_set(set_for(grid, cell, out, data_dir))
-    q = quantize_for_speed(cell.model, cell.engine, cset, out / "models" / cell.id)
+    images = select_calibration(cset, cell.subset_size, cell.seed)
+    q = quantize_for_speed(cell.model, cell.engine, images, out / "models" / cell.id)
     return {"fp32_bytes": q["fp32_bytes"], "int8_bytes": q["int8_bytes"], "calib_hash": cset.content_hash,
             "trained_weights": False, **_speed(Path(q["int8_path"]), Protocol(duration_s=grid.benchmark_seconds),
                                                "int8")}

@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
 
-from calibration.data import (CLASSES, LabeledImages, SplitConfig, load_split, require_role, to_model_input,
-                              train_split_indices, train_splits)
+from calibration.data import (
+    CLASSES,
+    LabeledImages,
+    SplitConfig,
+    load_split,
+    require_role,
+    to_model_input,
+    train_split_indices,
+    train_splits,
+)
 from calibration.errors import CalibError
 from tests.conftest import TEST_PER_CLASS, TRAIN_PER_CLASS, write_tree
 

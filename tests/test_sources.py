@@ -97,7 +97,7 @@ def test_inversion_hooks_repvgg_identity_branches():
 
 
 def test_registry_grows_without_other_edits(tmp_path):
-    from calibration.sources import Generated, _SOURCES, balanced_labels, register_source
+    from calibration.sources import _SOURCES, Generated, balanced_labels, register_source
 
     @register_source("constant-test")
     def constant(per_class: int, seed: int, value: int = 7) -> Generated:
