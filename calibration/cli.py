@@ -181,7 +181,7 @@ def gan_teacher_set(
 @gan_app.command("train")
 def gan_train(
     out: Annotated[Path, typer.Option(help="Run folder (options saved before the first step).")],
-    teacher_set: Annotated[Path | None, typer.Option(help="Teacher-set folder; omit to train on real data only.")] = None,
+    teacher_set: Annotated[Path | None, typer.Option(help="Teacher-set folder; omit for real data only.")] = None,
     real: Annotated[bool, typer.Option(help="Add the real CIFAR-10 adversarial term (calibration pool).")] = True,
     network: Annotated[str, typer.Option(help="cifar10 or tiny")] = "cifar10",
     steps: Annotated[int, typer.Option(min=1)] = 20_000,
@@ -247,9 +247,9 @@ def generate_cmd(
     overwrite: bool = False,
     model: Annotated[str | None, typer.Option(help="inversion: zoo model to invert.")] = None,
     weights: Annotated[Path | None, typer.Option(help="inversion: weight file.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="distylegan: generator checkpoint (default: shipped).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="distylegan: generator (default: shipped).")] = None,
     teacher: Annotated[Path | None, typer.Option(help="stylegan2-ada: NVIDIA pickle or native checkpoint.")] = None,
-    trust_teacher: Annotated[bool | None, typer.Option("--trust-teacher", help="stylegan2-ada: allow the pickle.")] = None,
+    trust_teacher: Annotated[bool | None, typer.Option("--trust-teacher", help="stylegan2-ada: allow it.")] = None,
     truncation: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="stylegan2-ada: psi.")] = None,
     iterations: Annotated[int | None, typer.Option(min=1, help="inversion: optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="inversion: images per batch.")] = None,
@@ -279,7 +279,8 @@ def show_cmd(set_dir: Annotated[Path, typer.Argument(metavar="SET")], out: Annot
 
 @app.command("inspect")
 def inspect_cmd(set_dir: Annotated[Path, typer.Argument(metavar="SET")], model: str = "resnet20",
-                weights: WeightsPath = None, data_dir: DataDir = None, record_path: RecordPath = DEFAULT_RECORD) -> None:
+                weights: WeightsPath = None, data_dir: DataDir = None,
+                record_path: RecordPath = DEFAULT_RECORD) -> None:
     """Set-quality metrics under a zoo classifier; printed and recorded."""
     from calibration.data import train_splits
     from calibration.quality import set_metrics
@@ -312,7 +313,8 @@ class ExportFormat(str, Enum):
 
 @sets_app.command("export")
 def sets_export(set_dir: Annotated[Path, typer.Argument(metavar="SET")],
-                format: Annotated[ExportFormat, typer.Option("--format")], out: Annotated[Path, typer.Option()]) -> None:
+                format: Annotated[ExportFormat, typer.Option("--format")],
+                out: Annotated[Path, typer.Option()]) -> None:
     """Convert a set with Datumaro (cifar: the CIFAR-10 pickle layout; imagenet: class folders)."""
     from calibration.sets import export_set
 
@@ -321,7 +323,8 @@ def sets_export(set_dir: Annotated[Path, typer.Argument(metavar="SET")],
 
 @sets_app.command("import")
 def sets_import(src: Path, out: Annotated[Path, typer.Option()],
-                format: Annotated[str | None, typer.Option("--format", help="Datumaro format; default: detect.")] = None) -> None:
+                format: Annotated[str | None, typer.Option("--format", help="Datumaro format (default: detect).")]
+                = None) -> None:
     """Read any Datumaro-readable CIFAR-10-labelled dataset into the set format."""
     from calibration.sets import import_set
 

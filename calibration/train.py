@@ -101,8 +101,8 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
     decay, no_decay = [], []
     for p in model.parameters():
         (decay if p.ndim > 1 else no_decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     steps_per_epoch = len(train) // cfg.batch_size
     if steps_per_epoch == 0:
         raise CalibError(f"batch size {cfg.batch_size} is larger than the {len(train)} training images")

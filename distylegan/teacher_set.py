@@ -63,9 +63,11 @@ def build_teacher_set(teacher: ModuleTeacher, out: Path, count: int, seed: int =
         (parts / f".{start:08d}.tmp.npz").replace(part)
     files = sorted(parts.glob("[0-9]*.npz"))
     arrays = [np.load(f) for f in files]
-    np.savez(out / ".triplets.tmp.npz", **{k: np.concatenate([a[k] for a in arrays]) for k in ("latents", "labels", "seeds")})
+    merged = {k: np.concatenate([a[k] for a in arrays]) for k in ("latents", "labels", "seeds")}
+    np.savez(out / ".triplets.tmp.npz", **merged)
     (out / ".triplets.tmp.npz").replace(out / "triplets.npz")
-    atomic_write_json(out / "manifest.json", provenance({"teacher_set": seed}) | {"teacher": teacher.name, "count": count})
+    manifest = provenance({"teacher_set": seed}) | {"teacher": teacher.name, "count": count}
+    atomic_write_json(out / "manifest.json", manifest)
     return out
 
 

@@ -54,10 +54,10 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         out[f"long_{engine}"] = long
         t1 = pd.DataFrame(index=sorted(set(b.index)))
         t1.index.name = "model"
-        for col, label in (("pytorch_accuracy", "PyTorch acc"), ("pytorch_fps", "PyTorch FPS"),
-                           ("fp32_accuracy", "IR FP32 acc"), ("fp32_fps", "IR FP32 FPS")):
-            t1[label] = b[col].map(lambda v: "-" if pd.isna(v) else f"{v:.4f}" if "acc" in label else f"{v:.0f}") \
-                if col in b else "-"
+        for col, label, digits in (("pytorch_accuracy", "PyTorch acc", 4), ("pytorch_fps", "PyTorch FPS", 0),
+                                   ("fp32_accuracy", "IR FP32 acc", 4), ("fp32_fps", "IR FP32 FPS", 0)):
+            values = b[col].reindex(t1.index) if col in b else pd.Series(np.nan, index=t1.index)
+            t1[label] = [f"{v:.{digits}f}" if not pd.isna(v) else "-" for v in values]
         default = q[(q.algo == "default") & (q.fuse)]
         for source in sorted(default.source.unique()):
             s = default[default.source == source]

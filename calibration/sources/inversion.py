@@ -3,8 +3,8 @@
 Images are optimized in normalized space so that the mean and variance of every BatchNorm layer's *input*
 match that layer's running statistics (inputs, not conv outputs, so RepVGG's identity-branch BNs count),
 with cross-entropy toward each image's class, total-variation and L2 priors, random jitter and flips.
-Images are kept inside the valid pixel range at every step; the result is de-normalized and rounded to uint8, and the BN loss is measured again on those
-uint8 images, since that is what calibration will see.
+Images are kept inside the valid pixel range at every step; the result is de-normalized and rounded
+to uint8, and the BN loss is measured again on those uint8 images, since that is what calibration sees.
 """
 
 from __future__ import annotations

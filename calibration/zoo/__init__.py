@@ -29,13 +29,13 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
-def register_model(family: str | None = None, hash_prefix: str | None = None, tiny: bool = False):
+def register_model(family: str | None = None, hash_prefix: str | None = None, test_only: bool = False):
     """Register `fn` under its own name; `family`/`hash_prefix` name its official release asset."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__
         url = f"{_RELEASES}/{family}/cifar10_{name}-{hash_prefix}.pt" if family else None
-        _REGISTRY[name] = ModelInfo(name, fn, url, hash_prefix, tiny)
+        _REGISTRY[name] = ModelInfo(name, fn, url, hash_prefix, test_only)
         return fn
 
     return wrap

@@ -24,11 +24,11 @@ class TinyCNN(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-@register_model(tiny=True)
+@register_model(test_only=True)
 def tiny_cnn(num_classes: int = 10) -> TinyCNN:
     return TinyCNN(num_classes)
 
 
-@register_model(tiny=True)
+@register_model(test_only=True)
 def tiny_repvgg(num_classes: int = 10, deploy: bool = False) -> RepVGG:
     return RepVGG((1, 1, 1, 1), (0.125, 0.125, 0.125, 0.125), num_classes, deploy)
