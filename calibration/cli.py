@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from calibration.errors import CalibError
-from calibration.quantize import Algo, DropType, Preset
+from calibration.quantize import Algo, CalibMethod, DropType, Engine, Preset
 
 console = Console()
 err_console = Console(stderr=True)
@@ -220,17 +220,6 @@ def _source_enum():
 
 
 Source = _source_enum()
-
-
-class Engine(str, Enum):
-    openvino = "openvino"
-    onnxruntime = "onnxruntime"
-
-
-class CalibMethod(str, Enum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
 
 
 RecordPath = Annotated[Path, typer.Option("--record", help="JSON-lines file that gets one row per run.",

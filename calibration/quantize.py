@@ -19,6 +19,19 @@ from calibration.errors import CalibError
 from calibration.sets import CalibrationSet, check_calibration_set
 
 
+class Engine(str, Enum):
+    openvino = "openvino"
+    onnxruntime = "onnxruntime"
+
+
+class CalibMethod(str, Enum):
+    """ONNX Runtime's calibration methods (the OpenVINO path uses NNCF's own statistics)."""
+
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
 class Algo(str, Enum):
     default = "default"
     accuracy_aware = "accuracy-aware"
