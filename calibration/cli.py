@@ -184,6 +184,7 @@ def gan_train(
     teacher_set: Annotated[Path | None, typer.Option(help="Teacher-set folder; omit for real data only.")] = None,
     real: Annotated[bool, typer.Option(help="Add the real CIFAR-10 adversarial term (calibration pool).")] = True,
     network: Annotated[str, typer.Option(help="cifar10 or tiny")] = "cifar10",
+    projection: Annotated[bool, typer.Option(help="Class-projection term in D (needed without a teacher).")] = False,
     steps: Annotated[int, typer.Option(min=1)] = 20_000,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     lr: float = 2e-4,
@@ -203,8 +204,8 @@ def gan_train(
     from distylegan.teacher_set import load_teacher_set
     from distylegan.train import DistillConfig, distill
 
-    cfg = DistillConfig(network, steps, batch_size, lr, w_adv=w_adv, w_fm=w_fm, w_pixel=w_pixel, w_real=w_real,
-                        snapshot_every=snapshot_every, seed=seed, device=device)
+    cfg = DistillConfig(network, projection, steps, batch_size, lr, w_adv=w_adv, w_fm=w_fm, w_pixel=w_pixel,
+                        w_real=w_real, snapshot_every=snapshot_every, seed=seed, device=device)
     ts = load_teacher_set(teacher_set) if teacher_set else None
     pool = train_splits(data_dir)["calibration_pool"] if real else None
     trainer = distill(cfg, out, ts, pool, resume=resume)

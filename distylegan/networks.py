@@ -27,6 +27,10 @@ class DiscriminatorConfig:
     widths: tuple[int, ...] = (128, 128, 256, 512)
     hidden: int = 256
     img_size: int = 32
+    # The published head concatenates the one-hot label before a linear layer, so the label only adds a
+    # per-class bias to the logit: it cannot judge whether an image fits its class. With a teacher, the
+    # pixel term supplies that; without one, a projection term (class embedding . features) must.
+    projection: bool = False
 
 
 CONFIGS = {
@@ -74,6 +78,8 @@ class Discriminator(nn.Module):
         final = cfg.img_size // 2 ** len(cfg.widths)
         self.fc = spectral_norm(nn.Linear(cfg.widths[-1] * final * final, cfg.hidden))
         self.out = nn.Linear(cfg.hidden // 2 + cfg.num_classes, 1)
+        if cfg.projection:
+            self.embed = spectral_norm(nn.Embedding(cfg.num_classes, cfg.hidden // 2))
 
     def forward(self, x: Tensor, class_ids: Tensor) -> tuple[Tensor, list[Tensor]]:
         feats = []
@@ -82,7 +88,10 @@ class Discriminator(nn.Module):
             feats.append(x)
         h = nn.functional.glu(self.fc(x.flatten(1)), dim=1)
         onehot = nn.functional.one_hot(class_ids, self.cfg.num_classes).to(h.dtype)
-        return self.out(torch.cat([h, onehot], dim=1)).squeeze(1), feats
+        logit = self.out(torch.cat([h, onehot], dim=1)).squeeze(1)
+        if self.cfg.projection:
+            logit = logit + (self.embed(class_ids) * h).sum(1)
+        return logit, feats
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -11,7 +11,7 @@ hinge GAN with DiStyleGAN's networks. Every weight is constant over training unl
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ FM_WEIGHTS = (1 / 16, 1 / 8, 1 / 4, 1.0)
 @dataclass(frozen=True)
 class DistillConfig:
     network: str = "cifar10"  # key of distylegan.networks.CONFIGS
+    projection: bool = False  # class-projection term in D (see DiscriminatorConfig); needed without a teacher
     steps: int = 20_000
     batch_size: int = 128
     lr: float = 2e-4
@@ -66,6 +67,7 @@ class Distiller:
         self.cfg, self.device = cfg, pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         g_cfg, d_cfg = CONFIGS[cfg.network]
+        d_cfg = replace(d_cfg, projection=cfg.projection)
         self.G, self.D = Generator(g_cfg).to(self.device), Discriminator(d_cfg).to(self.device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), cfg.lr, betas=betas)

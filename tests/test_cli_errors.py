@@ -56,3 +56,23 @@ def test_zoo_eval_prints_accuracy(weights_dir):
     result = runner.invoke(app, ["zoo", "eval", "tiny_cnn"])
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output
+
+
+def test_zoo_train_cli_runs_and_resumes(tmp_path):
+    args = ["zoo", "train", "tiny_cnn", "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "run")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert list((tmp_path / "run").glob("cifar10_tiny_cnn-*.pt"))
+    again = runner.invoke(app, args)  # resumes from last.pt: nothing left to do, same result
+    assert again.exit_code == 0 and '"epochs": 1' in again.output
+
+
+def test_generate_cli_default_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["generate", "--source", "noise", "--per-class", "2", "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "sets" / "noise-2pc-s0" / "manifest.json").exists()
+    clash = runner.invoke(app, ["generate", "--source", "noise", "--per-class", "2", "--seed", "0"])
+    one_line_error(clash, "already exists")
+    one_line_error(runner.invoke(app, ["generate", "--source", "noise", "--per-class", "2", "--iterations", "3",
+                                       "--out", str(tmp_path / "x")]), "does not take")

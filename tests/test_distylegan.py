@@ -71,6 +71,7 @@ def test_tiny_distillation_pixel_loss_falls(teacher_set, tmp_path):
     assert (tmp_path / "run" / "options.json").exists() and (tmp_path / "run" / "grid-000030.png").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_matches_an_uninterrupted_run(teacher_set, tmp_path, cifar_dir):
     from calibration.data import train_splits
 
