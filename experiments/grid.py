@@ -98,8 +98,8 @@ def expand(grid: Grid) -> list[Cell]:
         for algo in grid.algos:
             if algo == "accuracy-aware" and (m not in grid.accuracy_aware_models or e != "openvino"):
                 continue
-            for s, seed, sub, fbc in itertools.product(grid.sources, grid.seeds, grid.subset_sizes,
-                                                       grid.fast_bias_correction):
+            fbcs = grid.fast_bias_correction if e == "openvino" else (True,)  # an NNCF option only
+            for s, seed, sub, fbc in itertools.product(grid.sources, grid.seeds, grid.subset_sizes, fbcs):
                 cells.append(Cell("quantize", m, e, s, algo, seed, grid.per_class, sub, fbc, fuse,
                                   grid.max_drop if algo == "accuracy-aware" else 0.01))
     return cells

@@ -73,6 +73,14 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
             acc = _agg(aa, ["model", "source"], "int8_accuracy")
             acc["cell"] = [_fmt(m, s, n, 4) for m, s, n in zip(acc["mean"], acc["std"], acc["count"])]
             out[f"table2_{engine}"] = acc.pivot(index="model", columns="source", values="cell").reset_index()
+    longs = [t.assign(engine=name.removeprefix("long_")) for name, t in out.items() if name.startswith("long_")]
+    if len(longs) > 1:  # the engines side by side: same model, source and set, INT8 accuracy and speed-up
+        both = pd.concat(longs)
+        both = both[both.algo == "default"]
+        cols = ["int8_accuracy", "speedup"] if "speedup" in both else ["int8_accuracy"]
+        side = both.pivot_table(index=["model", "source", "subset_size_images"], columns="engine", values=cols)
+        side.columns = [f"{v} {e}" for v, e in side.columns]
+        out["engines_side_by_side"] = side.reset_index()
     skipped = df[df.status != "ok"][["kind", "model", "source", "algo", "engine", "status", "reason"]]
     out["not_ok"] = skipped.drop_duplicates(subset=["status", "reason", "model", "source"])
     return out
