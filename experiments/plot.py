@@ -32,7 +32,8 @@ def write_plots(run: Path, out: Path | None = None) -> list[Path]:
         fused = long[long.fuse.astype(bool)]
         for algo in sorted(fused.algo.unique()):
             pivot = fused[fused.algo == algo].groupby(["model", "source"])["delta_to_fp32"].mean().unstack()
-            if pivot.notna().any().any():
+            pivot = pivot.dropna(how="all").dropna(axis=1, how="all")  # models without trained weights
+            if pivot.size:
                 fig, ax = plt.subplots(figsize=(1.6 + 1.3 * pivot.shape[1], 1 + 0.6 * pivot.shape[0]))
                 sns.heatmap(pivot * 100, annot=True, fmt=".2f", cmap="RdYlGn", center=0, ax=ax,
                             cbar_kws={"label": "INT8 - FP32 top-1 (points)"})
