@@ -67,3 +67,12 @@ def test_normalization_matches_torchvision():
     expected = torch.stack([tv(i) for i in img]).numpy()
     np.testing.assert_allclose(to_model_input(img), expected, atol=1e-6)
     assert len(CLASSES) == 10
+
+
+def test_splits_are_torch_datasets(cifar_dir):
+    import torch
+
+    loader = torch.utils.data.DataLoader(load_split("test", cifar_dir), batch_size=4)
+    x, y = next(iter(loader))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (4,)
+    assert torch.allclose(x, torch.from_numpy(to_model_input(load_split("test", cifar_dir).images[:4])))
