@@ -81,7 +81,8 @@ def tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         side = both.pivot_table(index=["model", "source", "subset_size_images"], columns="engine", values=cols)
         side.columns = [f"{v} {e}" for v, e in side.columns]
         out["engines_side_by_side"] = side.reset_index()
-    skipped = df[df.status != "ok"][["kind", "model", "source", "algo", "engine", "status", "reason"]]
+    cols = ["kind", "model", "source", "algo", "engine", "status", "reason"]
+    skipped = df[df.status != "ok"].reindex(columns=cols)
     out["not_ok"] = skipped.drop_duplicates(subset=["status", "reason", "model", "source"])
     return out
 

@@ -121,3 +121,15 @@ def test_ray_executor_runs_two_cells(tmp_path):
     finally:
         ray.shutdown()
     assert summary["cells"] == 2 and summary["ok"] == 2
+
+
+def test_report_of_a_run_without_failures(tmp_path):
+    import pandas as pd
+
+    from experiments.report import tables
+
+    rows = [dict(kind="baseline", status="ok", model="m", engine="openvino", fp32_accuracy=0.9, fp32_fps=100.0),
+            dict(kind="quantize", status="ok", model="m", engine="openvino", source="noise", algo="default",
+                 fuse=True, seed=0, subset_size_images=32, fast_bias_correction=True, int8_accuracy=0.8)]
+    out = tables(pd.DataFrame(rows))
+    assert out["not_ok"].empty and out["long_openvino"].delta_to_fp32.iloc[0] == pytest.approx(-0.1)
