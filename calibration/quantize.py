@@ -8,7 +8,7 @@ correctness so NNCF ranks layers without re-running item by item.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -110,10 +110,6 @@ def quantize_model(ov_model, calib: CalibrationSet, cfg: QuantizeConfig = Quanti
                    "validation_role": validation.role}
     record["quantize_seconds"] = round(time.perf_counter() - t0, 2)
     return q, record
-
-
-def config_dict(cfg: QuantizeConfig) -> dict:
-    return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(cfg).items()}
 
 
 def load_ir_or_zoo(model: str, weights: Path | None = None, fuse: bool = True):

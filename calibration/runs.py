@@ -118,10 +118,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def hash_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def provenance(seeds: dict[str, int] | None = None, inputs: dict[str, str] | None = None) -> dict:
     """Command, versions, git SHA, CPU, seeds and input hashes: the manifest fields of every run."""
     return {
