@@ -6,6 +6,7 @@ hash it is checked against.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -22,8 +23,15 @@ from calibration.zoo.repvgg import reparameterize
 _NAME = re.compile(r"cifar10_(?P<model>.+)-(?P<hash>[0-9a-f]{8})\.pt$")
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
 def check_hash(path: Path, prefix: str) -> None:
-    digest = sha256_file(path)
+    """Compare a file's sha256 with a prefix; a file is hashed once per process unless it changes."""
+    st = path.stat()
+    digest = _cached_digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
     if not digest.startswith(prefix):
         raise CalibError(f"{path}: sha256 {digest[:8]} does not match the expected prefix {prefix}")
 
