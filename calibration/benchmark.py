@@ -80,6 +80,15 @@ def bench_openvino(model, precision: str = "f32", protocol: Protocol = Protocol(
             "infer_requests": nreq, "precision_hint": precision, "protocol": asdict(protocol)}
 
 
+def bench_file(path: str | Path, protocol: Protocol = Protocol()) -> dict:
+    """Time an IR with OpenVINO or an .onnx file with ONNX Runtime, under the same protocol."""
+    if str(path).endswith(".onnx"):
+        from calibration.ort import bench_onnx
+
+        return bench_onnx(Path(path), protocol)
+    return bench_openvino(path, "f32", protocol)
+
+
 def benchmark_app_fps(xml: Path, seconds: int = 10, hint: str = "throughput", batch: int = 1) -> float:
     """OpenVINO's own benchmark_app throughput for the same IR, as a reference for our measurements."""
     cmd = ["benchmark_app", "-m", str(xml), "-d", "CPU", "-hint", hint, "-t", str(seconds), "-b", str(batch)]

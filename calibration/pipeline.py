@@ -9,9 +9,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
-from calibration.benchmark import Protocol, bench_openvino, bench_torch, benchmark_app_fps, model_size_bytes
+from calibration.benchmark import Protocol, bench_file, bench_torch, benchmark_app_fps, model_size_bytes
 from calibration.data import load_split, train_splits
 from calibration.errors import CalibError
 from calibration.quantize import (
@@ -44,6 +42,7 @@ class QuantizeRequest:
     weights: Path | None = None
     data_dir: Path | None = None
     fuse: bool = True
+    pretrained: bool = True  # False: random weights, for speed runs that need no trained model
 
 
 def _stem(model: str) -> str:
@@ -55,7 +54,7 @@ def quantize_with(req: QuantizeRequest, cset: CalibrationSet, out: Path) -> dict
     if req.engine == "openvino":
         from calibration.export import save_ir
 
-        ov_model, info = load_ir_or_zoo(req.model, req.weights, req.fuse)
+        ov_model, info = load_ir_or_zoo(req.model, req.weights, req.fuse, req.pretrained)
         fp32 = save_ir(ov_model, out / "fp32.xml")
         cfg = QuantizeConfig(Algo(req.algo), req.subset_size, Preset(req.preset), req.fast_bias_correction,
                              req.max_drop, DropType(req.drop_type), req.seed)
@@ -75,9 +74,10 @@ def quantize_with(req: QuantizeRequest, cset: CalibrationSet, out: Path) -> dict
             from calibration.export import to_onnx
             from calibration.weights import load_model, resolve_weights
 
-            path = resolve_weights(req.model, req.weights)
-            fp32 = to_onnx(load_model(req.model, path, fuse=req.fuse), out / "fp32.onnx")
-            info = {"model": req.model, "weights": str(path)}
+            path = resolve_weights(req.model, req.weights) if req.pretrained else None
+            model = load_model(req.model, path, pretrained=req.pretrained, fuse=req.fuse)
+            fp32 = to_onnx(model, out / "fp32.onnx")
+            info = {"model": req.model, "weights": str(path) if path else "random"}
         images = select_calibration(cset, req.subset_size, req.seed)
         int8 = quantize_onnx(fp32, out / "int8.onnx", calibration_items(images), req.calibrate_method)
         rec = {"algo": "default", "subset_size_images": len(images), "calibrate_method": req.calibrate_method,
@@ -156,14 +156,8 @@ def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, o
     for name in track(names, description="benchmark", transient=True):
         torch_fps = bench_torch(load_model(name, pretrained=trained), protocol) if pytorch else None
         for engine in engines:
-            q = quantize_for_speed(name, engine, cset.images, out, trained)
-            if engine == "openvino":
-                fp32, int8 = bench_openvino(q["fp32_path"], "f32", protocol), bench_openvino(q["int8_path"], "f32",
-                                                                                             protocol)
-            else:
-                from calibration.ort import bench_onnx
-
-                fp32, int8 = bench_onnx(Path(q["fp32_path"]), protocol), bench_onnx(Path(q["int8_path"]), protocol)
+            q = quantize_for_speed(name, engine, cset, out, trained)
+            fp32, int8 = bench_file(q["fp32_path"], protocol), bench_file(q["int8_path"], protocol)
             row = {"model": name, "engine": engine, "trained_weights": trained,
                    "fp32_fps": fp32["fps_throughput_median"], "int8_fps": int8["fps_throughput_median"],
                    "speedup": int8["fps_throughput_median"] / fp32["fps_throughput_median"],
@@ -178,34 +172,12 @@ def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, o
     return rows
 
 
-def quantize_for_speed(name: str, engine: str, images: np.ndarray, out: Path, trained: bool = False) -> dict:
+def quantize_for_speed(name: str, engine: str, cset: CalibrationSet, out: Path, trained: bool = False,
+                       subset_size: int | None = None, seed: int = 0) -> dict:
     """FP32 and default-INT8 files of a zoo model for timing; random weights unless `trained`."""
-    import torch
-
-    from calibration.weights import load_model
-
-    folder = out / f"{name}-{engine}"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = load_model(name, pretrained=trained)
-    if engine == "openvino":
-        import nncf
-
-        from calibration.export import save_ir, to_openvino
-
-        ov_model = to_openvino(model)
-        fp32 = save_ir(ov_model, folder / "fp32.xml")
-        dataset = nncf.Dataset(calibration_items(images))
-        q = nncf.quantize(ov_model, dataset, subset_size=len(images), target_device=nncf.TargetDevice.CPU)
-        int8 = save_ir(q, folder / "int8.xml")
-    else:
-        from calibration.export import to_onnx
-        from calibration.ort import quantize_onnx
-
-        fp32 = to_onnx(model, folder / "fp32.onnx")
-        int8 = quantize_onnx(fp32, folder / "int8.onnx", calibration_items(images))
-    return {"fp32_path": str(fp32), "int8_path": str(int8), "fp32_bytes": model_size_bytes(fp32),
-            "int8_bytes": model_size_bytes(int8)}
+    req = QuantizeRequest(model=name, calib=cset.path, engine=engine, subset_size=subset_size, seed=seed,
+                          pretrained=trained)
+    return quantize_with(req, cset, out / f"{name}-{engine}")
 
 
 def evaluate_vs_benchmark_app(name: str, out: Path, data_dir: Path | None = None, seconds: int = 10,
@@ -215,7 +187,7 @@ def evaluate_vs_benchmark_app(name: str, out: Path, data_dir: Path | None = None
 
     xml = out / f"{name}-openvino" / "int8.xml"
     if not xml.exists():
-        quantize_for_speed(name, "openvino", memory_set().images, out)
+        quantize_for_speed(name, "openvino", memory_set(), out)
     test = load_split("test", data_dir)
     ev = evaluate(str(xml), test)
     app = benchmark_app_fps(xml, seconds)
@@ -263,12 +235,7 @@ def compare_engines(model: str, calib: Path, protocol: Protocol, out: Path, subs
         for prec in ("fp32", "int8"):
             path = q[f"{prec}_path"]
             row[f"{prec}_accuracy"] = accuracy_of(path, test)["accuracy"]
-            if engine == "openvino":
-                bench = bench_openvino(path, "f32", protocol)
-            else:
-                from calibration.ort import bench_onnx
-
-                bench = bench_onnx(Path(path), protocol)
+            bench = bench_file(path, protocol)
             row[f"{prec}_fps"] = bench["fps_throughput_median"]
             row[f"{prec}_latency_fps"] = bench["fps_latency_median"]
         row["speedup"] = row["int8_fps"] / row["fp32_fps"]

@@ -112,8 +112,8 @@ def quantize_model(ov_model, calib: CalibrationSet, cfg: QuantizeConfig = Quanti
     return q, record
 
 
-def load_ir_or_zoo(model: str, weights: Path | None = None, fuse: bool = True):
-    """`model` is a zoo name (trained weights, converted now) or a path to an OpenVINO `.xml`."""
+def load_ir_or_zoo(model: str, weights: Path | None = None, fuse: bool = True, pretrained: bool = True):
+    """`model` is a zoo name (trained weights unless `pretrained=False`, converted now) or an OpenVINO `.xml`."""
     import openvino as ov
 
     if model.endswith(".xml"):
@@ -123,5 +123,7 @@ def load_ir_or_zoo(model: str, weights: Path | None = None, fuse: bool = True):
     from calibration.export import to_openvino
     from calibration.weights import load_model, resolve_weights
 
+    if not pretrained:
+        return to_openvino(load_model(model, pretrained=False, fuse=fuse)), {"model": model, "weights": "random"}
     path = resolve_weights(model, weights)
     return to_openvino(load_model(model, path, fuse=fuse)), {"model": model, "weights": str(path)}

@@ -87,8 +87,11 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model(name: str, path: Path | None = None, weights_dir: Path | None = None, pretrained: bool = True,
                fuse: bool = True) -> nn.Module:
-    """A zoo model in eval mode, with trained weights unless `pretrained=False`; RepVGG fused if `fuse`."""
-    model = create_model(name)
+    """A zoo model in eval mode, with trained weights unless `pretrained=False` (then a fixed random init);
+    RepVGG fused if `fuse`."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_model(name)
     if pretrained:
         file = resolve_weights(name, path, weights_dir)
         try:

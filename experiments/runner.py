@@ -126,14 +126,9 @@ def _baseline(grid: Grid, cell: Cell, out: Path, weights: Path | None, data_dir:
 
 
 def _speed(path: Path, protocol, prefix: str) -> dict:
-    from calibration.benchmark import bench_openvino
+    from calibration.benchmark import bench_file
 
-    if str(path).endswith(".onnx"):
-        from calibration.ort import bench_onnx
-
-        b = bench_onnx(Path(path), protocol)
-    else:
-        b = bench_openvino(path, "f32", protocol)
+    b = bench_file(path, protocol)
     return {f"{prefix}_fps": b["fps_throughput_median"], f"{prefix}_fps_spread": b.get("fps_throughput_runs"),
             f"{prefix}_latency_fps": b["fps_latency_median"]}
 
@@ -161,12 +156,12 @@ def _quantize_cell(grid: Grid, cell: Cell, out: Path, weights: Path, data_dir: P
 def _speed_only_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None) -> dict:
     from calibration.benchmark import Protocol
     from calibration.pipeline import quantize_for_speed
-    from calibration.quantize import select_calibration
     from calibration.sets import read_set
 
     cset = read_set(set_for(grid, cell, out, data_dir))
-    images = select_calibration(cset, cell.subset_size, cell.seed)
-    q = quantize_for_speed(cell.model, cell.engine, images, out / "models" / cell.id)
+    subset = min(cell.subset_size, len(cset)) if cell.subset_size else None
+    q = quantize_for_speed(cell.model, cell.engine, cset, out / "models" / cell.id, subset_size=subset,
+                           seed=cell.seed)
     return {"fp32_bytes": q["fp32_bytes"], "int8_bytes": q["int8_bytes"], "calib_hash": cset.content_hash,
             "trained_weights": False, **_speed(Path(q["int8_path"]), Protocol(duration_s=grid.benchmark_seconds),
                                                "int8")}

@@ -133,3 +133,15 @@ def test_report_of_a_run_without_failures(tmp_path):
                  fuse=True, seed=0, subset_size_images=32, fast_bias_correction=True, int8_accuracy=0.8)]
     out = tables(pd.DataFrame(rows))
     assert out["not_ok"].empty and out["long_openvino"].delta_to_fp32.iloc[0] == pytest.approx(-0.1)
+
+
+def test_models_without_weights_get_speed_cells_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("CALIB_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]')
+                      .replace("seeds = [0, 1]", "seeds = [0]").replace("benchmark = false",
+                                                                         "benchmark = true\nbenchmark_seconds = 0.1"))
+    run_study(grid, tmp_path / "run", progress=False)
+    rows = {r["kind"]: r for r in read_jsonl(tmp_path / "run" / "rows.jsonl")}
+    assert rows["quantize"]["status"] == "ok" and rows["quantize"]["int8_fps"] > 0
+    assert "int8_accuracy" not in rows["quantize"] and rows["quantize"]["trained_weights"] is False
+    assert "fp32_accuracy" not in rows["baseline"] and rows["baseline"]["fp32_fps"] > 0
