@@ -43,6 +43,8 @@ class TeacherSet:
 
 def build_teacher_set(teacher: ModuleTeacher, out: Path, count: int, seed: int = 0, chunk: int = 256,
                       device: str = "cpu") -> Path:
+    if teacher.num_classes < 1:
+        raise CalibError(f"teacher {teacher.name} is unconditional; a teacher set needs class-conditional images")
     if count % teacher.num_classes:
         raise CalibError(f"count {count} is not a multiple of {teacher.num_classes} classes (sets are balanced)")
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,8 @@ class Distiller:
         self.cfg, self.device = cfg, pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         g_cfg, d_cfg = CONFIGS[cfg.network]
+        if teacher_set is not None:  # the student maps the teacher's latents, so it takes their size
+            g_cfg = replace(g_cfg, z_dim=int(teacher_set.latents.shape[1]))
         d_cfg = replace(d_cfg, projection=cfg.projection)
         self.G, self.D = Generator(g_cfg).to(self.device), Discriminator(d_cfg).to(self.device)
         betas = (cfg.beta1, cfg.beta2)
@@ -78,9 +80,6 @@ class Distiller:
         self.teacher = None if teacher_set is None else (to(teacher_set.latents), to(teacher_set.labels),
                                                          to(teacher_set.images))
         self.real = None if real is None else (to(real.images), to(real.labels))
-        if self.teacher is not None and self.teacher[0].shape[1] != g_cfg.z_dim:
-            raise CalibError(f"teacher set z has {self.teacher[0].shape[1]} dims; network {cfg.network} "
-                             f"expects {g_cfg.z_dim}")
 
     def _pick(self, n: int) -> torch.Tensor:
         return torch.randint(0, n, (self.cfg.batch_size,), generator=self.rng, device=self.device)

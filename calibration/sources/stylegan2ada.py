@@ -1,4 +1,4 @@
-"""StyleGAN2-ADA samples from NVIDIA's official pickle (read safely, and only with explicit trust)."""
+"""StyleGAN2-ADA samples from NVIDIA's pickle (read safely into the native generator, only with explicit trust)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def stylegan2_ada(per_class: int, seed: int, teacher: Path | None = None, trust_
     spec = f"module:{path}" if path.suffix == ".pt" else f"stylegan2-ada:{path}"
     t = build_teacher(spec, trust=trust_teacher, truncation_psi=truncation)
     labels = balanced_labels(per_class)
+    if t.num_classes != len(np.unique(labels)):
+        raise CalibError(f"teacher {path} has {t.num_classes} classes; CIFAR-10 sets need 10")
     seeds = np.array([image_seed(seed, i) for i in range(len(labels))])
     return Generated(sample_images(t, t.z_dim, seeds, labels, batch=100), labels, [f"{s:010d}" for s in seeds],
                      extra={"teacher": str(path), "teacher_sha256": sha256_file(path), "truncation_psi": truncation})
