@@ -4,8 +4,9 @@ Two paths to the same data: torchvision's CIFAR10 download (the real path) or an
 `<root>/{train,test}/<class>/*` (the local path, `--data-dir` or `CALIB_CIFAR10_DIR`).
 
 Science hygiene lives here: `train_splits` cuts the train split into a calibration pool and a validation
-split that never overlap, and every `LabeledImages` carries its `role`, so the quantize path can refuse
-the test split where it does not belong.
+split that never overlap (one definition, `SPLIT`, for every user), every `LabeledImages` carries its `role`
+and the tree it came from, and `heldout_hashes` gives the pixel hashes of the test and validation images, so
+the quantize path can refuse them by content, whatever folder or file name they arrive under.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class LabeledImages(torch.utils.data.Dataset):
     role: str
     source: str = ""
     indices: np.ndarray | None = field(default=None, repr=False)
+    provenance: dict = field(default_factory=dict, repr=False)  # the tree it was read from; see `load_split`
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,7 +51,8 @@ class LabeledImages(torch.utils.data.Dataset):
 
     def subset(self, idx: np.ndarray, role: str | None = None) -> LabeledImages:
         base = self.indices if self.indices is not None else np.arange(len(self))
-        return LabeledImages(self.images[idx], self.labels[idx], role or self.role, self.source, base[idx])
+        return LabeledImages(self.images[idx], self.labels[idx], role or self.role, self.source, base[idx],
+                             self.provenance)
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
@@ -94,29 +97,67 @@ def _read_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _folder_fingerprint(folder: Path) -> str:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    """Cheap identity of a folder tree (names, sizes, mtimes), for cache keys; one stat per file."""
+    entries: list[tuple[tuple[str, ...], int, int]] = []
+
+    def walk(d: Path, rel: tuple[str, ...]) -> None:
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir():
+                    walk(Path(e.path), (*rel, e.name))
+                elif e.is_file():
+                    st = e.stat()
+                    entries.append(((*rel, e.name), st.st_size, st.st_mtime_ns))
+
+    walk(folder, ())
     h = hashlib.sha256()
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for parts, size, mtime in sorted(entries):
+        h.update(f"{'/'.join(parts)}:{size}:{mtime}\n".encode())
     return h.hexdigest()[:16]
 
 
+def _torchvision_cache() -> Path:
+    return calib_home() / "cifar10"
+
+
+def _content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    h.update(np.ascontiguousarray(labels, np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _with_provenance(images: np.ndarray, labels: np.ndarray, split: str, kind: str, where: Path) -> LabeledImages:
+    prov = {"data": kind, "data_root": str(where), "split": split, "images": int(len(labels)),
+            "per_class": np.bincount(labels, minlength=len(CLASSES)).tolist(),
+            "content_sha256": _content_sha256(images, labels)}
+    source = f"torchvision:{where}" if kind == "torchvision" else str(where / split)
+    return LabeledImages(images, labels, split, source, provenance=prov)
+
+
 def load_split(split: Split, data_dir: Path | None = None, download: bool = True) -> LabeledImages:
-    """Decode a whole CIFAR-10 split into memory (cached as .npz; 50,000 images are 150 MB)."""
+    """Decode a whole CIFAR-10 split into memory (cached as .npz; 50,000 images are 150 MB).
+
+    Any number of images per class is accepted (a 4,000-image train split with 366-422 per class, say); the
+    result's `provenance` names the tree, the per-class counts and a sha256 of the decoded pixels and labels.
+    """
     if split not in ("train", "test"):
         raise CalibError(f"unknown split {split!r} (train or test)")
     root = resolve_data_dir(data_dir)
     if root is None:
         from torchvision.datasets import CIFAR10
 
-        cache = calib_home() / "cifar10"
+        cache = _torchvision_cache()
         try:
             ds = CIFAR10(str(cache), train=split == "train", download=download)
-        except RuntimeError as e:
-            raise CalibError(f"CIFAR-10 not available in {cache}: {e}") from None
-        return LabeledImages(ds.data, np.asarray(ds.targets, np.int64), split, f"torchvision:{cache}")
+        except (RuntimeError, OSError) as e:  # missing without download, or no network
+            msg = " ".join(str(e).split())
+            raise CalibError(f"CIFAR-10 not available in {cache} ({type(e).__name__}: {msg}); set --data-dir or "
+                             "CALIB_CIFAR10_DIR to a local tree") from None
+        return _with_provenance(np.asarray(ds.data, np.uint8), np.asarray(ds.targets, np.int64), split,
+                                "torchvision", cache.resolve())
     folder = root / split
+    if not folder.is_dir():
+        raise CalibError(f"missing split folder {folder}")
     cache_file = calib_home() / "decoded" / f"{split}-{_folder_fingerprint(folder)}.npz"
     if cache_file.exists():
         with np.load(cache_file) as z:
@@ -127,7 +168,21 @@ def load_split(split: Split, data_dir: Path | None = None, download: bool = True
         tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp.npz")
         np.savez(tmp, images=images, labels=labels)
         os.replace(tmp, cache_file)
-    return LabeledImages(images, labels, split, str(folder.resolve()))
+    return _with_provenance(images, labels, split, "folder", root.resolve())
+
+
+def data_provenance(data_dir: Path | None = None) -> dict:
+    """Which CIFAR-10 tree a run used: root, per-split image counts and pixel sha256, and the train cut.
+
+    Flat keys (`data_root`, `data_train_sha256`, ...), ready to merge into a manifest or a result row.
+    """
+    out: dict = {}
+    for split in ("train", "test"):
+        prov = load_split(split, data_dir).provenance
+        out |= {"data": prov["data"], "data_root": prov["data_root"], f"data_{split}_images": prov["images"],
+                f"data_{split}_sha256": prov["content_sha256"]}
+    out["data_split"] = f"validation_per_class={SPLIT.validation_per_class},seed={SPLIT.seed}"
+    return out
 
 
 @dataclass(frozen=True)
@@ -138,25 +193,87 @@ class SplitConfig:
     seed: int = 0
 
 
-def train_split_indices(labels: np.ndarray, cfg: SplitConfig = SplitConfig()) -> dict[str, np.ndarray]:
-    """Class-balanced, seeded, disjoint index sets of train: `calibration_pool` and `validation`."""
+SPLIT = SplitConfig()  # the one cut of train that the cifar10 source, validation and the guard all use
+
+
+def train_split_indices(labels: np.ndarray, cfg: SplitConfig = SPLIT) -> dict[str, np.ndarray]:
+    """Seeded, disjoint index sets of train: `validation` takes `validation_per_class` of every class (whatever
+    its count), `calibration_pool` the rest."""
     rng = np.random.default_rng(cfg.seed)
     pool, val = [], []
     for c in range(len(CLASSES)):
         idx = np.flatnonzero(labels == c)
         if len(idx) <= cfg.validation_per_class:
-            raise CalibError(f"class {CLASSES[c]} has {len(idx)} train images; need > {cfg.validation_per_class}")
+            raise CalibError(f"class {CLASSES[c]} has {len(idx)} train images; need > {cfg.validation_per_class} "
+                             f"(the validation split takes {cfg.validation_per_class} per class)")
         idx = rng.permutation(idx)
         val.append(idx[: cfg.validation_per_class])
         pool.append(idx[cfg.validation_per_class :])
     return {"calibration_pool": np.sort(np.concatenate(pool)), "validation": np.sort(np.concatenate(val))}
 
 
-def train_splits(data_dir: Path | None = None, cfg: SplitConfig = SplitConfig()) -> dict[str, LabeledImages]:
-    """The calibration pool and the validation split, both cut from train."""
+def train_splits(data_dir: Path | None = None) -> dict[str, LabeledImages]:
+    """The calibration pool and the validation split, both cut from train by `SPLIT`."""
     train = load_split("train", data_dir)
-    parts = train_split_indices(train.labels, cfg)
+    parts = train_split_indices(train.labels, SPLIT)
     return {role: train.subset(idx, role=role) for role, idx in parts.items()}
+
+
+def image_hashes(images: np.ndarray) -> np.ndarray:
+    """One 64-bit BLAKE2b hash per uint8 image: equal pixels, equal hash, whatever the file or folder."""
+    images = np.ascontiguousarray(images, np.uint8)
+    return np.fromiter((int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=8).digest(), "little")
+                        for img in images), np.uint64, len(images))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Pixel hashes (sorted uint64) of the images calibration must never see, and the tree they came from."""
+
+    test: np.ndarray
+    validation: np.ndarray
+    data_root: str
+
+
+def _tree_key(data_dir: Path | None) -> tuple[str | None, Path]:
+    """A cache key for the held-out hashes of the configured tree (None while the tree is not on disk), and
+    that tree's root."""
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        where = _torchvision_cache().resolve()
+        batches = where / "cifar-10-batches-py"
+        parts = ["torchvision", _folder_fingerprint(batches)] if batches.is_dir() else None
+    else:
+        where = root.resolve()
+        parts = ["folder", *(_folder_fingerprint(root / s) for s in ("train", "test") if (root / s).is_dir())]
+    if parts is None:
+        return None, where
+    parts += [str(where), str(SPLIT.validation_per_class), str(SPLIT.seed)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20], where
+
+
+def heldout_hashes(data_dir: Path | None = None) -> HeldOut:
+    """Pixel hashes of the test split and the validation split of the configured tree (option, then
+    `CALIB_CIFAR10_DIR`, then torchvision's download); computed once per tree and cached under `CALIB_HOME`."""
+    key, where = _tree_key(data_dir)
+    cache_file = calib_home() / "heldout" / f"{key}.npz"
+    if key is not None and cache_file.exists():
+        with np.load(cache_file) as z:
+            return HeldOut(z["test"], z["validation"], str(where))
+    try:
+        test = load_split("test", data_dir)
+        validation = train_splits(data_dir)["validation"]
+    except CalibError as e:
+        raise CalibError(f"cannot check calibration images against the test and validation splits: {e}") from None
+    held = HeldOut(np.sort(image_hashes(test.images)), np.sort(image_hashes(validation.images)), str(where))
+    key, _ = _tree_key(data_dir)  # again: a download may just have created the tree
+    if key is not None:
+        cache_file = calib_home() / "heldout" / f"{key}.npz"
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, test=held.test, validation=held.validation)
+        os.replace(tmp, cache_file)
+    return held
 
 
 def require_role(data: LabeledImages, allowed: tuple[str, ...], purpose: str) -> None:

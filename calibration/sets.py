@@ -188,12 +188,23 @@ def _role_of_folder(src: Path) -> str:
     return "imported"
 
 
-def check_calibration_set(cset: CalibrationSet) -> None:
-    """Calibration images must never come from the validation or the test split."""
-    from calibration.data import resolve_data_dir
+def check_calibration_set(cset: CalibrationSet, data_dir: Path | None = None) -> None:
+    """Calibration images must never come from the validation or the test split: refused by manifest role, by
+    location, and by content (any image whose pixels equal a test or validation image of the configured tree:
+    `data_dir`, else `CALIB_CIFAR10_DIR`, else torchvision's download), however it was copied or renamed."""
+    from calibration.data import heldout_hashes, image_hashes, resolve_data_dir
 
     if cset.role in ("test", "validation"):
         raise CalibError(f"{cset.path} holds {cset.role}-split images; calibration must use the train split")
-    root = resolve_data_dir()
+    root = resolve_data_dir(data_dir)
     if root is not None and cset.path.resolve().is_relative_to((root / "test").resolve()):
         raise CalibError(f"{cset.path} lies inside the CIFAR-10 test split; calibration must use the train split")
+    held = heldout_hashes(data_dir)
+    hashes = image_hashes(cset.images)
+    for split in ("test", "validation"):
+        hit = np.flatnonzero(np.isin(hashes, getattr(held, split)))
+        if len(hit):
+            first = f"{CLASSES[int(cset.labels[hit[0]])]}/{cset.ids[hit[0]]}.png"
+            raise CalibError(f"{cset.path}: {len(hit)} of its {len(hashes)} images are {split}-split images of "
+                             f"{held.data_root} (first: {first}); calibration must use the train split's "
+                             "calibration pool")

@@ -1,26 +1,31 @@
-"""Trained weights for zoo models: an explicit path, then `CALIB_WEIGHTS_DIR`, then the official release.
+"""Trained weights for zoo models: an explicit path, then the folders of `CALIB_WEIGHTS_DIR`, then the official
+release (downloaded into `CALIB_HOME/weights`).
 
-Every weight file is named `cifar10_<model>-<first 8 hex of its sha256>.pt`, so each file carries the
-hash it is checked against.
+Every weight file is named `cifar10_<model>-<first 8 hex of its sha256>.pt`, so each file carries the hash it
+is checked against; an official file's prefix is also the one its registration names.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from calibration.errors import CalibError
-from calibration.paths import calib_home, env_path
+from calibration.paths import calib_home
 from calibration.runs import sha256_file
 from calibration.zoo import create_model, model_info
 from calibration.zoo.repvgg import reparameterize
 
 _NAME = re.compile(r"cifar10_(?P<model>.+)-(?P<hash>[0-9a-f]{8})\.pt$")
+
+WeightsDirs = Path | str | Sequence[Path | str] | None
 
 
 @functools.lru_cache(maxsize=64)
@@ -28,48 +33,103 @@ def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(Path(path))
 
 
-def check_hash(path: Path, prefix: str) -> None:
-    """Compare a file's sha256 with a prefix; a file is hashed once per process unless it changes."""
+def file_sha256(path: Path) -> str:
+    """A file's sha256; hashed once per process unless the file changes."""
     st = path.stat()
-    digest = _cached_digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return _cached_digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def check_hash(path: Path, prefix: str) -> None:
+    """Compare a file's sha256 with a prefix (the one in its name, or the official one)."""
+    digest = file_sha256(path)
     if not digest.startswith(prefix):
-        raise CalibError(f"{path}: sha256 {digest[:8]} does not match the expected prefix {prefix}")
+        raise CalibError(f"{path}: sha256 {digest[:8]}... does not match the expected prefix {prefix}; the file is "
+                         "damaged or not the one it is named for")
+
+
+def weights_dirs(weights_dir: WeightsDirs = None) -> list[Path]:
+    """The folders searched for weight files, in order: `weights_dir` (a folder, a list, or an os.pathsep-separated
+    string), else `CALIB_WEIGHTS_DIR` split on os.pathsep (`official:trained` on Linux)."""
+    if weights_dir is None:
+        weights_dir = os.environ.get("CALIB_WEIGHTS_DIR", "")
+    if isinstance(weights_dir, str):
+        weights_dir = weights_dir.split(os.pathsep)
+    elif isinstance(weights_dir, Path):
+        weights_dir = [weights_dir]
+    dirs = [Path(d).expanduser() for d in weights_dir if str(d)]
+    for d in dirs:
+        if not d.is_dir():
+            raise CalibError(f"weights folder {d} does not exist (CALIB_WEIGHTS_DIR lists folders separated by "
+                             f"{os.pathsep!r})")
+    return dirs
 
 
 def _in_weights_dir(name: str, weights_dir: Path) -> Path | None:
-    found = sorted(p for p in weights_dir.glob(f"cifar10_{name}-*.pt") if _NAME.match(p.name))
-    return found[-1] if found else None
+    """The weight file of `name` in one folder: the official one if present, else the only one."""
+    found = sorted(p for p in weights_dir.glob(f"cifar10_{name}-*.pt") if (m := _NAME.match(p.name))
+                   and m["model"] == name)
+    official = [p for p in found if _NAME.match(p.name)["hash"] == model_info(name).hash_prefix]
+    if official:
+        return official[0]
+    if len(found) > 1:
+        raise CalibError(f"{weights_dir} holds several weight files for {name} ({', '.join(p.name for p in found)}); "
+                         "pass one with --weights")
+    return found[0] if found else None
 
 
-def resolve_weights(name: str, path: Path | None = None, weights_dir: Path | None = None,
+def resolve_weights(name: str, path: Path | None = None, weights_dir: WeightsDirs = None,
                     download: bool = True) -> Path:
-    """Find the weight file of `name`, checking its hash; download the official one as the last resort."""
+    """Find the weight file of `name`, checking its hash: `path`, else the first folder of `weights_dirs` that
+    holds one, else the official release file (cached under `CALIB_HOME/weights`, downloaded if absent)."""
     info = model_info(name)
     if path is not None:
+        path = Path(path)
         if not path.is_file():
             raise CalibError(f"weight file {path} does not exist")
         m = _NAME.match(path.name)
         if m:
+            if m["model"] != name:
+                raise CalibError(f"{path} is named for {m['model']}, not {name}")
             check_hash(path, m["hash"])
         return path
-    weights_dir = weights_dir or env_path("CALIB_WEIGHTS_DIR")
-    if weights_dir is not None:
-        found = _in_weights_dir(name, weights_dir)
+    dirs = weights_dirs(weights_dir)
+    for folder in dirs:
+        found = _in_weights_dir(name, folder)
         if found is not None:
             check_hash(found, _NAME.match(found.name)["hash"])
             return found
     if info.weights_url is None or not download:
-        where = f" in {weights_dir}" if weights_dir else " (set CALIB_WEIGHTS_DIR or pass --weights)"
+        where = f" in {os.pathsep.join(map(str, dirs))}" if dirs else " (set CALIB_WEIGHTS_DIR or pass --weights)"
         raise CalibError(f"no weights for {name}{where}")
     target = calib_home() / "weights" / info.weights_file
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(info.weights_url, str(target), hash_prefix=info.hash_prefix)
+        try:  # torch writes a temporary file and moves it into place only when the hash prefix matches
+            torch.hub.download_url_to_file(info.weights_url, str(target), hash_prefix=info.hash_prefix,
+                                           progress=False)
         except Exception as e:  # network errors and hash mismatches alike
-            raise CalibError(f"could not download weights for {name} from {info.weights_url}: {e}") from None
+            msg = " ".join(str(e).split())
+            raise CalibError(f"could not download weights for {name} from {info.weights_url}: {msg}") from None
     check_hash(target, info.hash_prefix)
     return target
+
+
+def weights_provenance(path: Path | None) -> dict:
+    """What a result row records about its weights: file name, full sha256 and whether it is the official
+    release file of its model; `path=None` means random weights."""
+    if path is None:
+        return {"weights_file": "random", "weights_sha256": None, "weights_official": False}
+    path = Path(path)
+    digest = file_sha256(path)
+    m = _NAME.match(path.name)
+    official = False
+    if m:
+        try:
+            prefix = model_info(m["model"]).hash_prefix
+        except CalibError:
+            prefix = None
+        official = bool(prefix) and digest.startswith(prefix)
+    return {"weights_file": path.name, "weights_sha256": digest, "weights_official": official}
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -85,7 +145,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_model(name: str, path: Path | None = None, weights_dir: Path | None = None, pretrained: bool = True,
+def load_model(name: str, path: Path | None = None, weights_dir: WeightsDirs = None, pretrained: bool = True,
                fuse: bool = True) -> nn.Module:
     """A zoo model in eval mode, with trained weights unless `pretrained=False` (then a fixed random init);
     RepVGG fused if `fuse`."""
@@ -95,7 +155,7 @@ def load_model(name: str, path: Path | None = None, weights_dir: Path | None = N
     if pretrained:
         file = resolve_weights(name, path, weights_dir)
         try:
-            model.load_state_dict(load_state_dict(file))
+            model.load_state_dict(load_state_dict(file), strict=True)
         except RuntimeError as e:
             raise CalibError(f"{file} does not fit {name}: {str(e).splitlines()[0]}") from None
     model.eval()
@@ -104,5 +164,42 @@ def load_model(name: str, path: Path | None = None, weights_dir: Path | None = N
 
 def weight_card(path: Path) -> dict:
     """The `.json` written beside a weight file (how it was trained, its test accuracy), if any."""
-    card = path.with_suffix(".json")
-    return json.loads(card.read_text()) if card.exists() else {}
+    card = Path(path).with_suffix(".json")
+    if not card.exists():
+        return {}
+    try:
+        return json.loads(card.read_text())
+    except json.JSONDecodeError:
+        raise CalibError(f"weight card {card} is not valid JSON") from None
+
+
+def zoo_test_accuracy(name: str, path: Path | None = None, data_dir: Path | None = None, fuse: bool = True) -> dict:
+    """Top-1 of a zoo model in PyTorch FP32 on the whole test split of the configured tree, measured now, with
+    the weight file's provenance and the card's accuracy for that same tree when the card states one."""
+    from calibration.data import load_split
+    from calibration.train import accuracy, pick_device
+
+    file = resolve_weights(name, path)
+    model = load_model(name, file, fuse=fuse)
+    test = load_split("test", data_dir)
+    with torch.no_grad():
+        acc = accuracy(model, test, pick_device("cpu"))
+    root = Path(test.provenance["data_root"])
+    card = weight_card(file)
+    stated = card_accuracies(card)
+    same_tree = [(a, d) for a, d in stated if f"{root.name}/test" in d]
+    return {"model": name, "accuracy": acc, "images": len(test), "test_data": str(root / "test")
+            if test.provenance["data"] == "folder" else test.source, **weights_provenance(file),
+            "card_accuracies": stated, "card_accuracy_same_data": same_tree[0] if same_tree else None,
+            "published_top1": model_info(name).published_top1}
+
+
+# accuracy keys of weight cards and the key that names the data each was measured on
+_CARD_ACCURACIES = {"test_accuracy": "test_data", "test_accuracy_lossless_1k": "lossless_test",
+                    "test_accuracy_jpeg_10k": "jpeg_test"}
+
+
+def card_accuracies(card: dict) -> list[tuple[float, str]]:
+    """(accuracy, data it was measured on) for every test accuracy a weight card states."""
+    return [(float(card[k]), str(card.get(data, k))) for k, data in _CARD_ACCURACIES.items()
+            if isinstance(card.get(k), int | float)]

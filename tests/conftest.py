@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny CIFAR-10-shaped image-folder tree, a weights folder and an isolated cache."""
+"""Shared fixtures: tiny CIFAR-10-shaped image-folder trees (even and uneven class counts), a weights folder, an
+isolated cache, and the shared folder's official weights and lossless CIFAR-10 subset."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +17,19 @@ from calibration.data import CLASSES
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(__import__("os").environ.get("CALIB_SHARED", REPO.parent / "shared"))
 TRAIN_PER_CLASS, TEST_PER_CLASS = 110, 8
+# uneven class counts, as in the shared lossless subset (366-422 train, 86-112 test per class), but tiny
+UNEVEN_TRAIN = (104, 101, 117, 109, 125, 102, 113, 108, 121, 111)
+UNEVEN_TEST = (5, 3, 9, 4, 12, 6, 7, 3, 10, 8)
+REAL_DOWNLOAD = torch.hub.download_url_to_file  # the real function, for tests that serve file:// URLs
 
 
-def write_tree(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
-    """Class-dependent colour blobs so that even a tiny model can learn something from them."""
+def write_tree(root: Path, per_class: dict[str, int | Sequence[int]], seed: int = 0) -> Path:
+    """Class-dependent colour blobs so that even a tiny model can learn something from them; a split's count is
+    one number for every class or one number per class."""
     rng = np.random.default_rng(seed)
-    for split, n in per_class.items():
-        for c, name in enumerate(CLASSES):
+    for split, counts in per_class.items():
+        counts = [counts] * len(CLASSES) if isinstance(counts, int) else list(counts)
+        for c, (name, n) in enumerate(zip(CLASSES, counts, strict=True)):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 img = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
@@ -33,6 +41,30 @@ def write_tree(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory) -> Path:
     return write_tree(tmp_path_factory.mktemp("cifar"), {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS})
+
+
+@pytest.fixture(scope="session")
+def uneven_dir(tmp_path_factory) -> Path:
+    """A tree whose classes have different counts in both splits (seed 1: no image shared with `cifar_dir`)."""
+    return write_tree(tmp_path_factory.mktemp("uneven"), {"train": UNEVEN_TRAIN, "test": UNEVEN_TEST}, seed=1)
+
+
+@pytest.fixture
+def fake_torchvision(monkeypatch, cifar_dir):
+    """The torchvision path without the network: no CALIB_CIFAR10_DIR, and torchvision's CIFAR10 serves the tiny
+    tree's arrays (as uint8 HWC `data` and a `targets` list, like the real class)."""
+    from calibration.data import load_split
+
+    arrays = {split: load_split(split, cifar_dir) for split in ("train", "test")}
+
+    class FakeCIFAR10:
+        def __init__(self, root, train=True, download=False, **kwargs):
+            split = arrays["train" if train else "test"]
+            self.data, self.targets = split.images.copy(), split.labels.tolist()
+
+    monkeypatch.setattr("torchvision.datasets.CIFAR10", FakeCIFAR10)
+    monkeypatch.delenv("CALIB_CIFAR10_DIR")
+    return arrays
 
 
 def save_weights(model_name: str, folder: Path, seed: int = 0) -> Path:
@@ -71,3 +103,22 @@ def reference_file() -> Path:
     if not path.exists():
         pytest.fail(f"reference facts missing at {path}; set CALIB_SHARED to the shared folder")
     return path
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"{path} is missing; set CALIB_SHARED to the shared folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    """The five official release files (byte for byte) with their cards."""
+    return shared_path("weights-official")
+
+
+@pytest.fixture(scope="session")
+def lossless_dir() -> Path:
+    """CIFAR-10 train 0-3999 and test 0-999 as lossless PNG, uneven class counts."""
+    return shared_path("data", "cifar10-lossless")

@@ -105,3 +105,93 @@ def test_cli_validate_and_show(tmp_path):
     (path / "cat" / "x.txt").write_text("x")
     bad = runner.invoke(app, ["sets", "validate", str(path)])
     assert bad.exit_code == 1 and "unexpected files" in bad.output
+
+
+# ---------------------------------------------------------------- the held-out guard, by content
+def _check(path, data_dir=None):
+    from calibration.sets import check_calibration_set
+
+    cset = read_set(path, allow_unbalanced=True)
+    check_calibration_set(cset, data_dir) if data_dir else check_calibration_set(cset)
+
+
+def test_a_copied_test_tree_imports_as_imported_and_is_refused_by_content(tmp_path, cifar_dir):
+    copy = shutil.copytree(cifar_dir / "test", tmp_path / "elsewhere" / "my-images")
+    imported = import_set(copy, tmp_path / "imported", fmt="imagenet")
+    assert read_set(imported).role == "imported"  # the path says nothing: the pixels do
+    with pytest.raises(CalibError, match="80 of its 80 images are test-split images"):
+        _check(imported)
+
+
+def test_one_test_image_among_many_is_refused(tmp_path, cifar_dir):
+    from calibration.data import load_split
+
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    images[13] = load_split("test", cifar_dir).images[41]
+    labels = np.repeat(np.arange(10), 2)
+    path = write_set(tmp_path / "s", images, labels, [f"{i:04d}" for i in range(20)], "noise", {}, role="synthetic")
+    with pytest.raises(CalibError, match=r"1 of its 20 images are test-split images .*first: frog/0013\.png"):
+        _check(path)
+
+
+def test_validation_images_under_a_false_manifest_are_refused(tmp_path, cifar_dir):
+    from calibration.data import train_splits
+
+    val = train_splits(cifar_dir)["validation"]
+    path = write_set(tmp_path / "s", val.images[:30], val.labels[:30], [f"{i:04d}" for i in range(30)], "fractal", {},
+                     role="synthetic")
+    with pytest.raises(CalibError, match="validation-split images"):
+        _check(path)
+
+
+def test_pool_and_synthetic_sets_pass(tmp_path):
+    from calibration.sources import generate_set
+
+    _check(generate_set("cifar10", 3, 0, tmp_path / "real"))
+    _check(make_set(tmp_path / "noise"))
+
+
+def test_the_guard_follows_data_dir_not_only_the_environment(tmp_path, uneven_dir, monkeypatch):
+    """`--data-dir` names the tree: its test images are refused though CALIB_CIFAR10_DIR names another tree."""
+    copy = shutil.copytree(uneven_dir / "test", tmp_path / "copy")
+    imported = import_set(copy, tmp_path / "imported", fmt="imagenet")
+    _check(imported)  # the environment's tree (cifar_dir) does not hold these images
+    with pytest.raises(CalibError, match="test-split images of .*uneven"):
+        _check(imported, uneven_dir)
+    monkeypatch.delenv("CALIB_CIFAR10_DIR")
+    with pytest.raises(CalibError, match="test-split images"):
+        _check(imported, uneven_dir)
+
+
+def test_the_guard_holds_on_the_torchvision_path(tmp_path, cifar_dir, fake_torchvision):
+    copy = shutil.copytree(cifar_dir / "test", tmp_path / "copy")
+    imported = import_set(copy, tmp_path / "imported", fmt="imagenet")
+    with pytest.raises(CalibError, match="test-split images of .*cifar10"):
+        _check(imported)
+
+
+def test_the_guard_is_cached_per_tree(tmp_path, uneven_dir, monkeypatch):
+    import calibration.data as data
+    from calibration.data import heldout_hashes
+
+    tree = shutil.copytree(uneven_dir, tmp_path / "tree")
+    first = heldout_hashes(tree)
+    assert len(first.test) == len(data.load_split("test", tree)) and len(first.validation) == 1000
+    monkeypatch.setattr(data, "load_split", lambda *a, **k: pytest.fail("cache not used"))
+    assert np.array_equal(heldout_hashes(tree).test, first.test)
+    monkeypatch.undo()
+    Image.new("RGB", (32, 32), "red").save(tree / "test" / "cat" / "new.png")  # the tree changed: hashed again
+    assert len(heldout_hashes(tree).test) == len(first.test) + 1
+
+
+def test_quantize_refuses_a_copied_test_tree(tmp_path, cifar_dir):
+    from typer.testing import CliRunner
+
+    from calibration.cli import app
+
+    imported = import_set(shutil.copytree(cifar_dir / "test", tmp_path / "copy"), tmp_path / "imp", fmt="imagenet")
+    result = CliRunner().invoke(app, ["quantize", "--model", "tiny_cnn", "--calib", str(imported),
+                                      "--out", str(tmp_path / "q"), "--record", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 1 and "test-split images" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "r.jsonl").exists()

@@ -54,6 +54,21 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.forward_features(x))
 
 
-@register_model("mobilenetv2", "3bbbd6e2")
+@register_model("mobilenetv2", "ca14ced9", published_top1=92.88, madds_m=27.97)
+def mobilenetv2_x0_5(num_classes: int = 10) -> MobileNetV2:
+    return MobileNetV2(0.5, num_classes)
+
+
+@register_model("mobilenetv2", "a53c314e", published_top1=93.72, madds_m=59.31)
+def mobilenetv2_x0_75(num_classes: int = 10) -> MobileNetV2:
+    return MobileNetV2(0.75, num_classes)
+
+
+@register_model("mobilenetv2", "fe6a5b48", published_top1=93.79, madds_m=87.98)
+def mobilenetv2_x1_0(num_classes: int = 10) -> MobileNetV2:
+    return MobileNetV2(1.0, num_classes)
+
+
+@register_model("mobilenetv2", "3bbbd6e2", published_top1=94.22, madds_m=170.07, study=True)
 def mobilenetv2_x1_4(num_classes: int = 10) -> MobileNetV2:
     return MobileNetV2(1.4, num_classes)

@@ -98,6 +98,19 @@ def reparameterize(model: nn.Module) -> nn.Module:
     return model
 
 
-@register_model("repvgg", "09488915")
+A_BLOCKS = (2, 4, 14, 1)
+
+
+@register_model("repvgg", "ef08a50e", published_top1=94.39, madds_m=489.08)
+def repvgg_a0(num_classes: int = 10, deploy: bool = False) -> RepVGG:
+    return RepVGG(A_BLOCKS, (0.75, 0.75, 0.75, 2.5), num_classes, deploy)
+
+
+@register_model("repvgg", "38d2431b", published_top1=94.89, madds_m=851.33)
+def repvgg_a1(num_classes: int = 10, deploy: bool = False) -> RepVGG:
+    return RepVGG(A_BLOCKS, (1.0, 1.0, 1.0, 2.5), num_classes, deploy)
+
+
+@register_model("repvgg", "09488915", published_top1=94.98, madds_m=1850.10, study=True)
 def repvgg_a2(num_classes: int = 10, deploy: bool = False) -> RepVGG:
-    return RepVGG((2, 4, 14, 1), (1.5, 1.5, 1.5, 2.75), num_classes, deploy)
+    return RepVGG(A_BLOCKS, (1.5, 1.5, 1.5, 2.75), num_classes, deploy)

@@ -1,4 +1,4 @@
-"""CIFAR ResNet (3 stages of BasicBlocks, 16/32/64 channels)."""
+"""CIFAR ResNet (3 stages of BasicBlocks, 16/32/64 channels): ResNet-20/32/44/56 have 3/5/7/9 blocks a stage."""
 
 from torch import Tensor, nn
 
@@ -51,6 +51,25 @@ class CifarResNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-@register_model("resnet", "4118986f")
+def _resnet(blocks_per_stage: int, num_classes: int) -> CifarResNet:
+    return CifarResNet((blocks_per_stage,) * 3, num_classes)
+
+
+@register_model("resnet", "4118986f", published_top1=92.60, madds_m=40.81, study=True)
 def resnet20(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet((3, 3, 3), num_classes)
+    return _resnet(3, num_classes)
+
+
+@register_model("resnet", "ef93fc4d", published_top1=93.53, madds_m=69.12)
+def resnet32(num_classes: int = 10) -> CifarResNet:
+    return _resnet(5, num_classes)
+
+
+@register_model("resnet", "2a3cabcb", published_top1=94.01, madds_m=97.44)
+def resnet44(num_classes: int = 10) -> CifarResNet:
+    return _resnet(7, num_classes)
+
+
+@register_model("resnet", "187c023a", published_top1=94.37, madds_m=125.75)
+def resnet56(num_classes: int = 10) -> CifarResNet:
+    return _resnet(9, num_classes)

@@ -59,6 +59,24 @@ class ShuffleNetV2(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-@register_model("shufflenetv2", "ec31611c")
+REPEATS = (4, 8, 4)
+
+
+@register_model("shufflenetv2", "1308b4e9", published_top1=90.13, madds_m=10.90)
+def shufflenetv2_x0_5(num_classes: int = 10) -> ShuffleNetV2:
+    return ShuffleNetV2(REPEATS, (24, 48, 96, 192, 1024), num_classes)
+
+
+@register_model("shufflenetv2", "98807be3", published_top1=92.98, madds_m=45.00)
+def shufflenetv2_x1_0(num_classes: int = 10) -> ShuffleNetV2:
+    return ShuffleNetV2(REPEATS, (24, 116, 232, 464, 1024), num_classes)
+
+
+@register_model("shufflenetv2", "296694dd", published_top1=93.55, madds_m=94.26)
+def shufflenetv2_x1_5(num_classes: int = 10) -> ShuffleNetV2:
+    return ShuffleNetV2(REPEATS, (24, 176, 352, 704, 1024), num_classes)
+
+
+@register_model("shufflenetv2", "ec31611c", published_top1=93.81, madds_m=187.81, study=True)
 def shufflenetv2_x2_0(num_classes: int = 10) -> ShuffleNetV2:
-    return ShuffleNetV2((4, 8, 4), (24, 244, 488, 976, 2048), num_classes)
+    return ShuffleNetV2(REPEATS, (24, 244, 488, 976, 2048), num_classes)
