@@ -7,7 +7,7 @@ import torch
 from calibration.data import LabeledImages, load_split
 from calibration.export import to_onnx, to_openvino
 from calibration.train import TrainConfig, train_model
-from calibration.zoo import create_model, list_models
+from calibration.zoo import create_model, list_models, study_models
 
 
 def test_tiny_training_lowers_the_loss(tmp_path, cifar_dir):
@@ -43,7 +43,11 @@ def test_training_refuses_test_data():
         train_model(TrainConfig("tiny_cnn"), data, None)
 
 
-EXPORT_CASES = [(n, False) for n in list_models(include_tiny=True)] + [(n, True) for n in ("tiny_cnn", "resnet20")]
+# every family's builder once (its smallest member), the study's five and the tiny models; members of a family
+# differ only in width or depth, which the state-dict tests in test_zoo.py check exactly
+_FAMILY_SMALLEST = ("resnet20", "vgg11_bn", "mobilenetv2_x0_5", "shufflenetv2_x0_5", "repvgg_a0")
+EXPORT_MODELS = sorted(set(study_models()) | set(_FAMILY_SMALLEST) | set(list_models("tiny*", include_tiny=True)))
+EXPORT_CASES = [(n, False) for n in EXPORT_MODELS] + [(n, True) for n in ("tiny_cnn", "resnet20")]
 
 
 @pytest.mark.parametrize(("name", "dynamic"), EXPORT_CASES)
