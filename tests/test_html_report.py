@@ -1,0 +1,181 @@
+"""`calib study report --html`: one self-contained page, opened in headless Chromium.
+
+The browser is the judge of broken images: after the page's load event, the page writes on <body> how many
+<img> elements Chromium could not decode; `--dump-dom` returns that DOM. A page with one corrupted image shows
+the check can fail. The tests skip only when no Chromium is installed (`.ci/run` installs it).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from calibration.cli import app
+from experiments.html import build_html, write_html
+from experiments.report import load_rows, tables
+
+GRID = """
+name = "html"
+models = ["tiny_cnn"]
+sources = ["noise", "fractal"]
+per_class = 2
+seeds = [0]
+algos = ["default"]
+subset_sizes = [0]
+benchmark = false
+[source_options.fractal]
+variants = 2
+"""
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-headless-shell", "chromium-browser"))
+                 if p), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here: apt-get install chromium "
+                                                              "(.ci/run installs it)")
+
+
+class Page(HTMLParser):
+    """Tags and attributes of a page, collected with the standard library's parser."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def all(self, tag: str) -> list[dict]:
+        return [a for t, a in self.tags if t == tag]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, cifar_dir, weights_dir):
+    """A finished tiny study with diagnose rows of one of its sets."""
+    from calibration.diagnose import run_diagnose
+    from experiments.runner import run_study
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CALIB_HOME", str(tmp_path_factory.getbasetemp() / "calib_home"))
+        mp.setenv("CALIB_CIFAR10_DIR", str(cifar_dir))
+        mp.setenv("CALIB_WEIGHTS_DIR", str(weights_dir))
+        tmp = tmp_path_factory.mktemp("html")
+        grid = tmp / "grid.toml"
+        grid.write_text(GRID)
+        out = tmp / "run"
+        run_study(grid, out, progress=False)
+        sets = sorted((out / "sets").glob("noise-*"))
+        run_diagnose("tiny_cnn", sets, out / "diagnose" / "tiny_cnn", record_path=tmp / "records.jsonl",
+                     weights=next(weights_dir.glob("cifar10_tiny_cnn-*.pt")))
+        yield out
+
+
+@pytest.fixture(scope="module")
+def page(run) -> Path:
+    return write_html(run)
+
+
+def chromium(*args: str, timeout: int = 120) -> str:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--mute-audio",
+           "--virtual-time-budget=10000", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
+
+
+def browser_dom(path: Path) -> dict:
+    """Attributes Chromium's DOM has on <body> after the load event, plus the table ids it holds."""
+    dom = chromium("--dump-dom", path.resolve().as_uri())
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, f"Chromium returned no <body> for {path}: {dom[:300]!r}"
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1)))
+    return {"attrs": attrs, "tables": [a.get("id") for a in Page(dom).all("table")]}
+
+
+def test_page_is_self_contained_and_holds_every_table(run, page):
+    text = page.read_text()
+    html = Page(text)
+    imgs = html.all("img")
+    assert imgs and all(a["src"].startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for a in imgs)
+    refs = [a.get("src") or a.get("href") or "" for _, a in html.tags]
+    assert not [r for r in refs if r.startswith(("http:", "https:", "//", "file:"))]
+    ids = {a.get("id") for a in html.all("table")}
+    assert set(tables(load_rows(run))) <= ids  # every table of the run, by name
+    assert {"provenance"} <= ids
+    for section in ("tables", "plots", "sets", "diagnose", "provenance"):
+        assert f'id="{section}"' in text
+    # one sample grid per source, from the run's own sets; diagnose heatmaps and the layers plot
+    assert sum("this run" in (a.get("alt") or "") for a in imgs) == 2
+    assert any((a.get("alt") or "").startswith("tiny_cnn: clipped fraction per quantized layer") for a in imgs)
+    assert any("layers.png" in (a.get("alt") or "") for a in imgs)
+    # provenance: the run's manifest with its git SHA and versions
+    manifest = next(run.glob("manifest-*.json")).name
+    assert manifest in text and "openvino" in text
+
+
+def test_every_embedded_image_decodes(page):
+    for a in Page(page.read_text()).all("img"):
+        data = base64.b64decode(a["src"].split(",", 1)[1])
+        with Image.open(__import__("io").BytesIO(data)) as im:
+            im.load()
+            assert im.width > 50 and im.height > 50
+
+
+@needs_chromium
+def test_chromium_renders_the_page_with_no_broken_image(run, page, tmp_path):
+    dom = browser_dom(page)
+    n_img = len(Page(page.read_text()).all("img"))
+    assert dom["attrs"].get("data-images") == str(n_img), dom["attrs"]
+    assert dom["attrs"].get("data-images-broken") == "0", dom["attrs"]
+    assert set(tables(load_rows(run))) <= set(dom["tables"])
+    shot = tmp_path / "shot.png"
+    chromium(f"--screenshot={shot}", "--window-size=1280,1600", page.resolve().as_uri())
+    with Image.open(shot) as im:
+        assert im.size == (1280, 1600)
+        pixels = np.asarray(im.convert("L"), np.float32)
+    assert pixels.std() > 10  # text, tables and plots, not a blank page
+
+
+@needs_chromium
+def test_chromium_check_catches_a_broken_image(page, tmp_path):
+    text = page.read_text()
+    start = text.index("data:image/png;base64,") + len("data:image/png;base64,")
+    broken = tmp_path / "broken.html"
+    broken.write_text(text[:start] + "bm90IGEgcG5n" + text[text.index('"', start):])  # "not a png"
+    attrs = browser_dom(broken)["attrs"]
+    assert attrs.get("data-images-broken") == "1"
+
+
+def test_cli_study_report_html(run, tmp_path):
+    r = CliRunner().invoke(app, ["study", "report", str(run), "--out", str(tmp_path / "rep"), "--html", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "table1_openvino.md").is_file()
+
+
+def test_html_errors_are_one_line(run, tmp_path):
+    r = CliRunner().invoke(app, ["study", "report", str(run), "--out", str(tmp_path / "rep"), "--html",
+                                 "--grids", str(tmp_path / "missing")])
+    assert r.exit_code == 1 and "sample-grid folder" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "rep" / "report.html").exists()
+
+
+def test_grids_folder_fills_in_for_runs_without_sets(run, tmp_path):
+    """A copied run without its sets/ (like the committed results) takes sample grids from a folder."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("sets", "models"))
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    Image.fromarray(np.full((40, 900, 3), 200, np.uint8)).save(grids / "noise.png")
+    quality = tmp_path / "inspect.jsonl"
+    quality.write_text('{"kind": "inspect", "source": "noise", "model": "m", "frechet_distance": 12.5}\n'
+                       '{"kind": "inspect", "source": "inversion", "model": "m", "frechet_distance": 3.25}\n')
+    text = build_html(copy, grids=grids, quality=quality)
+    alts = [a.get("alt") or "" for a in Page(text).all("img")]
+    assert any(a.startswith("noise: ") and "grids" in a for a in alts)
+    assert not any(a.startswith("fractal: ") for a in alts)  # no grid for it: nothing invented
+    assert 'id="quality"' in text and "12.5" in text and "3.25" not in text  # only the run's sources
