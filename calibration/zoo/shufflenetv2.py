@@ -7,8 +7,9 @@ from calibration.zoo import register_model
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    # -1 for the batch: a traced batch size would be frozen into the exported reshape
+    _, c, h, w = x.shape
+    return x.view(-1, groups, c // groups, h, w).transpose(1, 2).reshape(-1, c, h, w)
 
 
 def depthwise(c: int, stride: int) -> list[nn.Module]:
