@@ -13,8 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from calibration.diagnose import RankBy
 from calibration.errors import CalibError
-from calibration.quantize import Algo, CalibMethod, DropType, Engine, Preset
+from calibration.quantize import Algo, CalibMethod, DropType, OverflowFix, Preset
 
 console = Console()
 err_console = Console(stderr=True)
@@ -47,7 +48,7 @@ class App(typer.Typer):
 
 
 app = App(help="Synthetic calibration data and an INT8 post-training-quantization study.")
-zoo_app = App(help="The five CIFAR-10 classifiers: list, train, export, evaluate.")
+zoo_app = App(help="The CIFAR-10 classifiers (19, the study's five by default): list, train, export, evaluate.")
 gan_app = App(help="DiStyleGAN: parameter counts, teacher sets, distillation, sampling speed.")
 sets_app = App(help="Calibration sets on disk: validate, export and import through Datumaro.")
 study_app = App(help="Study grids: run (resumable), report tables, plot heatmaps.")
@@ -60,8 +61,10 @@ app.add_typer(bench_app, name="benchmark")
 
 DataDir = Annotated[Path | None, typer.Option(help="CIFAR-10 image-folder root <root>/{train,test}/<class>/*; "
                                                    "default $CALIB_CIFAR10_DIR, else torchvision's download.")]
-WeightsPath = Annotated[Path | None, typer.Option("--weights", help="Weight file; default: $CALIB_WEIGHTS_DIR, "
-                                                                    "then the official release (hash-checked).")]
+WeightsPath = Annotated[Path | None, typer.Option("--weights", help="Weight file; default: the first folder of "
+                                                                    "$CALIB_WEIGHTS_DIR (folders joined by os.pathsep, "
+                                                                    "earlier wins) that holds one, then the official "
+                                                                    "release (hash-checked).")]
 
 
 def print_json(obj) -> None:
@@ -73,13 +76,19 @@ def print_json(obj) -> None:
 # ---------------------------------------------------------------- zoo
 @zoo_app.command("list")
 def zoo_list(tiny: Annotated[bool, typer.Option(help="Include test-only tiny models.")] = False) -> None:
-    """List registered models with their parameter counts and official weight files."""
-    from calibration.zoo import create_model, list_models, model_info
+    """List registered models: parameters and MAdds (counted), published top-1, official weight file."""
+    from rich.table import Column
 
-    table = Table("model", "parameters", "official weights")
+    from calibration.zoo import list_models, model_complexity, model_info
+
+    table = Table(*(Column(h, no_wrap=True) for h in ("model", "params", "MAdds (M)", "top-1 %", "study",
+                                                      "release")),
+                  caption="MAdds counted per 32x32 image; top-1 as published with the release")
     for name in list_models(include_tiny=tiny):
-        n = sum(p.numel() for p in create_model(name).parameters())
-        table.add_row(name, f"{n:,}", model_info(name).weights_file or "-")
+        info, (params, madds) = model_info(name), model_complexity(name)
+        top1 = f"{info.published_top1:.2f}" if info.published_top1 is not None else "-"
+        table.add_row(name, f"{params:,}", f"{madds / 1e6:.2f}", top1, "yes" if info.study else "",
+                      f"{info.family}/{info.hash_prefix}" if info.family else "-")
     console.print(table)
 
 
@@ -135,16 +144,18 @@ def zoo_export(
 @zoo_app.command("eval")
 def zoo_eval(name: str, weights: WeightsPath = None, data_dir: DataDir = None,
              fuse: Annotated[bool, typer.Option(help="Fuse RepVGG branches first.")] = True) -> None:
-    """Top-1 accuracy of a zoo model in PyTorch on the CIFAR-10 test split."""
-    from calibration.data import load_split
-    from calibration.train import accuracy, pick_device
-    from calibration.weights import load_model, resolve_weights, weight_card
+    """Top-1 accuracy of a zoo model in PyTorch on the CIFAR-10 test split, beside its weight card's."""
+    from calibration.weights import zoo_test_accuracy
 
-    model = load_model(name, weights, fuse=fuse)
-    acc = accuracy(model, load_split("test", data_dir), pick_device("cpu"))
-    card = weight_card(resolve_weights(name, weights))
-    console.print(f"{name}: test accuracy {acc:.4f} (10,000 images)"
-                  + (f"; weight card says {card['test_accuracy']:.4f}" if "test_accuracy" in card else ""))
+    r = zoo_test_accuracy(name, weights, data_dir, fuse)
+    console.print(f"{name}: test accuracy {r['accuracy']:.4f} on {r['images']:,} images of {r['test_data']} "
+                  f"(weights {r['weights_file']}, sha256 {r['weights_sha256'][:8]}"
+                  f"{', official' if r['weights_official'] else ''})", highlight=False, soft_wrap=True)
+    stated = [r["card_accuracy_same_data"]] if r["card_accuracy_same_data"] else r["card_accuracies"]
+    for acc, data in stated:
+        console.print(f"  weight card: {acc:.4f} on {data}", highlight=False, soft_wrap=True)
+    if r["published_top1"] is not None:
+        console.print(f"  published top-1: {r['published_top1']:.2f}", highlight=False)
 
 
 # ---------------------------------------------------------------- distylegan
@@ -176,6 +187,26 @@ def gan_teacher_set(
     t = build_teacher(teacher, trust=trust_teacher)
     t.module.to(device)
     console.print(f"wrote {build_teacher_set(t, out, count, seed, device=device)}")
+
+
+@gan_app.command("parity")
+def gan_parity(
+    teacher: Annotated[Path, typer.Option(help="NVIDIA's network pickle (snapshot or release file).")],
+    golden: Annotated[Path, typer.Option(help="NVIDIA's G_ema outputs for it (.npz: z, c, w_*, img_*).")],
+    trust_teacher: Annotated[bool, typer.Option(help="Allow loading a StyleGAN2-ADA pickle.")] = False,
+    record_path: Annotated[Path, typer.Option("--record", envvar="CALIB_RECORDS")] = Path("runs/records.jsonl"),
+) -> None:
+    """Max and mean |native - NVIDIA| on golden outputs of NVIDIA's own code (float32 CPU)."""
+    from calibration.runs import record, sha256_file
+    from distylegan.stylegan2 import golden_parity
+
+    r = golden_parity(teacher, golden, trust_teacher)
+    table = Table("array", "max |native-NVIDIA|", "mean |native-NVIDIA|", "max |NVIDIA|")
+    for name, d in r.items():
+        table.add_row(name, f"{d['max_abs']:.3g}", f"{d['mean_abs']:.3g}", f"{d['ref_max_abs']:.3g}")
+    console.print(table)
+    record(record_path, "stylegan2_parity", {f"{n}_{k}": v for n, d in r.items() for k, v in d.items()},
+           inputs={"teacher": sha256_file(teacher), "golden": sha256_file(golden)})
 
 
 @gan_app.command("train")
@@ -223,9 +254,28 @@ def _source_enum():
 Source = _source_enum()
 
 
+def _inversion_init_enum():
+    from calibration.sources.inversion import INITS
+
+    return Enum("InversionInit", {n: n for n in INITS}, type=str)
+
+
+InversionInit = _inversion_init_enum()
+
+
+def _engine_enum():
+    from calibration.engines import list_engines
+
+    return Enum("Engine", {n: n for n in list_engines()}, type=str)
+
+
+Engine = _engine_enum()
+
+
 RecordPath = Annotated[Path, typer.Option("--record", help="JSON-lines file that gets one row per run.",
                                           envvar="CALIB_RECORDS")]
 DEFAULT_RECORD = Path("runs/records.jsonl")
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (none is drawn outside a terminal).")]
 
 
 @app.command("generate")
@@ -244,16 +294,23 @@ def generate_cmd(
     iterations: Annotated[int | None, typer.Option(min=1, help="inversion: optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="inversion: images per batch.")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="inversion: learning rate.")] = None,
+    init: Annotated[InversionInit | None, typer.Option(help="inversion: start from noise or from the images of "
+                                                            "another source (same seed).")] = None,
     data_dir: DataDir = None,
+    quiet: Quiet = False,
 ) -> None:
     """Write a calibration set: class folders of 32x32 PNG plus a manifest."""
+    from calibration.progress import progress
     from calibration.sources import generate_set
 
     name = source.value
     out = out or Path("runs/sets") / f"{name}-{per_class}pc-s{seed}"
     opts = dict(model=model, weights=weights, checkpoint=checkpoint, teacher=teacher, trust_teacher=trust_teacher,
-                truncation=truncation, iterations=iterations, batch_size=batch_size, lr=lr, data_dir=data_dir)
-    path = generate_set(name, per_class, seed, out, overwrite=overwrite, **opts)
+                truncation=truncation, iterations=iterations, batch_size=batch_size, lr=lr, data_dir=data_dir,
+                init=init.value if init else None)
+    with progress(f"generate {name}", per_class * 10, quiet) as advance:
+        path = generate_set(name, per_class, seed, out, overwrite=overwrite, **opts,
+                            progress=lambda done, total: advance(completed=done, total=total))
     console.print(f"wrote {per_class * 10} images to {path}")
 
 
@@ -304,36 +361,54 @@ class ExportFormat(str, Enum):
 @sets_app.command("export")
 def sets_export(set_dir: Annotated[Path, typer.Argument(metavar="SET")],
                 format: Annotated[ExportFormat, typer.Option("--format")],
-                out: Annotated[Path, typer.Option()]) -> None:
+                out: Annotated[Path, typer.Option()], quiet: Quiet = False) -> None:
     """Convert a set with Datumaro (cifar: the CIFAR-10 pickle layout; imagenet: class folders)."""
+    from calibration.progress import progress
     from calibration.sets import export_set
 
-    console.print(f"wrote {export_set(set_dir, format.value, out)}")
+    with progress(f"export {set_dir} ({format.value})", None, quiet):
+        path = export_set(set_dir, format.value, out)
+    console.print(f"wrote {path}")
 
 
 @sets_app.command("import")
 def sets_import(src: Path, out: Annotated[Path, typer.Option()],
                 format: Annotated[str | None, typer.Option("--format", help="Datumaro format (default: detect).")]
-                = None) -> None:
+                = None, quiet: Quiet = False) -> None:
     """Read any Datumaro-readable CIFAR-10-labelled dataset into the set format."""
+    from calibration.progress import progress
     from calibration.sets import import_set
 
-    console.print(f"wrote {import_set(src, out, format)}")
+    with progress(f"import {src}", None, quiet):
+        path = import_set(src, out, format)
+    console.print(f"wrote {path}")
 
 
 # ---------------------------------------------------------------- quantize, evaluate, benchmark
 @app.command("quantize")
 def quantize_cmd(
-    model: Annotated[str, typer.Option(help="Zoo name (trained weights) or path to an FP32 .xml/.onnx.")],
+    model: Annotated[str, typer.Option(help="Zoo name (trained weights) or path to the engine's FP32 file "
+                                            "(.xml for openvino, .onnx for onnxruntime).")],
     calib: Annotated[Path, typer.Option(help="Calibration set folder.")],
     algo: Annotated[Algo, typer.Option()] = Algo.default,
     engine: Annotated[Engine, typer.Option()] = Engine.openvino,
-    subset_size: Annotated[int | None, typer.Option(min=1, help="Calibration images (default: all).")] = None,
-    preset: Annotated[Preset, typer.Option()] = Preset.performance,
+    subset_size: Annotated[int | None, typer.Option(min=1, help="Calibration images, drawn class-balanced "
+                                                                "with --seed (default: all).")] = None,
+    preset: Annotated[Preset | None, typer.Option(help="Activations symmetric (performance) or asymmetric (mixed); "
+                                                       "default: the engine's own (openvino performance, "
+                                                       "onnxruntime mixed).")] = None,
     fast_bias_correction: Annotated[bool, typer.Option("--fast-bias-correction/--no-fast-bias-correction")] = True,
     max_drop: Annotated[float, typer.Option(min=0.0)] = 0.01,
     drop_type: Annotated[DropType, typer.Option()] = DropType.absolute,
-    calibrate_method: Annotated[CalibMethod, typer.Option(help="onnxruntime only.")] = CalibMethod.minmax,
+    calibrate_method: Annotated[CalibMethod | None, typer.Option(help="Activation ranges; onnxruntime: minmax "
+                                                                      "(default), entropy, percentile; openvino: "
+                                                                      "nncf (default) or minmax.")] = None,
+    ranking_subset_size: Annotated[int | None, typer.Option(min=1, help="accuracy-aware: validation images NNCF "
+                                                                        "ranks layers on (default: all).")] = None,
+    overflow_fix: Annotated[OverflowFix | None, typer.Option(help="Weights on half the INT8 range against 8-bit "
+                                                                  "saturation on CPUs without VNNI; default: the "
+                                                                  "engine's own (openvino first_layer_only, "
+                                                                  "onnxruntime disable).")] = None,
     seed: int = 0,
     out: Annotated[Path | None, typer.Option(help="Output folder; default runs/quantize/<model>-<algo>-<set>.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Also measure FP32 and INT8 test accuracy.")] = False,
@@ -341,36 +416,92 @@ def quantize_cmd(
     data_dir: DataDir = None,
     record_path: RecordPath = DEFAULT_RECORD,
 ) -> None:
-    """Quantize to INT8 with NNCF (default or accuracy-aware) or ONNX Runtime (static QDQ)."""
+    """Quantize to INT8 with any engine that quantizes: NNCF (default or accuracy-aware), ONNX Runtime (static QDQ)."""
     from calibration.pipeline import QuantizeRequest, run_quantize
 
     req = QuantizeRequest(model=model, calib=calib, algo=algo.value, engine=engine.value, subset_size=subset_size,
-                          preset=preset.value, fast_bias_correction=fast_bias_correction, max_drop=max_drop,
-                          drop_type=drop_type.value, calibrate_method=calibrate_method.value, seed=seed,
-                          weights=weights, data_dir=data_dir)
+                          preset=preset.value if preset else None, fast_bias_correction=fast_bias_correction,
+                          max_drop=max_drop, drop_type=drop_type.value,
+                          calibrate_method=calibrate_method.value if calibrate_method else None, seed=seed,
+                          weights=weights, data_dir=data_dir, ranking_subset_size=ranking_subset_size,
+                          overflow_fix=overflow_fix.value if overflow_fix else None)
     row = run_quantize(req, out, evaluate=evaluate, record_path=record_path)
     print_json(row)
 
 
 @app.command("evaluate")
-def evaluate_cmd(model: Annotated[str, typer.Argument(help="IR .xml, ONNX file or zoo name.")],
+def evaluate_cmd(model: Annotated[str, typer.Argument(help="Model file (.xml, .onnx, .pt2) or zoo name.")],
                  batch: Annotated[int, typer.Option(min=1)] = 50, weights: WeightsPath = None,
+                 engine: Annotated[Engine, typer.Option(help="For a zoo name: the engine it is exported to.")]
+                 = Engine.openvino,
                  data_dir: DataDir = None, record_path: RecordPath = DEFAULT_RECORD) -> None:
-    """Top-1 accuracy on the CIFAR-10 test split (OpenVINO AsyncInferQueue, or ONNX Runtime for .onnx)."""
+    """Top-1 accuracy on the CIFAR-10 test split with the engine that reads the file (OpenVINO: all requests of
+    an AsyncInferQueue kept busy)."""
     from calibration.pipeline import run_evaluate
 
-    row = run_evaluate(model, batch=batch, weights=weights, data_dir=data_dir, record_path=record_path)
+    row = run_evaluate(model, batch=batch, weights=weights, data_dir=data_dir, record_path=record_path,
+                       engine=engine.value)
     console.print(f"{model}: accuracy {row['accuracy']:.4f} on {row['images']} test images "
                   f"({row['eval_fps']:.0f} images/s, engine {row['engine']})")
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    model: Annotated[str, typer.Option(help="Zoo name (trained weights) or path to an FP32 .xml.")],
+    calib: Annotated[list[Path], typer.Option(help="Calibration set folder; repeat the option to compare sets.")],
+    reference: Annotated[str, typer.Option(help="Images the ranges are judged on: 'validation' (held out from "
+                                                "train) or a set folder; never the test split.")] = "validation",
+    engine: Annotated[Engine, typer.Option(help="openvino only: ranges are read from NNCF's IR.")] = Engine.openvino,
+    subset_size: Annotated[int | None, typer.Option(min=1, help="Calibration images (default: all).")] = None,
+    preset: Annotated[Preset, typer.Option()] = Preset.performance,
+    fast_bias_correction: Annotated[bool, typer.Option("--fast-bias-correction/--no-fast-bias-correction")] = True,
+    seed: int = 0,
+    per_layer_accuracy: Annotated[int, typer.Option(min=0, help="Validation accuracy with each of the worst K "
+                                                                "quantizers removed (that input kept FP32); 0: off.")]
+    = 0,
+    rank_by: Annotated[RankBy, typer.Option(help="What 'worst' means in the ranked table.")] = RankBy.local_sqnr,
+    top: Annotated[int, typer.Option(min=1, help="Rows printed per set (files hold every layer).")] = 10,
+    out: Annotated[Path | None, typer.Option(help="Output folder; default runs/diagnose/<model>.")] = None,
+    weights: WeightsPath = None,
+    data_dir: DataDir = None,
+    record_path: RecordPath = DEFAULT_RECORD,
+    quiet: Quiet = False,
+) -> None:
+    """Which layers a calibration set gets wrong: each quantizer's range, the share of real values it clips,
+    the share of its range they use, and the INT8 error against FP32, worst first."""
+    import pandas as pd
+
+    from calibration.diagnose import ranked_table, run_diagnose
+
+    out = out or Path("runs/diagnose") / Path(model).stem
+    r = run_diagnose(model, calib, out, reference, per_layer_accuracy, rank_by, quiet, record_path,
+                     engine=engine.value, subset_size=subset_size, preset=preset.value,
+                     fast_bias_correction=fast_bias_correction, seed=seed, weights=weights, data_dir=data_dir)
+    df = pd.DataFrame(r["rows"])
+    wide = console if console.is_terminal else Console(width=200)  # files and pipes get every column
+    for name, part in df.groupby("set", sort=False):
+        t = ranked_table(part.to_dict("records"), top)
+        table = Table(*t.columns, title=f"{model} calibrated with {name} ({part.source.iloc[0]}): worst "
+                      f"{len(t)} of {len(part)} quantizers by {RankBy(rank_by).value}, on {r['summary']['reference']} "
+                      f"({r['summary']['reference_images']} images)")
+        for row in t.itertuples(index=False):
+            table.add_row(*("-" if pd.isna(v) else str(v) for v in row))
+        wide.print(table)
+    for p in r["written"]:
+        console.print(f"wrote {p}")
 
 
 @bench_app.command("models")
 def benchmark_models_cmd(
     models: Annotated[str, typer.Option(help="Comma-separated zoo names, or 'all'.")] = "all",
-    engines: Annotated[str, typer.Option(help="Comma-separated: openvino,onnxruntime.")] = "openvino",
+    engines: Annotated[str, typer.Option(help="Comma-separated engines (registry), e.g. openvino,onnxruntime.")]
+    = "openvino",
     duration: Annotated[float, typer.Option(min=0.5, help="Seconds per timed run.")] = 3.0,
     repeats: Annotated[int, typer.Option(min=3)] = 3,
-    pytorch: Annotated[bool, typer.Option(help="Also time PyTorch at batch 1.")] = True,
+    batch: Annotated[int, typer.Option(min=1, help="Images per throughput request.")] = 1,
+    requests: Annotated[int | None, typer.Option(min=1, help="Throughput requests in flight (default: one per "
+                                                             "core).")] = None,
+    pytorch: Annotated[bool, typer.Option(help="Also time PyTorch FP32 under the same protocol.")] = True,
     trained: Annotated[bool, typer.Option(help="Use trained weights (speed does not need them).")] = False,
     app_check: Annotated[str | None, typer.Option(help="Model whose INT8 IR is also timed by `calib evaluate` "
                                                        "and benchmark_app; their ratio is printed.")] = "resnet20",
@@ -384,18 +515,48 @@ def benchmark_models_cmd(
     from calibration.zoo import list_models
 
     names = list_models() if models == "all" else [m.strip() for m in models.split(",")]
-    rows = benchmark_models(names, [e.strip() for e in engines.split(",")], Protocol(duration_s=duration,
-                            repeats=repeats), out, pytorch=pytorch, trained=trained, record_path=record_path)
-    table = Table("model", "engine", "FP32 img/s", "INT8 img/s", "INT8/FP32", "FP32 MB", "INT8 MB", "PyTorch b1 img/s")
+    protocol = Protocol(duration_s=duration, repeats=repeats, batch=batch, requests=requests)
+    rows = benchmark_models(names, [e.strip() for e in engines.split(",")], protocol, out, pytorch=pytorch,
+                            trained=trained, record_path=record_path)
+    table = Table("model", "engine", "FP32 tput", "INT8 tput", "INT8/FP32", "FP32 lat", "INT8 lat", "FP32 MB",
+                  "INT8 MB", "PyTorch tput", "PyTorch lat", caption=f"img/s; {protocol.describe()}")
     for r in rows:
-        table.add_row(r["model"], r["engine"], f"{r['fp32_fps']:.0f}", f"{r['int8_fps']:.0f}", f"{r['speedup']:.2f}",
-                      f"{r['fp32_bytes'] / 1e6:.2f}", f"{r['int8_bytes'] / 1e6:.2f}",
-                      f"{r.get('pytorch_fps', float('nan')):.0f}")
+        table.add_row(r["model"], r["engine"], *(_num(r.get(k), d) for k, d in (
+            ("fp32_fps", 0), ("int8_fps", 0), ("speedup", 2), ("fp32_latency_fps", 0), ("int8_latency_fps", 0))),
+            _num(r.get("fp32_bytes"), 2, 1e6), _num(r.get("int8_bytes"), 2, 1e6), _num(r.get("pytorch_fps"), 0),
+            _num(r.get("pytorch_latency_fps"), 0))
     console.print(table)
     if app_check:
-        r = evaluate_vs_benchmark_app(app_check, out, data_dir=data_dir, record_path=record_path)
-        console.print(f"{app_check} INT8: calib evaluate {r['eval_fps']:.0f} img/s, benchmark_app async "
-                      f"{r['benchmark_app_fps']:.0f} img/s, ratio {r['ratio']:.3f}")
+        _print_app_ratio(evaluate_vs_benchmark_app(app_check, out, data_dir=data_dir, record_path=record_path))
+
+
+def _num(value, digits: int, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{value / scale:.{digits}f}"
+
+
+def _print_app_ratio(r: dict) -> None:
+    console.print(f"{r['model']} INT8 IR, batch {r['batch']}, {r['NUM_STREAMS']} streams, {r['requests']} requests, "
+                  f"{r['INFERENCE_NUM_THREADS']} threads, precision {r['INFERENCE_PRECISION_HINT']}: calib evaluate "
+                  f"{r['eval_fps']:.0f} img/s, benchmark_app {r['benchmark_app_fps']:.0f} img/s, "
+                  f"ratio {r['ratio']:.3f}", highlight=False)
+
+
+@bench_app.command("evaluate-vs-app")
+def benchmark_evaluate_vs_app_cmd(
+    model: Annotated[str, typer.Argument(help="Zoo name (its INT8 IR is made with random weights) or an .xml.")]
+    = "resnet20",
+    batch: Annotated[int, typer.Option(min=1)] = 50,
+    seconds: Annotated[int, typer.Option(min=1, help="benchmark_app seconds per round.")] = 5,
+    repeats: Annotated[int, typer.Option(min=1, help="Rounds, evaluator and benchmark_app alternating.")] = 3,
+    out: Annotated[Path, typer.Option()] = Path("runs/benchmark"),
+    data_dir: DataDir = None,
+    record_path: RecordPath = DEFAULT_RECORD,
+) -> None:
+    """`calib evaluate` against benchmark_app on the same IR at the same batch, precision and device settings."""
+    from calibration.pipeline import evaluate_vs_benchmark_app
+
+    _print_app_ratio(evaluate_vs_benchmark_app(model, out, data_dir, seconds, batch, repeats,
+                                               record_path=record_path))
 
 
 @bench_app.command("engines")
@@ -405,21 +566,26 @@ def benchmark_engines_cmd(
     subset_size: Annotated[int | None, typer.Option(min=1)] = None,
     duration: Annotated[float, typer.Option(min=0.5)] = 3.0,
     repeats: Annotated[int, typer.Option(min=3)] = 3,
+    batch: Annotated[int, typer.Option(min=1, help="Images per throughput request.")] = 1,
+    requests: Annotated[int | None, typer.Option(min=1, help="Throughput requests in flight (default: one per "
+                                                             "core).")] = None,
     out: Annotated[Path, typer.Option()] = Path("runs/engines"),
     data_dir: DataDir = None,
     record_path: RecordPath = DEFAULT_RECORD,
 ) -> None:
-    """OpenVINO/NNCF vs ONNX Runtime: FP32 and INT8 accuracy, throughput and size from the same set."""
+    """Every engine from the same set: FP32 and INT8 accuracy, throughput and latency under one protocol, size."""
     from calibration.benchmark import Protocol
     from calibration.pipeline import compare_engines
 
-    rows = compare_engines(model, calib, Protocol(duration_s=duration, repeats=repeats), out, subset_size,
-                           data_dir, record_path)
-    table = Table("engine", "FP32 acc", "INT8 acc", "FP32 img/s", "INT8 img/s", "INT8/FP32", "FP32 MB", "INT8 MB")
+    protocol = Protocol(duration_s=duration, repeats=repeats, batch=batch, requests=requests)
+    rows = compare_engines(model, calib, protocol, out, subset_size, data_dir, record_path)
+    table = Table("engine", "FP32 acc", "INT8 acc", "FP32 tput", "INT8 tput", "INT8/FP32", "FP32 lat", "INT8 lat",
+                  "FP32 MB", "INT8 MB", caption=f"tput, lat: img/s; {protocol.describe()}")
     for r in rows:
-        table.add_row(r["engine"], f"{r['fp32_accuracy']:.4f}", f"{r['int8_accuracy']:.4f}", f"{r['fp32_fps']:.0f}",
-                      f"{r['int8_fps']:.0f}", f"{r['speedup']:.2f}", f"{r['fp32_bytes'] / 1e6:.2f}",
-                      f"{r['int8_bytes'] / 1e6:.2f}")
+        table.add_row(r["engine"], *(_num(r.get(k), d) for k, d in (
+            ("fp32_accuracy", 4), ("int8_accuracy", 4), ("fp32_fps", 0), ("int8_fps", 0), ("speedup", 2),
+            ("fp32_latency_fps", 0), ("int8_latency_fps", 0))),
+            _num(r.get("fp32_bytes"), 2, 1e6), _num(r.get("int8_bytes"), 2, 1e6))
     console.print(table)
 
 
@@ -439,6 +605,58 @@ def benchmark_sources_cmd(
     console.print(f"fractal: {r['fractal_images_per_s']:.0f} images/s ({fractal_images} images)")
     console.print(f"inversion ({model}, {inversion_iterations} iterations, batch {r['inversion_batch']}): "
                   f"{r['inversion_s_per_image']:.2f} s/image")
+
+
+@bench_app.command("inversion")
+def benchmark_inversion_cmd(
+    models: Annotated[str, typer.Option(help="Comma-separated zoo models.")] = "resnet20",
+    methods: Annotated[str, typer.Option(help="Comma-separated: calib, calib-old, mct, mct-matched, or "
+                                              "TOOL:k=v,... (e.g. calib:iterations=100,mct).")] = "calib,mct",
+    images: Annotated[int, typer.Option(min=10, help="Images per set (a multiple of 10).")] = 300,
+    seeds: Annotated[str, typer.Option(help="Comma-separated set seeds.")] = "0",
+    out: Annotated[Path, typer.Option(help="Sets and quantized models.")] = Path("runs/inversion"),
+    markdown: Annotated[Path | None, typer.Option(help="Also write the summary table here.")] = None,
+    weights: WeightsPath = None,
+    data_dir: DataDir = None,
+    record_path: RecordPath = DEFAULT_RECORD,
+) -> None:
+    """calib's inversion vs Sony MCT's data generation: images/s and INT8 accuracy (same NNCF settings, test
+    split). MCT runs in its own venv (scripts/mct-venv.sh); rows already recorded are skipped."""
+    from calibration.peers.inversion_bench import benchmark_inversion, markdown_table, split_methods, summary
+    from calibration.runs import atomic_write_bytes, read_jsonl
+
+    method_list = split_methods(methods)
+    model_list = [m.strip() for m in models.split(",") if m.strip()]
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    benchmark_inversion(model_list, method_list, images, seed_list, out, weights, data_dir, record_path,
+                        log=lambda msg: console.print(msg, highlight=False))
+    rows = [r for r in read_jsonl(record_path) if r.get("kind") == "benchmark_inversion"
+            and r["model"] in model_list and r["method"] in method_list and r["images"] == images]
+    text = markdown_table(summary(rows))
+    console.print(text, highlight=False, markup=False)
+    if markdown is not None:
+        atomic_write_bytes(markdown, text.encode())
+
+
+@bench_app.command("inversion-speed")
+def benchmark_inversion_speed_cmd(
+    model: str = "resnet20",
+    images: Annotated[int, typer.Option(min=10, help="Images per setting (a multiple of 10).")] = 100,
+    with_mct: Annotated[bool, typer.Option("--with-mct", help="Also time MCT's defaults (its venv).")] = False,
+    weights: WeightsPath = None,
+    record_path: RecordPath = DEFAULT_RECORD,
+) -> None:
+    """Seconds per image of inversion before and after the speed-up, in one run, and their ratio."""
+    from calibration.peers.inversion_bench import SPEED_OLD_METHOD, inversion_speed
+
+    variants = {"old": SPEED_OLD_METHOD, **({"mct": "mct"} if with_mct else {}), "new": "calib"}
+    r = inversion_speed(model, images, weights, variants, record_path)
+    for name in variants:
+        console.print(f"{name}: {r[f'{name}_s_per_image']:.3f} s/image ({r[f'{name}_method']}: "
+                      f"{json.dumps(r[f'{name}_settings'])})", highlight=False)
+    if with_mct:
+        console.print(f"ratio mct/new: {r['mct_s_per_image'] / r['new_s_per_image']:.2f}x")
+    console.print(f"ratio old/new: {r['ratio']:.2f}x ({model}, {images} images, {r['torch_threads']} threads)")
 
 
 @bench_app.command("generators")
@@ -470,26 +688,69 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
               address: Annotated[str | None, typer.Option(help="Ray cluster address (ray executor).")] = None,
               models: Annotated[str | None, typer.Option(help="Only these models (comma-separated).")] = None,
               sources: Annotated[str | None, typer.Option(help="Only these sources (comma-separated).")] = None,
-              data_dir: DataDir = None) -> None:
-    """Run a grid; a rerun skips finished cells, so a killed run resumes."""
+              data_dir: DataDir = None,
+              jobs: Annotated[int, typer.Option(help="Local worker processes for cells that time nothing; timed "
+                                                     "cells always run alone.")] = 1) -> None:
+    """Run a grid; a rerun runs every cell without an ok row (so a killed run resumes, skipped cells retry)."""
     from experiments.grid import load_grid
     from experiments.runner import run_study
 
     out = out or Path("runs/study") / load_grid(grid).name
-    split = lambda v: [x.strip() for x in v.split(",")] if v else None  # noqa: E731
-    s = run_study(grid, out, executor.value, address, data_dir, split(models), split(sources))
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    s = run_study(grid, out, executor.value, address, data_dir, split(models), split(sources), jobs=jobs)
     console.print(f"{out}: {s['cells']} cells ({s['ran']} run now, {s['skipped_done']} already done); "
                   f"{s['ok']} ok, {s['skipped']} skipped, {s['errors']} errors")
-    console.print(f"wall time {s['wall_seconds']:.0f} s; peak resident memory {s['peak_rss_mib']:.0f} MiB")
+    console.print(f"wall time {s['wall_seconds']:.0f} s; peak resident memory {s['peak_rss_mib']:.0f} MiB "
+                  f"({s['peak_rss_mib'] / 1024:.2f} GiB, all processes together)")
+
+
+@study_app.command("check")
+def study_check(run: Path,
+                cells: Annotated[int, typer.Option(help="How many OpenVINO cells to recheck, drawn at random; "
+                                                        "0: all.")] = 5,
+                seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 0,
+                tolerance: Annotated[float, typer.Option(help="Largest accepted |difference| in accuracy.")] = 0.003,
+                out: Annotated[Path | None, typer.Option(help="CSV of the comparison; default <run>/check.csv.")]
+                = None) -> None:
+    """Redo cells with NNCF and OpenVINO called directly (same set, subset, seed, options) and compare."""
+    from experiments.check import check_run
+
+    table = check_run(run, cells, seed, tolerance, out)
+    console.print(table.drop(columns=["cell", "calib_hash"]).to_string(index=False), soft_wrap=True, highlight=False)
+    bad = int((~table.within_tolerance).sum())
+    console.print(f"{len(table) - bad} of {len(table)} cells within {tolerance}; largest |difference| "
+                  f"{table.abs_difference.max():.4f}; written to {out or run / 'check.csv'}", soft_wrap=True)
+    if bad:
+        err_console.print(f"[red]error:[/red] {bad} cells differ by more than {tolerance}")
+        raise typer.Exit(1)
 
 
 @study_app.command("report")
-def study_report(run: Path, out: Annotated[Path | None, typer.Option(help="Default <run>/report.")] = None) -> None:
-    """Write Table 1 and Table 2 (CSV and Markdown) from a run folder."""
+def study_report(run: Path, out: Annotated[Path | None, typer.Option(help="Default <run>/report.")] = None,
+                 html: Annotated[bool, typer.Option("--html", help="Also write report.html: one self-contained "
+                                                              "page with every table, plot and grid.")] = False,
+                 grids: Annotated[Path | None, typer.Option(help="--html: folder of <source>.png sample grids, "
+                                                                 "for runs without their sets/ folder.")] = None,
+                 quality: Annotated[Path | None, typer.Option(help="--html: `calib inspect` rows (JSON lines); "
+                                                                   "default <run>/inspect.jsonl.")] = None,
+                 diagnose: Annotated[Path | None, typer.Option(help="--html: folder of `calib diagnose` outputs; "
+                                                                    "default <run>/diagnose.")] = None,
+                 screenshot: Annotated[bool, typer.Option(help="--html: also report.png, the page's top as "
+                                                               "headless Chromium renders it.")] = False,
+                 quiet: Quiet = False) -> None:
+    """Write Table 1 and Table 2 (CSV and Markdown) from a run folder; with --html, one HTML page of it all."""
     from experiments.report import write_report
 
     for p in write_report(run, out):
         console.print(f"wrote {p}")
+    if html:
+        from experiments.html import screenshot as shoot
+        from experiments.html import write_html
+
+        page = write_html(run, out, grids, quality, diagnose, quiet)
+        console.print(f"wrote {page}")
+        if screenshot:
+            console.print(f"wrote {shoot(page, page.with_suffix('.png'))}")
 
 
 @study_app.command("plot")

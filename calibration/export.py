@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -19,7 +20,9 @@ def to_openvino(model: nn.Module, dynamic_batch: bool = False):
     import openvino as ov
 
     shape = [-1 if dynamic_batch else 1, 3, IMAGE_SIZE, IMAGE_SIZE]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # OpenVINO's PyTorch frontend traces with torch.jit, which torch marks deprecated on every call
+        warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)
         ov_model = ov.convert_model(model.eval(), example_input=example_input(), input=[shape])
     return ov_model
 

@@ -1,25 +1,31 @@
 """One step each: quantize a model with a set, evaluate a model, benchmark models; each records a flat row.
 
-The CLI and the study runner both call these functions.
+The CLI and the study runner both call these functions. No function here knows an engine by name: each
+engine (`calibration.engines`) exports, quantizes, predicts and is timed behind the same interface.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from calibration.benchmark import Protocol, bench_file, bench_torch, benchmark_app_fps, model_size_bytes
+import numpy as np
+
+from calibration.benchmark import Protocol, bench_file, model_size_bytes
 from calibration.data import load_split, train_splits
+from calibration.engines import Engine, get_engine, list_engines, measure
 from calibration.errors import CalibError
+from calibration.evaluate import evaluate
 from calibration.quantize import (
     Algo,
+    CalibMethod,
     DropType,
+    OverflowFix,
     Preset,
     QuantizeConfig,
     calibration_items,
-    load_ir_or_zoo,
-    quantize_model,
     select_calibration,
 )
 from calibration.runs import atomic_write_json, record, start_run
@@ -33,76 +39,85 @@ class QuantizeRequest:
     algo: str = "default"
     engine: str = "openvino"
     subset_size: int | None = None
-    preset: str = "performance"
+    preset: str | None = None  # None: the engine's default (see QuantizeConfig)
     fast_bias_correction: bool = True
     max_drop: float = 0.01
     drop_type: str = "absolute"
-    calibrate_method: str = "minmax"
+    calibrate_method: str | None = None  # None: the engine's default
     seed: int = 0
     weights: Path | None = None
     data_dir: Path | None = None
     fuse: bool = True
     pretrained: bool = True  # False: random weights, for speed runs that need no trained model
+    ranking_subset_size: int | None = None  # accuracy-aware: None = the whole validation split
+    overflow_fix: str | None = None  # None: the engine's default
+
+    def config(self) -> QuantizeConfig:
+        try:
+            return QuantizeConfig(Algo(self.algo), self.subset_size, Preset(self.preset) if self.preset else None,
+                                  self.fast_bias_correction, self.max_drop, DropType(self.drop_type), self.seed,
+                                  CalibMethod(self.calibrate_method) if self.calibrate_method else None,
+                                  self.ranking_subset_size,
+                                  OverflowFix(self.overflow_fix) if self.overflow_fix else None)
+        except ValueError as e:
+            raise CalibError(f"invalid quantization option: {e}") from None
+
+
+def predictions_to_str(preds: np.ndarray) -> str:
+    """Per-image classes (0-9) as one digit per image, test-split order: compact enough for a JSON row."""
+    preds = np.asarray(preds)
+    if len(preds) and (preds.min() < 0 or preds.max() > 9):
+        raise CalibError("predictions must be classes 0-9")
+    return "".join(map(str, preds.tolist()))
+
+
+def predictions_from_str(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("ascii"), np.uint8).astype(np.int64) - ord("0")
+
+
+def _is_file(model: str) -> bool:
+    return any(get_engine(e).owns(model) for e in list_engines())
 
 
 def _stem(model: str) -> str:
-    return Path(model).stem if model.endswith((".xml", ".onnx")) else model
+    return Path(model).stem if _is_file(model) else model
+
+
+def fp32_file(req: QuantizeRequest, engine: Engine, out: Path) -> tuple[Path, dict]:
+    """The engine's FP32 file: the model file given, or the zoo model (trained or random weights) exported now."""
+    if _is_file(req.model):
+        if not engine.owns(req.model):
+            raise CalibError(f"engine {engine.name} reads {engine.suffix} files, not {req.model}; pass a zoo name "
+                             "to export it for this engine")
+        if not Path(req.model).is_file():
+            raise CalibError(f"model file {req.model} does not exist")
+        return Path(req.model), {"model": req.model}
+    from calibration.weights import load_model, resolve_weights
+
+    path = resolve_weights(req.model, req.weights) if req.pretrained else None
+    model = load_model(req.model, path, pretrained=req.pretrained, fuse=req.fuse)
+    return engine.export(model, out), {"model": req.model, "weights": str(path) if path else "random"}
 
 
 def quantize_with(req: QuantizeRequest, cset: CalibrationSet, out: Path) -> dict:
     """Quantize `req.model` with `cset` into `out`; returns paths, sizes and the parameters used."""
-    if req.engine == "openvino":
-        from calibration.export import save_ir
-
-        ov_model, info = load_ir_or_zoo(req.model, req.weights, req.fuse, req.pretrained)
-        fp32 = save_ir(ov_model, out / "fp32.xml")
-        cfg = QuantizeConfig(Algo(req.algo), req.subset_size, Preset(req.preset), req.fast_bias_correction,
-                             req.max_drop, DropType(req.drop_type), req.seed)
-        validation = train_splits(req.data_dir)["validation"] if cfg.algo == Algo.accuracy_aware else None
-        q, rec = quantize_model(ov_model, cset, cfg, validation)
-        int8 = save_ir(q, out / "int8.xml")
-    elif req.engine == "onnxruntime":
-        from calibration.ort import quantize_onnx
-
-        if req.algo != "default":
-            raise CalibError("ONNX Runtime has no accuracy-aware algorithm; use --algo default")
-        if req.model.endswith(".onnx"):
-            fp32, info = Path(req.model), {"model": req.model}
-        elif req.model.endswith(".xml"):
-            raise CalibError("ONNX Runtime needs a zoo name or an .onnx file, not an OpenVINO IR")
-        else:
-            from calibration.export import to_onnx
-            from calibration.weights import load_model, resolve_weights
-
-            path = resolve_weights(req.model, req.weights) if req.pretrained else None
-            model = load_model(req.model, path, pretrained=req.pretrained, fuse=req.fuse)
-            fp32 = to_onnx(model, out / "fp32.onnx")
-            info = {"model": req.model, "weights": str(path) if path else "random"}
-        images = select_calibration(cset, req.subset_size, req.seed)
-        int8 = quantize_onnx(fp32, out / "int8.onnx", calibration_items(images), req.calibrate_method)
-        rec = {"algo": "default", "subset_size_images": len(images), "calibrate_method": req.calibrate_method,
-               "quant_format": "QDQ", "per_channel": True, "seed": req.seed, "calib_set": str(cset.path),
-               "calib_hash": cset.content_hash, "calib_source": cset.manifest["source"], "calib_images": len(cset)}
-    else:
-        raise CalibError(f"unknown engine {req.engine!r}")
-    return {**info, "engine": req.engine, **rec, "fp32_path": str(fp32), "int8_path": str(int8),
-            "fp32_bytes": model_size_bytes(fp32), "int8_bytes": model_size_bytes(int8)}
+    engine = get_engine(req.engine)
+    cfg = req.config()
+    engine.check_options(cfg)
+    subset = select_calibration(cset, req.subset_size, req.seed, req.data_dir)
+    validation = train_splits(req.data_dir)["validation"] if cfg.algo == Algo.accuracy_aware else None
+    fp32, info = fp32_file(req, engine, out)
+    int8, rec = engine.quantize(fp32, calibration_items(subset.images), cfg, out, validation)
+    return {**info, "engine": engine.name, **rec, "subset_size_images": len(subset.images),
+            "calib_per_class": subset.per_class, "seed": req.seed, "calib_set": str(cset.path),
+            "calib_hash": cset.content_hash, "calib_source": cset.manifest["source"], "calib_images": len(cset),
+            "fp32_path": str(fp32), "int8_path": str(int8), "fp32_bytes": model_size_bytes(fp32),
+            "int8_bytes": model_size_bytes(int8)}
 
 
 def accuracy_of(path: str | Path, test, batch: int = 50) -> dict:
-    """Test accuracy of an IR or ONNX file, with the engine that reads it."""
-    from calibration.data import require_role
-
-    require_role(test, ("test",), "final accuracy")
-    if str(path).endswith(".onnx"):
-        from calibration.ort import predict_onnx
-
-        preds, fps = predict_onnx(Path(path), test.images, batch)
-        return {"accuracy": float((preds == test.labels).mean()), "images": len(test), "eval_fps": round(fps, 1),
-                "engine": "onnxruntime"}
-    from calibration.evaluate import evaluate
-
-    return {**evaluate(str(path), test, batch), "engine": "openvino"}
+    """Test accuracy of a model file with the engine that reads it; "predictions" holds each image's class."""
+    return evaluate(path, test, batch)
 
 
 def run_quantize(req: QuantizeRequest, out: Path | None = None, evaluate: bool = False,
@@ -113,25 +128,28 @@ def run_quantize(req: QuantizeRequest, out: Path | None = None, evaluate: bool =
     row = quantize_with(req, cset, out)
     if evaluate:
         test = load_split("test", req.data_dir)
-        row["fp32_accuracy"] = accuracy_of(row["fp32_path"], test)["accuracy"]
-        row["int8_accuracy"] = accuracy_of(row["int8_path"], test)["accuracy"]
+        fp32, int8 = accuracy_of(row["fp32_path"], test), accuracy_of(row["int8_path"], test)
+        row |= {"fp32_accuracy": fp32["accuracy"], "int8_accuracy": int8["accuracy"],
+                "int8_agreement": float((fp32["predictions"] == int8["predictions"]).mean())}
     atomic_write_json(out / "quantize.json", row)
     return record(record_path, "quantize", row, seeds={"quantize": req.seed},
                   inputs={"calib": cset.content_hash, "weights": Path(row.get("weights", "-")).name})
 
 
 def run_evaluate(model: str, batch: int = 50, weights: Path | None = None, data_dir: Path | None = None,
-                 record_path: Path = Path("runs/records.jsonl")) -> dict:
+                 record_path: Path = Path("runs/records.jsonl"), engine: str = "openvino") -> dict:
+    """Accuracy of a model file, or of a zoo model exported now for `engine`; recorded without predictions."""
     test = load_split("test", data_dir)
-    if model.endswith((".xml", ".onnx")):
+    if _is_file(model):
         if not Path(model).is_file():
             raise CalibError(f"model file {model} does not exist")
-        result = accuracy_of(model, test, batch)
+        result = evaluate(model, test, batch)
     else:
-        from calibration.evaluate import evaluate
+        from calibration.weights import load_model
 
-        ov_model, _ = load_ir_or_zoo(model, weights)
-        result = {**evaluate(ov_model, test, batch), "engine": "openvino"}
+        with tempfile.TemporaryDirectory() as tmp:
+            result = evaluate(get_engine(engine).export(load_model(model, weights), Path(tmp)), test, batch)
+    result.pop("predictions")
     return record(record_path, "evaluate", {"model": model, **result}, inputs={"test": test.source})
 
 
@@ -145,8 +163,15 @@ def memory_set(source: str = "noise", per_class: int = 10, seed: int = 0) -> Cal
                           {"source": source, "content_hash": digest, "role": g.role})
 
 
+def _speed_fields(prefix: str, b: dict) -> dict:
+    return {f"{prefix}_fps": b["fps_throughput_median"], f"{prefix}_latency_fps": b["fps_latency_median"],
+            f"{prefix}_runs": b["fps_throughput_runs"], f"{prefix}_latency_runs": b["fps_latency_runs"]}
+
+
 def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, out: Path, pytorch: bool = True,
                      trained: bool = False, record_path: Path = Path("runs/records.jsonl")) -> list[dict]:
+    """FP32 (and INT8 where the engine quantizes) throughput and latency of zoo models, every engine and PyTorch
+    under the same protocol."""
     from rich.progress import track
 
     from calibration.weights import load_model
@@ -154,20 +179,22 @@ def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, o
     cset = memory_set()
     rows = []
     for name in track(names, description="benchmark", transient=True):
-        torch_fps = bench_torch(load_model(name, pretrained=trained), protocol) if pytorch else None
-        for engine in engines:
-            q = quantize_for_speed(name, engine, cset, out, trained)
-            fp32, int8 = bench_file(q["fp32_path"], protocol), bench_file(q["int8_path"], protocol)
-            row = {"model": name, "engine": engine, "trained_weights": trained,
-                   "fp32_fps": fp32["fps_throughput_median"], "int8_fps": int8["fps_throughput_median"],
-                   "speedup": int8["fps_throughput_median"] / fp32["fps_throughput_median"],
-                   "fp32_latency_fps": fp32["fps_latency_median"], "int8_latency_fps": int8["fps_latency_median"],
-                   "fp32_bytes": q["fp32_bytes"], "int8_bytes": q["int8_bytes"],
-                   "fp32_runs": fp32.get("fps_throughput_runs", fp32["fps_latency_runs"]),
-                   "int8_runs": int8.get("fps_throughput_runs", int8["fps_latency_runs"]),
-                   "protocol": asdict(protocol)}
-            if torch_fps:
-                row["pytorch_fps"] = torch_fps["fps_latency_median"]
+        torch_speed = measure("pytorch", load_model(name, pretrained=trained), protocol) if pytorch else None
+        for engine in map(get_engine, engines):
+            row = {"model": name, "engine": engine.name, "trained_weights": trained, "protocol": asdict(protocol),
+                   "protocol_text": protocol.describe()}
+            if engine.int8:
+                q = quantize_for_speed(name, engine.name, cset, out, trained)
+                row |= _speed_fields("fp32", bench_file(q["fp32_path"], protocol))
+                row |= _speed_fields("int8", bench_file(q["int8_path"], protocol))
+                row |= {"speedup": row["int8_fps"] / row["fp32_fps"], "fp32_bytes": q["fp32_bytes"],
+                        "int8_bytes": q["int8_bytes"]}
+            else:
+                path = engine.export(load_model(name, pretrained=trained), out / f"{name}-{engine.name}")
+                row |= _speed_fields("fp32", bench_file(path, protocol)) | {"fp32_bytes": model_size_bytes(path)}
+            if torch_speed:
+                row |= {"pytorch_fps": torch_speed["fps_throughput_median"],
+                        "pytorch_latency_fps": torch_speed["fps_latency_median"]}
             rows.append(record(record_path, "benchmark", row))
     return rows
 
@@ -180,19 +207,39 @@ def quantize_for_speed(name: str, engine: str, cset: CalibrationSet, out: Path, 
     return quantize_with(req, cset, out / f"{name}-{engine}")
 
 
-def evaluate_vs_benchmark_app(name: str, out: Path, data_dir: Path | None = None, seconds: int = 10,
+def evaluate_vs_benchmark_app(model: str, out: Path, data_dir: Path | None = None, seconds: int = 5,
+                              batch: int = 50, repeats: int = 3, precision: str = "f32",
                               record_path: Path = Path("runs/records.jsonl")) -> dict:
-    """`calib evaluate` throughput against benchmark_app's async throughput on the same INT8 IR."""
-    from calibration.evaluate import evaluate
+    """`calib evaluate` throughput against benchmark_app's on the same INT8 IR, like with like: the same batch,
+    precision hint and device configuration (streams, threads, requests; checked in benchmark_app's own report),
+    alternating in one run; the ratio is of the medians."""
+    from calibration.engines.openvino import benchmark_app, compile_model, device_config
 
-    xml = out / f"{name}-openvino" / "int8.xml"
+    xml = Path(model) if model.endswith(".xml") else out / f"{model}-openvino" / "int8.xml"
     if not xml.exists():
-        quantize_for_speed(name, "openvino", memory_set(), out)
+        if model.endswith(".xml"):
+            raise CalibError(f"IR {model} does not exist")
+        quantize_for_speed(model, "openvino", memory_set(), out)
+    compiled = compile_model(xml, precision, "THROUGHPUT", batch)
+    config = device_config(compiled)
+    requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    del compiled
     test = load_split("test", data_dir)
-    ev = evaluate(str(xml), test)
-    app = benchmark_app_fps(xml, seconds)
-    return record(record_path, "evaluate_vs_benchmark_app", {"model": name, "ir": str(xml), "eval_fps": ev["eval_fps"],
-                                                             "benchmark_app_fps": app, "ratio": ev["eval_fps"] / app})
+    evals, apps = [], []
+    for _ in range(repeats):
+        ev = evaluate(xml, test, batch)
+        evals.append(ev["eval_fps"])
+        app = benchmark_app(xml, config, batch, requests, seconds)
+        if app["config"] != config or app["requests"] != requests:
+            raise CalibError(f"benchmark_app ran with {app['config']} and {app['requests']} requests, the evaluator "
+                             f"with {config} and {requests}: not like with like")
+        apps.append(app["fps"])
+    ratio = float(np.median(evals) / np.median(apps))
+    row = {"model": model, "ir": str(xml), "batch": batch, "requests": requests, **config,
+           "eval_fps": float(np.median(evals)), "eval_fps_runs": evals, "eval_accuracy": ev["accuracy"],
+           "benchmark_app_fps": float(np.median(apps)), "benchmark_app_runs": apps,
+           "benchmark_app_seconds": seconds, "benchmark_app_command": app["command"], "ratio": ratio}
+    return record(record_path, "evaluate_vs_benchmark_app", row, inputs={"test": test.source})
 
 
 def benchmark_sources(fractal_images: int = 500, inversion_images: int = 20, inversion_iterations: int = 400,
@@ -203,41 +250,51 @@ def benchmark_sources(fractal_images: int = 500, inversion_images: int = 20, inv
 
     from calibration.sources import generate
 
-    per_class = max(1, fractal_images // 10)
     generate("fractal", 1, 99)  # warm-up (imports, first allocations)
     t0 = time.perf_counter()
-    generate("fractal", per_class, 0)
-    fractal = per_class * 10 / (time.perf_counter() - t0)
-    per_class = max(1, inversion_images // 10)
-    batch = per_class * 10
+    fractals = len(generate("fractal", max(1, fractal_images // 10), 0).images)
+    fractal_rate = fractals / (time.perf_counter() - t0)
+    batch = max(1, inversion_images // 10) * 10
     t0 = time.perf_counter()
-    generate("inversion", per_class, 0, model=model, weights=weights, iterations=inversion_iterations,
-             batch_size=batch)
-    inversion = (time.perf_counter() - t0) / batch
-    return record(record_path, "benchmark_sources", {"fractal_images_per_s": fractal, "fractal_images": per_class * 10,
+    inverted = len(generate("inversion", batch // 10, 0, model=model, weights=weights,
+                            iterations=inversion_iterations, batch_size=batch).images)
+    inversion = (time.perf_counter() - t0) / inverted
+    return record(record_path, "benchmark_sources", {"fractal_images_per_s": fractal_rate, "fractal_images": fractals,
                                                      "inversion_s_per_image": inversion, "inversion_model": model,
+                                                     "inversion_images": inverted,
                                                      "inversion_iterations": inversion_iterations,
                                                      "inversion_batch": batch})
 
 
 def compare_engines(model: str, calib: Path, protocol: Protocol, out: Path, subset_size: int | None = None,
-                    data_dir: Path | None = None, record_path: Path = Path("runs/records.jsonl")) -> list[dict]:
-    """FP32 and INT8 accuracy, throughput and size for OpenVINO and ONNX Runtime, from one set, in one run."""
+                    data_dir: Path | None = None, record_path: Path = Path("runs/records.jsonl"),
+                    engines: list[str] | None = None) -> list[dict]:
+    """Every engine from one set in one run: FP32 and INT8 accuracy (INT8 where the engine quantizes), throughput
+    and latency under one protocol, and size."""
     cset = read_set(calib)
     test = load_split("test", data_dir)
     rows = []
-    for engine in ("openvino", "onnxruntime"):
-        q = quantize_with(QuantizeRequest(model=model, calib=calib, engine=engine, subset_size=subset_size,
-                                          data_dir=data_dir), cset, out / engine)
-        row = {"model": model, "engine": engine, "calib_hash": cset.content_hash,
-               "subset_size_images": q["subset_size_images"], "fp32_bytes": q["fp32_bytes"],
-               "int8_bytes": q["int8_bytes"], "protocol": asdict(protocol)}
-        for prec in ("fp32", "int8"):
-            path = q[f"{prec}_path"]
-            row[f"{prec}_accuracy"] = accuracy_of(path, test)["accuracy"]
-            bench = bench_file(path, protocol)
-            row[f"{prec}_fps"] = bench["fps_throughput_median"]
-            row[f"{prec}_latency_fps"] = bench["fps_latency_median"]
-        row["speedup"] = row["int8_fps"] / row["fp32_fps"]
+    for engine in map(get_engine, engines or list_engines()):
+        req = QuantizeRequest(model=model, calib=calib, engine=engine.name, subset_size=subset_size,
+                              data_dir=data_dir)
+        folder = out / engine.name
+        if engine.int8:
+            q = quantize_with(req, cset, folder)
+            files = {"fp32": q["fp32_path"], "int8": q["int8_path"]}
+        else:
+            q = {"subset_size_images": None}
+            files = {"fp32": str(fp32_file(req, engine, folder)[0])}
+        row = {"model": model, "engine": engine.name, "calib_hash": cset.content_hash,
+               "subset_size_images": q["subset_size_images"], "protocol": asdict(protocol),
+               "protocol_text": protocol.describe()}
+        preds = {}
+        for prec, path in files.items():
+            acc = accuracy_of(path, test)
+            preds[prec] = acc["predictions"]
+            row |= {f"{prec}_accuracy": acc["accuracy"], f"{prec}_bytes": model_size_bytes(Path(path))}
+            row |= _speed_fields(prec, bench_file(path, protocol))
+        if "int8" in files:
+            row["speedup"] = row["int8_fps"] / row["fp32_fps"]
+            row["int8_agreement"] = float((preds["fp32"] == preds["int8"]).mean())
         rows.append(record(record_path, "compare_engines", row, inputs={"calib": cset.content_hash}))
     return rows

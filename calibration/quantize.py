@@ -1,35 +1,30 @@
-"""INT8 post-training quantization with NNCF: default (min-max + bias correction) or accuracy-aware.
+"""Quantization options shared by every engine, and the calibration subset every engine receives.
 
-Calibration images come from a calibration set (never validation or test); accuracy-aware quantization
-validates on the validation split cut from train, through a `validation_fn` that returns per-sample
-correctness so NNCF ranks layers without re-running item by item.
+The subset is drawn from a calibration set (never validation or test), class-balanced and seeded; each
+engine (`calibration.engines`) gets the same batch-1 tensors and refuses the options it does not have.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
-from calibration.data import LabeledImages, require_role, to_model_input
+from calibration.data import CLASSES, to_model_input
 from calibration.errors import CalibError
 from calibration.sets import CalibrationSet, check_calibration_set
 
 
-class Engine(str, Enum):
-    openvino = "openvino"
-    onnxruntime = "onnxruntime"
-
-
 class CalibMethod(str, Enum):
-    """ONNX Runtime's calibration methods (the OpenVINO path uses NNCF's own statistics)."""
+    """Activation range estimation. ONNX Runtime: minmax (its default), entropy, percentile. OpenVINO: NNCF's
+    own estimators (default; mean over images of per-image min/max for per-tensor activations) or minmax."""
 
     minmax = "minmax"
     entropy = "entropy"
     percentile = "percentile"
+    nncf = "nncf"
 
 
 class Algo(str, Enum):
@@ -38,8 +33,19 @@ class Algo(str, Enum):
 
 
 class Preset(str, Enum):
+    """Weights symmetric in both; activations symmetric (performance) or asymmetric (mixed)."""
+
     performance = "performance"
     mixed = "mixed"
+
+
+class OverflowFix(str, Enum):
+    """Weights on half the INT8 range, against the saturation of 8-bit dot products on CPUs without VNNI (NNCF's
+    names). ONNX Runtime: `enable` is its reduce_range (7-bit weights everywhere)."""
+
+    disable = "disable"
+    first_layer = "first_layer_only"
+    enable = "enable"
 
 
 class DropType(str, Enum):
@@ -49,81 +55,58 @@ class DropType(str, Enum):
 
 @dataclass(frozen=True)
 class QuantizeConfig:
+    """Engine-neutral options; None means the engine's own default (see each engine)."""
+
     algo: Algo = Algo.default
     subset_size: int | None = None  # images; None = the whole set
-    preset: Preset = Preset.performance
+    preset: Preset | None = None  # None: performance for NNCF, mixed (asymmetric activations) for ONNX Runtime
     fast_bias_correction: bool = True
     max_drop: float = 0.01
     drop_type: DropType = DropType.absolute
     seed: int = 0
+    calibrate_method: CalibMethod | None = None
+    ranking_subset_size: int | None = None  # accuracy-aware: validation images ranked; None = all of them
+    overflow_fix: OverflowFix | None = None  # None: NNCF first_layer_only, ONNX Runtime disable (their defaults)
 
 
-def select_calibration(calib: CalibrationSet, subset_size: int | None, seed: int) -> np.ndarray:
-    """The seeded subset of a set's images that calibration sees (identical for every engine)."""
-    check_calibration_set(calib)
+@dataclass(frozen=True)
+class CalibrationSubset:
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray  # into the set, ascending
+    per_class: dict[str, int] = field(default_factory=dict)
+
+
+def balanced_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """`size` indices drawn class by class in turn (a seeded order of images in each class, a seeded order of
+    classes), so per-class counts differ by at most one while every class has images left."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    class_rank = dict(zip(rng.permutation(classes).tolist(), range(len(classes))))
+    keys = np.empty((len(labels), 2), np.int64)
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        keys[idx, 0] = rng.permutation(len(idx))  # the round in which this image is drawn
+        keys[idx, 1] = class_rank[int(c)]  # its class's turn within the round
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    return np.sort(order[:size])
+
+
+def select_calibration(calib: CalibrationSet, subset_size: int | None, seed: int,
+                       data_dir: Path | None = None) -> CalibrationSubset:
+    """The seeded, class-balanced subset of a set that calibration sees (identical for every engine); the set is
+    first checked against the test and validation splits of the tree `data_dir` names (`check_calibration_set`)."""
+    check_calibration_set(calib, data_dir)
     subset = subset_size or len(calib)
     if subset > len(calib):
         raise CalibError(f"--subset-size {subset} exceeds the {len(calib)} images of {calib.path}")
-    return calib.images[np.random.default_rng(seed).permutation(len(calib))[:subset]]
+    idx = balanced_indices(calib.labels, subset, seed)
+    labels = calib.labels[idx]
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    return CalibrationSubset(calib.images[idx], labels, idx, dict(zip(CLASSES, counts.tolist())))
 
 
 def calibration_items(images: np.ndarray) -> list[np.ndarray]:
     """One item per image (batch 1), so NNCF's `subset_size` counts images."""
     x = to_model_input(images)
     return [x[i : i + 1] for i in range(len(x))]
-
-
-def _validation_fn(compiled_model, items) -> tuple[float, list[float]]:
-    out = compiled_model.output(0)
-    correct = [float(np.argmax(compiled_model(x)[out], axis=1)[0] == y) for x, y in items]
-    return float(np.mean(correct)), correct
-
-
-def quantize_model(ov_model, calib: CalibrationSet, cfg: QuantizeConfig = QuantizeConfig(),
-                   validation: LabeledImages | None = None):
-    """Return (INT8 ov.Model, record of the parameters actually used)."""
-    import nncf
-
-    images = select_calibration(calib, cfg.subset_size, cfg.seed)
-    subset = len(images)
-    dataset = nncf.Dataset(calibration_items(images))
-    preset = nncf.QuantizationPreset.PERFORMANCE if cfg.preset == Preset.performance else nncf.QuantizationPreset.MIXED
-    common = dict(preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=subset,
-                  fast_bias_correction=cfg.fast_bias_correction)
-    record = {"algo": cfg.algo.value, "subset_size_images": subset, "preset": cfg.preset.value,
-              "fast_bias_correction": cfg.fast_bias_correction, "target_device": "CPU", "seed": cfg.seed,
-              "calib_set": str(calib.path), "calib_hash": calib.content_hash, "calib_source": calib.manifest["source"],
-              "calib_images": len(calib), "nncf": nncf.__version__}
-    t0 = time.perf_counter()
-    if cfg.algo == Algo.default:
-        q = nncf.quantize(ov_model, dataset, **common)
-    else:
-        if validation is None:
-            raise CalibError("accuracy-aware quantization needs the validation split")
-        require_role(validation, ("validation",), "accuracy-aware validation data")
-        x = to_model_input(validation.images)
-        val_items = [(x[i : i + 1], int(validation.labels[i])) for i in range(len(x))]
-        drop = nncf.DropType.ABSOLUTE if cfg.drop_type == DropType.absolute else nncf.DropType.RELATIVE
-        q = nncf.quantize_with_accuracy_control(ov_model, dataset, nncf.Dataset(val_items), _validation_fn,
-                                                max_drop=cfg.max_drop, drop_type=drop, **common)
-        record |= {"max_drop": cfg.max_drop, "drop_type": cfg.drop_type.value, "validation_images": len(x),
-                   "validation_role": validation.role}
-    record["quantize_seconds"] = round(time.perf_counter() - t0, 2)
-    return q, record
-
-
-def load_ir_or_zoo(model: str, weights: Path | None = None, fuse: bool = True, pretrained: bool = True):
-    """`model` is a zoo name (trained weights unless `pretrained=False`, converted now) or an OpenVINO `.xml`."""
-    import openvino as ov
-
-    if model.endswith(".xml"):
-        if not Path(model).is_file():
-            raise CalibError(f"IR {model} does not exist")
-        return ov.Core().read_model(model), {"model": model}
-    from calibration.export import to_openvino
-    from calibration.weights import load_model, resolve_weights
-
-    if not pretrained:
-        return to_openvino(load_model(model, pretrained=False, fuse=fuse)), {"model": model, "weights": "random"}
-    path = resolve_weights(model, weights)
-    return to_openvino(load_model(model, path, fuse=fuse)), {"model": model, "weights": str(path)}

@@ -1,4 +1,9 @@
-"""Seaborn heatmaps of a study run: accuracy drop per algorithm, INT8/FP32 speed-up, accuracy vs set size."""
+"""Seaborn figures of a study run: accuracy change and speed-up heatmaps, accuracy against set size.
+
+Every panel shows one condition per cell (every grid axis but the seed is fixed within a panel or is a
+heatmap/line axis), averaged over seeds only: axes that vary in the run beyond model and source become
+separate panels, titled with their values.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from experiments.report import load_rows, tables  # noqa: E402
+from experiments.report import FACETS, load_rows, tables, varying  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -22,33 +28,68 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def heatmap_panels(long: pd.DataFrame, value: str, algo: str) -> list[tuple[str, pd.DataFrame]]:
+    """(title, model × source table of `value`) for each combination of the other varying axes of `algo`."""
+    part = long[(long.algo == algo) & long[value].notna()]
+    if part.empty:
+        return []
+    facets = varying(part, FACETS)
+    groups = part.groupby(facets, sort=True) if facets else [((), part)]
+    panels = []
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        pivot = g.pivot(index="model", columns="source", values=value)  # unique: the condition is complete
+        title = ", ".join(f"{k}={v}" for k, v in zip(facets, key))
+        panels.append((title, pivot))
+    return panels
+
+
+def _heatmap_figure(panels: list[tuple[str, pd.DataFrame]], title: str, scale: float, label: str, fmt: str,
+                    cmap: str, center: float | None):
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    rows = max(p.shape[0] for _, p in panels)
+    cols = max(p.shape[1] for _, p in panels)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(ncol * (1.6 + 1.3 * cols), nrow * (1 + 0.6 * rows)),
+                             squeeze=False)
+    for ax, (sub, pivot) in zip(axes.flat, panels):
+        sns.heatmap(pivot * scale, annot=True, fmt=fmt, cmap=cmap, center=center, ax=ax, cbar_kws={"label": label})
+        ax.set_title(sub, fontsize=9)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def write_plots(run: Path, out: Path | None = None) -> list[Path]:
     out = out or run / "plots"
     written = []
-    for name, long in tables(load_rows(run)).items():
+    all_tables = tables(load_rows(run))
+    for name, long in all_tables.items():
         if not name.startswith("long_") or long.empty:
             continue
         engine = name.removeprefix("long_")
-        fused = long[long.fuse.astype(bool)]
-        for algo in sorted(fused.algo.unique()):
-            pivot = fused[fused.algo == algo].groupby(["model", "source"])["delta_to_fp32"].mean().unstack()
-            pivot = pivot.dropna(how="all").dropna(axis=1, how="all")  # models without trained weights
-            if pivot.size:
-                fig, ax = plt.subplots(figsize=(1.6 + 1.3 * pivot.shape[1], 1 + 0.6 * pivot.shape[0]))
-                sns.heatmap(pivot * 100, annot=True, fmt=".2f", cmap="RdYlGn", center=0, ax=ax,
-                            cbar_kws={"label": "INT8 - FP32 top-1 (points)"})
-                ax.set_title(f"accuracy change after {algo} INT8 ({engine})")
+        for algo in sorted(long.algo.unique()):
+            panels = heatmap_panels(long, "delta_to_fp32", algo)
+            if panels:
+                fig = _heatmap_figure(panels, f"INT8 - FP32 accuracy after {algo} INT8 ({engine}), mean over seeds",
+                                      100, "points", ".2f", "RdYlGn", 0)
                 written.append(_save(fig, out / f"accuracy_drop_{algo}_{engine}.png"))
-        if "speedup" in long and long.speedup.notna().any():
-            sp = long[long.algo == "default"].groupby(["model", "source"])["speedup"].median().unstack()
-            fig, ax = plt.subplots(figsize=(1.6 + 1.3 * sp.shape[1], 1 + 0.6 * sp.shape[0]))
-            sns.heatmap(sp, annot=True, fmt=".2f", cmap="viridis", ax=ax, cbar_kws={"label": "INT8 / FP32 throughput"})
-            ax.set_title(f"INT8 speed-up over the FP32 IR ({engine})")
+        panels = heatmap_panels(long, "speedup", "default")
+        if panels:
+            fig = _heatmap_figure(panels, f"INT8 speed-up over FP32 ({engine})", 1, "INT8 / FP32 throughput", ".2f",
+                                  "viridis", None)
             written.append(_save(fig, out / f"speedup_{engine}.png"))
-        sizes = long.dropna(subset=["subset_size_images"])
-        if sizes.subset_size_images.nunique() > 1:
-            g = sns.relplot(data=sizes, x="subset_size_images", y="int8_accuracy", hue="source", col="model",
-                            kind="line", marker="o", col_wrap=min(3, sizes.model.nunique()), height=3)
+        cells = all_tables[f"cells_{engine}"].dropna(subset=["int8_accuracy", "subset_size_images"])
+        if cells.subset_size_images.nunique() > 1:
+            other = varying(cells, ["algo", *[f for f in FACETS if f != "subset_size"]])
+            data = cells.assign(condition=[", ".join(f"{k}={r[k]}" for k in other) or "all"
+                                           for _, r in cells.iterrows()])
+            g = sns.relplot(data=data, x="subset_size_images", y="int8_accuracy", hue="source", col="model",
+                            row="condition" if other else None, kind="line", marker="o", errorbar="sd",
+                            height=3, facet_kws={"sharey": False})
             g.set(xscale="log")
+            g.figure.suptitle(f"INT8 accuracy against calibration images ({engine}), mean ± std over seeds", y=1.02)
             written.append(_save(g.figure, out / f"accuracy_vs_set_size_{engine}.png"))
     return written

@@ -1,8 +1,10 @@
 """The resumable study runner: one flat row per cell in `rows.jsonl`, appended atomically.
 
-A rerun skips every cell that already has a row; a run killed at any point resumes to the same table.
-Sets are generated once per (source, options, seed) and reused; a failing cell records an error row and
-the run goes on. Cells run in this process, or as Ray tasks with `executor="ray"`.
+A rerun skips every cell that already has an `ok` row and runs the others again (skipped and error cells
+retry, e.g. after adding weights or a teacher); the newest row of a cell is the one that counts. A run
+killed at any point resumes to the same table. The driver generates every calibration set before any cell
+runs, so cells only read sets; a failing cell records an error row and the run goes on. Cells run in this
+process, or as Ray tasks with `executor="ray"`; cells that time speed always run alone, after the others.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import json
 import os
 import resource
 import shutil
+import tempfile
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from calibration.errors import CalibError
 from calibration.runs import append_jsonl, atomic_write_bytes, provenance, read_jsonl, to_jsonable
-from experiments.grid import Cell, Grid, expand, load_grid, source_options
+from experiments.grid import Cell, Grid, load_grid, select, source_options
 
 ROWS = "rows.jsonl"
 
@@ -33,26 +36,51 @@ def repair_rows(path: Path) -> None:
         atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
 
 
-def set_for(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) -> Path:
-    """Generate (or reuse) the set a cell needs; folder names carry a hash of source, options and seed."""
-    from calibration.sets import read_set
-    from calibration.sources import generate_set
-
+def set_plan(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) -> tuple[Path, dict]:
+    """The folder of the set a cell needs and the source options that make it; the folder name carries a
+    hash of source, options and seed, so equal requests share one set."""
     opts = source_options(grid, cell.source)
     if cell.source == "inversion":
         opts.setdefault("model", cell.model)  # data-free: inverted from the model being quantized
+        weights = _weights_or_reason(cell.model, grid)[0] if grid.weights_path() is not None else None
+        if weights is not None:
+            opts.setdefault("weights", weights)
     if cell.source == "cifar10" and data_dir is not None:
         opts.setdefault("data_dir", data_dir)
     key = json.dumps({"source": cell.source, "per_class": cell.per_class, "seed": cell.seed,
                       **{k: str(v) for k, v in opts.items()}}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-    folder = out / "sets" / f"{cell.source}-{cell.per_class}pc-s{cell.seed}-{digest}"
+    return out / "sets" / f"{cell.source}-{cell.per_class}pc-s{cell.seed}-{digest}", opts
+
+
+def set_for(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) -> Path:
+    """Reuse the set a cell needs, or generate it (the driver does this before cells run)."""
+    from calibration.sets import read_set
+
+    folder, opts = set_plan(grid, cell, out, data_dir)
     if folder.exists():
         read_set(folder)  # validates; a damaged cached set is an error, not silently reused
         return folder
-    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    return generate_set(cell.source, cell.per_class, cell.seed, folder, **opts)
+    return _generate_once(folder, cell.source, cell.per_class, cell.seed, opts)
+
+
+def _generate_once(folder: Path, source: str, per_class: int, seed: int, opts: dict) -> Path:
+    """Write the set in a private staging folder and rename it into place: two processes making the same
+    set never touch each other's files, and the first complete set wins (same seed, same images)."""
+    from calibration.sources import generate_set
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        made = generate_set(source, per_class, seed, staging / folder.name, **opts)
+        try:
+            os.rename(made, folder)  # atomic; fails if another process already put a complete set there
+        except OSError:
+            if not (folder / "manifest.json").exists():
+                raise
+        return folder
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def skip_reason(grid: Grid, cell: Cell) -> str | None:
@@ -62,30 +90,47 @@ def skip_reason(grid: Grid, cell: Cell) -> str | None:
     return None
 
 
-def _weights_or_reason(model: str) -> tuple[Path | None, str | None]:
+def _weights_or_reason(model: str, grid: Grid | None = None) -> tuple[Path | None, str | None]:
+    """The model's weight file: the grid's `weights_dir`, else `CALIB_WEIGHTS_DIR`, else the official release."""
     from calibration.weights import resolve_weights
 
     try:
-        return resolve_weights(model), None
+        return resolve_weights(model, weights_dir=grid.weights_path() if grid else None), None
     except CalibError as e:
         return None, str(e)
 
 
+def _plan(grid: Grid, cell: Cell) -> tuple[str | None, Path | None, str | None]:
+    """(skip reason, weight file, note on missing weights) of a cell, decided before it runs."""
+    weights, missing = _weights_or_reason(cell.model, grid)
+    if cell.kind == "quantize":
+        reason = skip_reason(grid, cell)
+        if reason is None and weights is None and (cell.algo != "default" or not grid.times(cell)):
+            reason = missing  # accuracy needs trained weights; only speed cells run with random ones
+        if reason:
+            return reason, weights, missing
+    return None, weights, missing
+
+
 def run_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) -> dict:
     """Do one cell and return its row (never raises: failures become error rows)."""
-    t0 = time.perf_counter()
-    row = {"grid": grid.name, "cell": cell.id, **asdict(cell)}
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    row = {"grid": grid.name, "cell": cell.id, **asdict(cell), "timed": grid.times(cell)}
+    if not row["timed"]:
+        grid = replace(grid, benchmark=False)  # speed is measured only in cells that run alone
     try:
-        reason = skip_reason(grid, cell) if cell.kind == "quantize" else None
-        weights, missing = _weights_or_reason(cell.model)
+        reason, weights, missing = _plan(grid, cell)
         if reason:
             return {**row, "status": "skipped", "reason": reason}
+        row["started_at"] = round(time.time(), 3)
+        row["data_dir"] = str(data_dir) if data_dir else None
+        row["weights"] = str(weights) if weights else None
+        if cell.kind == "quantize":
+            row["calib_set"] = str(set_plan(grid, cell, out, data_dir)[0].relative_to(out))
         if cell.kind == "baseline":
             row |= _baseline(grid, cell, out, weights, data_dir)
             row["weights_note"] = missing or ""
-        elif weights is None and (cell.algo != "default" or not grid.benchmark):
-            return {**row, "status": "skipped", "reason": missing}
-        elif weights is None:  # speed needs no trained weights; accuracy does
+        elif weights is None:  # speed needs no trained weights; accuracy does (see _plan)
             row |= _speed_only_cell(grid, cell, out, data_dir)
             row["weights_note"] = missing
         else:
@@ -94,49 +139,53 @@ def run_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) ->
     except Exception as e:  # noqa: BLE001 - a failing cell must not stop the study
         row |= {"status": "error", "reason": f"{type(e).__name__}: {e}",
                 "traceback": traceback.format_exc(limit=3)}
+    row["finished_at"] = round(time.time(), 3)
     row["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    row["cpu_seconds"] = round(time.process_time() - cpu0, 2)  # this process's CPU time: all threads
     return row
 
 
 def _baseline(grid: Grid, cell: Cell, out: Path, weights: Path | None, data_dir: Path | None) -> dict:
-    """FP32 accuracy (PyTorch and the engine's FP32 file) and FP32 speed; speed needs no trained weights."""
-    from calibration.benchmark import Protocol, bench_torch, model_size_bytes
+    """FP32 accuracy and per-image predictions (PyTorch and the engine's FP32 file) and FP32 speed of both under
+    the same protocol; speed needs no trained weights."""
+    from calibration.benchmark import Protocol, model_size_bytes
     from calibration.data import load_split
-    from calibration.export import save_ir, to_onnx, to_openvino
-    from calibration.pipeline import accuracy_of
-    from calibration.train import accuracy, pick_device
+    from calibration.engines import get_engine, measure
+    from calibration.evaluate import evaluate
+    from calibration.pipeline import accuracy_of, predictions_to_str
     from calibration.weights import load_model
 
     model = load_model(cell.model, weights, pretrained=weights is not None, fuse=cell.fuse)
-    folder = out / "models" / f"{cell.model}-{cell.engine}-fp32"
-    if cell.engine == "openvino":
-        path = save_ir(to_openvino(model), folder / "fp32.xml")
-    else:
-        path = to_onnx(model, folder / "fp32.onnx")
+    path = get_engine(cell.engine).export(model, out / "models" / f"{cell.model}-{cell.engine}-fp32")
     row = {"fp32_bytes": model_size_bytes(path), "trained_weights": weights is not None}
     if weights is not None:
         test = load_split("test", data_dir)
-        row["pytorch_accuracy"] = accuracy(model, test, pick_device("cpu"))
-        row["fp32_accuracy"] = accuracy_of(path, test)["accuracy"]
+        row["pytorch_accuracy"] = evaluate(model, test, engine=get_engine("pytorch"))["accuracy"]
+        fp32 = accuracy_of(path, test)
+        row |= {"fp32_accuracy": fp32["accuracy"], "fp32_predictions": predictions_to_str(fp32["predictions"]),
+                "test_images": len(test)}
     if grid.benchmark:
         protocol = Protocol(duration_s=grid.benchmark_seconds)
-        row["pytorch_fps"] = bench_torch(model, protocol)["fps_latency_median"]
+        torch_speed = measure("pytorch", model, protocol)
+        row |= {"pytorch_fps": torch_speed["fps_throughput_median"],
+                "pytorch_latency_fps": torch_speed["fps_latency_median"]}
         row |= _speed(path, protocol, "fp32")
     return row
 
 
 def _speed(path: Path, protocol, prefix: str) -> dict:
+    """Throughput and latency under the one protocol of `calibration.engines` (stated in `speed_protocol`)."""
     from calibration.benchmark import bench_file
 
     b = bench_file(path, protocol)
     return {f"{prefix}_fps": b["fps_throughput_median"], f"{prefix}_fps_spread": b.get("fps_throughput_runs"),
-            f"{prefix}_latency_fps": b["fps_latency_median"]}
+            f"{prefix}_latency_fps": b["fps_latency_median"], "speed_protocol": b["protocol_text"]}
 
 
 def _quantize_cell(grid: Grid, cell: Cell, out: Path, weights: Path, data_dir: Path | None) -> dict:
     from calibration.benchmark import Protocol
     from calibration.data import load_split
-    from calibration.pipeline import QuantizeRequest, accuracy_of, quantize_with
+    from calibration.pipeline import QuantizeRequest, accuracy_of, predictions_to_str, quantize_with
     from calibration.sets import read_set
 
     cset = read_set(set_for(grid, cell, out, data_dir))
@@ -145,9 +194,13 @@ def _quantize_cell(grid: Grid, cell: Cell, out: Path, weights: Path, data_dir: P
                           fast_bias_correction=cell.fast_bias_correction, max_drop=cell.max_drop, seed=cell.seed,
                           weights=weights, data_dir=data_dir, fuse=cell.fuse)
     q = quantize_with(req, cset, out / "models" / cell.id)
-    row = {k: q[k] for k in ("subset_size_images", "quantize_seconds", "fp32_bytes", "int8_bytes", "calib_hash")
+    row = {k: q[k] for k in ("subset_size_images", "calib_per_class", "quantize_seconds", "fp32_bytes", "int8_bytes",
+                             "calib_hash", "preset", "activations", "calibrate_method", "ranking_subset_images")
            if k in q}
-    row["int8_accuracy"] = accuracy_of(q["int8_path"], load_split("test", data_dir))["accuracy"]
+    test = load_split("test", data_dir)
+    int8 = accuracy_of(q["int8_path"], test)
+    row |= {"int8_accuracy": int8["accuracy"], "int8_predictions": predictions_to_str(int8["predictions"]),
+            "test_images": len(test)}
     if grid.benchmark:
         row |= _speed(Path(q["int8_path"]), Protocol(duration_s=grid.benchmark_seconds), "int8")
     return row
@@ -168,16 +221,149 @@ def _speed_only_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None) -
 
 
 def _peak_rss_mib() -> float:
+    """Largest resident set of this process or any finished child, in MiB (ru_maxrss is in KiB on Linux)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024
 
 
+class PeakMemory:
+    """Peak resident memory of this process and all its descendants together (worker pools, Ray), sampled."""
+
+    def __init__(self, interval_s: float = 0.25):
+        import threading
+
+        self.interval_s, self.peak_bytes = interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass  # ended between listing and reading
+        self.peak_bytes = max(self.peak_bytes, total)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> PeakMemory:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def mib(self) -> float:
+        return max(self.peak_bytes / 2**20, _peak_rss_mib())
+
+
+def newest_rows(rows: list[dict]) -> dict[str, dict]:
+    """The newest row of each cell (rows are appended in time order, so a retried cell's last row counts)."""
+    return {r["cell"]: r for r in rows if "cell" in r}
+
+
+def _resolved(grid: Grid, data_dir: Path | None) -> Grid:
+    """The grid with its locations and source options expanded once, in the driver: workers on other
+    machines or with another environment see the same paths."""
+    from calibration.data import resolve_data_dir
+
+    data = data_dir or grid.data_path() or resolve_data_dir(None)
+    weights = grid.weights_path()
+    return replace(grid, data_dir=str(Path(data).resolve()) if data else None,
+                   weights_dir=str(weights) if weights else None,
+                   source_options={s: source_options(grid, s) for s in grid.source_options})
+
+
+def _record_test_labels(out: Path, data_dir: Path | None) -> None:
+    """Keep the test labels in the run folder, so the report pairs FP32 and INT8 predictions per image
+    without the data; a run folder never mixes two test splits."""
+    from calibration.data import load_split
+
+    try:
+        test = load_split("test", data_dir)
+    except CalibError:
+        return  # no test data here: cells record the error, the report shows no paired intervals
+    labels = "".join(map(str, test.labels.tolist()))
+    entry = {"data": test.source, "images": len(labels), "sha256": hashlib.sha256(labels.encode()).hexdigest(),
+             "labels": labels}
+    path = out / "test_labels.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("sha256") != entry["sha256"]:
+            raise CalibError(f"{out} holds results on another test split ({old.get('data')}); "
+                             "choose another --out")
+        return
+    atomic_write_bytes(path, json.dumps(entry, indent=1).encode())
+
+
+def _error_row(grid: Grid, cell: Cell, reason: str) -> dict:
+    return {"grid": grid.name, "cell": cell.id, **asdict(cell), "status": "error", "reason": reason,
+            "wall_seconds": 0.0}
+
+
+def prepare(grid: Grid, todo: list[Cell], out: Path, data_dir: Path | None = None,
+            progress: bool = False) -> tuple[list[Cell], list[dict]]:
+    """Before any cell runs: rows for cells that are skipped or whose set cannot be made, and every set the
+    other cells need, generated here once. Returns (cells to run, rows already decided)."""
+    from rich.progress import Progress
+
+    sets = out / "sets"
+    if sets.is_dir():
+        for stale in sets.glob(".*.tmp-*"):  # left by a killed run; no cell runs at this point
+            shutil.rmtree(stale, ignore_errors=True)
+    runnable, rows, failed = [], [], {}
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("calibration sets", total=len(todo))
+        for cell in todo:
+            bar.advance(task)
+            if cell.kind != "quantize":
+                runnable.append(cell)
+                continue
+            reason = _plan(grid if grid.times(cell) else replace(grid, benchmark=False), cell)[0]
+            if reason:
+                rows.append(run_cell(grid, cell, out, data_dir))  # a skipped row, at once
+                continue
+            folder, opts = set_plan(grid, cell, out, data_dir)
+            if folder not in failed and not folder.exists():
+                bar.update(task, description=f"set {folder.name}")
+                try:
+                    _generate_once(folder, cell.source, cell.per_class, cell.seed, opts)
+                except Exception as e:  # noqa: BLE001 - the cells of this set get an error row each
+                    failed[folder] = f"set {folder.name} could not be made: {type(e).__name__}: {e}"
+            if folder in failed:
+                rows.append(_error_row(grid, cell, failed[folder]))
+            else:
+                runnable.append(cell)
+    return runnable, rows
+
+
 def run_study(grid_path: Path, out: Path, executor: str = "local", address: str | None = None,
               data_dir: Path | None = None, models: list[str] | None = None, sources: list[str] | None = None,
-              progress: bool = True) -> dict:
-    """Run every unfinished cell of a grid into `out`; returns counts, wall time and peak memory."""
+              progress: bool = True, jobs: int = 1) -> dict:
+    """Run every cell of a grid that has no `ok` row yet into `out`; returns counts, wall time and peak memory.
+
+    `jobs` > 1 runs cells that time nothing in that many local worker processes (NNCF's statistics
+    collection is single-threaded Python, so two cores do twice the work); timed cells always run alone.
+    """
+    if executor not in ("local", "ray"):
+        raise CalibError(f"unknown executor {executor!r} (local or ray)")
+    if jobs < 1:
+        raise CalibError(f"--jobs must be at least 1, not {jobs}")
     grid = load_grid(grid_path)
+    cells = select(grid, models, sources)  # unknown --models/--sources fail here, before anything is written
+    grid = _resolved(grid, data_dir)
+    data_dir = Path(grid.data_dir) if grid.data_dir else None
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "grid.toml").exists():
         atomic_write_bytes(out / "grid.toml", grid_path.read_bytes())
@@ -185,38 +371,69 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
         raise CalibError(f"{out} holds a run of another grid; choose another --out")
     atomic_write_bytes(out / f"manifest-{int(time.time())}.json",
                        json.dumps(to_jsonable(provenance({"grid_seeds": list(grid.seeds)},
-                                                         {"grid": str(grid_path)})), indent=1).encode())
+                                                         {"grid": str(grid_path), "data_dir": grid.data_dir,
+                                                          "weights_dir": grid.weights_dir})), indent=1).encode())
     rows_path = out / ROWS
     repair_rows(rows_path)
-    done = {r["cell"] for r in read_jsonl(rows_path)}
-    cells = [c for c in expand(grid) if (not models or c.model in models) and (not sources or c.kind == "baseline"
-                                                                                or c.source in sources)]
+    before = newest_rows(read_jsonl(rows_path))
+    done = {c for c, r in before.items() if r.get("status") == "ok"}
     todo = [c for c in cells if c.id not in done]
     t0 = time.perf_counter()
-    if executor == "ray":
-        _run_ray(grid, todo, out, rows_path, address, data_dir)
-    elif executor == "local":
-        from rich.progress import Progress
-
-        with Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task(f"study {grid.name}", total=len(todo))
-            for cell in todo:
-                bar.update(task, description=f"{cell.kind} {cell.model} {cell.source} {cell.algo}")
-                append_jsonl(rows_path, run_cell(grid, cell, out, data_dir))
-                bar.advance(task)
-    else:
-        raise CalibError(f"unknown executor {executor!r} (local or ray)")
-    rows = read_jsonl(rows_path)
+    with PeakMemory() as memory:
+        if todo:
+            _record_test_labels(out, data_dir)
+        runnable, decided = prepare(grid, todo, out, data_dir, progress)
+        for row in decided:
+            old = before.get(row["cell"], {})
+            if (old.get("status"), old.get("reason")) != ("skipped", row.get("reason")) or row["status"] != "skipped":
+                append_jsonl(rows_path, row)  # a cell skipped again for the same reason keeps its row
+        if executor == "ray":
+            _run_ray(grid, runnable, out, rows_path, address, data_dir)
+        else:
+            _run_local(grid, runnable, out, rows_path, data_dir, jobs, progress)
+    newest = newest_rows(read_jsonl(rows_path))
+    status = [newest[c.id].get("status") if c.id in newest else "missing" for c in cells]
     summary = {"cells": len(cells), "ran": len(todo), "skipped_done": len(cells) - len(todo),
-               "ok": sum(r["status"] == "ok" for r in rows), "skipped": sum(r["status"] == "skipped" for r in rows),
-               "errors": sum(r["status"] == "error" for r in rows),
-               "wall_seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(_peak_rss_mib(), 1)}
+               "ok": status.count("ok"), "skipped": status.count("skipped"), "errors": status.count("error"),
+               "wall_seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(memory.mib, 1),
+               "peak_rss_one_process_mib": round(_peak_rss_mib(), 1), "executor": executor, "jobs": jobs}
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())
     return summary
 
 
-def _run_ray(grid: Grid, todo: list[Cell], out: Path, rows_path: Path, address: str | None,
+def _run_local(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, data_dir: Path | None, jobs: int,
+               progress: bool) -> None:
+    """In this process, in grid order; with `jobs` > 1, untimed cells first in a pool of worker processes."""
+    from rich.progress import Progress
+
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"study {grid.name}", total=len(cells))
+        alone = cells
+        if jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            alone = [c for c in cells if grid.times(c)]
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(run_cell, grid, c, out, data_dir): c for c in cells if not grid.times(c)}
+                bar.update(task, description=f"{len(futures)} cells in {jobs} processes")
+                for future in as_completed(futures):
+                    try:
+                        row = future.result()
+                    except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
+                        row = _error_row(grid, futures[future], f"worker process failed: {type(e).__name__}: {e}")
+                    append_jsonl(rows_path, row)
+                    bar.advance(task)
+        for cell in alone:
+            bar.update(task, description=f"{cell.kind} {cell.model} {cell.engine} {cell.source} {cell.algo}")
+            append_jsonl(rows_path, run_cell(grid, cell, out, data_dir))
+            bar.advance(task)
+
+
+def _run_ray(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, address: str | None,
              data_dir: Path | None) -> None:
+    """Cells that measure no speed run as parallel Ray tasks; then every timed cell runs alone, one at a time.
+    The driver alone writes rows; a task that dies (a killed worker) becomes an error row."""
     try:
         import ray
     except ImportError:
@@ -226,11 +443,22 @@ def _run_ray(grid: Grid, todo: list[Cell], out: Path, rows_path: Path, address: 
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("CALIB_")}})
     remote = ray.remote(run_cell)
-    pending = [remote.remote(grid, c, out, data_dir) for c in todo]
-    try:
+
+    def collect(pending: dict) -> None:
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            append_jsonl(rows_path, ray.get(ready[0]))  # the driver alone writes rows
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(ready[0])
+            try:
+                row = ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001 - e.g. the worker process was killed
+                row = _error_row(grid, cell, f"Ray task failed: {type(e).__name__}: {str(e)[:300]}")
+            append_jsonl(rows_path, row)
+
+    try:
+        collect({remote.remote(grid, c, out, data_dir): c for c in cells if not grid.times(c)})
+        for c in cells:
+            if grid.times(c):
+                collect({remote.remote(grid, c, out, data_dir): c})
     finally:
         if started:
             ray.shutdown()

@@ -2,7 +2,6 @@
 
 import shutil
 
-import pytest
 from typer.testing import CliRunner
 
 from calibration.cli import app
@@ -44,12 +43,6 @@ def test_truncated_weight_file(tmp_path, weights_dir):
 def test_official_download_failure_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("CALIB_WEIGHTS_DIR", str(tmp_path))
     one_line_error(runner.invoke(app, ["zoo", "eval", "resnet20"]), "could not download")
-
-
-@pytest.mark.parametrize("group", ["zoo", "distylegan", "sets", "study", "benchmark"])
-def test_help_reads(group):
-    result = runner.invoke(app, [group, "--help"])
-    assert result.exit_code == 0 and "Usage" in result.output
 
 
 def test_zoo_eval_prints_accuracy(weights_dir):

@@ -1,18 +1,36 @@
-"""Quantization end to end on tiny models, and the hygiene rules enforced by the quantize path itself."""
+"""Quantization end to end on tiny models, checked against the FP32 model and at the runtimes' own API
+boundaries, and the hygiene rules enforced by the quantize path itself."""
+
+import hashlib
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from calibration.cli import app
 from calibration.data import load_split, train_splits
+from calibration.engines import get_engine, list_engines
 from calibration.errors import CalibError
-from calibration.pipeline import QuantizeRequest, accuracy_of, quantize_with, run_quantize
-from calibration.quantize import calibration_items, select_calibration
+from calibration.pipeline import (
+    QuantizeRequest,
+    accuracy_of,
+    predictions_from_str,
+    predictions_to_str,
+    quantize_with,
+    run_quantize,
+)
+from calibration.quantize import QuantizeConfig, calibration_items, select_calibration
 from calibration.sets import import_set, read_set, write_set
 from calibration.sources import generate_set
+from tests.test_engines import torchvision_input, train_tiny
 
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory, cifar_dir):
+    return train_tiny(cifar_dir, tmp_path_factory.mktemp("trained"))
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +38,190 @@ def noise_set(tmp_path_factory):
     return generate_set("noise", 3, 0, tmp_path_factory.mktemp("sets") / "noise")
 
 
-def test_default_int8_quantizes_and_evaluates(tmp_path, noise_set, cifar_dir):
-    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=noise_set, subset_size=20), tmp_path / "q",
+@pytest.fixture(scope="module")
+def real_set(tmp_path_factory, cifar_dir):
+    """3 images per class from the calibration pool of the tiny tree."""
+    return generate_set("cifar10", 3, 0, tmp_path_factory.mktemp("sets") / "cifar10", data_dir=cifar_dir)
+
+
+def _hashes(arrays) -> set[str]:
+    return {hashlib.sha256(np.ascontiguousarray(a, np.float32).tobytes()).hexdigest() for a in arrays}
+
+
+def _input_fake_quantize(xml) -> tuple[float, float]:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    fq = next(op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+              and op.input_value(0).get_node().get_type_name() == "Parameter")
+    low, high = (float(fq.input_value(i).get_node().get_data().ravel()[0]) for i in (1, 2))
+    return low, high
+
+
+def _qdq(onnx_path) -> tuple[list, dict]:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    return list(graph.node), {i.name: numpy_helper.to_array(i) for i in graph.initializer} | {"_input": graph.input[0]}
+
+
+def test_default_int8_keeps_fp32_accuracy_and_is_really_quantized(tmp_path, real_set, trained_tiny):
+    """Trained tiny model, real calibration images: INT8 within 5 points of FP32 on the same test images and
+    the same class for >= 90% of them; the IR holds FakeQuantize nodes whose input range is NNCF's default
+    estimator (mean over images of the per-image min and max), made symmetric (performance preset)."""
+    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=real_set, weights=trained_tiny), tmp_path / "q",
                        evaluate=True, record_path=tmp_path / "records.jsonl")
-    assert row["subset_size_images"] == 20 and row["algo"] == "default"
-    assert (tmp_path / "q" / "int8.xml").exists() and (tmp_path / "q" / "options.json").exists()
-    assert 0.0 <= row["int8_accuracy"] <= 1.0 and row["int8_bytes"] > 0 and row["fp32_bytes"] > 0
+    assert row["fp32_accuracy"] >= 0.5, "the fixture model should be well above chance"
+    assert abs(row["int8_accuracy"] - row["fp32_accuracy"]) <= 0.05 and row["int8_agreement"] >= 0.9
+    assert row["subset_size_images"] == 30 and row["preset"] == "performance" and row["calibrate_method"] == "nncf"
     for key in ("git_sha", "cpu", "version_openvino", "input_calib", "seed_quantize", "command"):
         assert key in row
-    # the IR really is INT8: it holds FakeQuantize nodes
-    assert "FakeQuantize" in (tmp_path / "q" / "int8.xml").read_text()
+    xml = (tmp_path / "q" / "int8.xml").read_text()
+    assert xml.count('type="FakeQuantize"') >= 3
+    low, high = _input_fake_quantize(tmp_path / "q" / "int8.xml")
+    x = torchvision_input(read_set(real_set).images).reshape(30, -1)
+    bound = max(abs(float(x.min(1).mean())), abs(float(x.max(1).mean())))
+    assert high == pytest.approx(bound, rel=1e-5) and low == pytest.approx(-high * 128 / 127, rel=1e-5)
+
+
+@pytest.mark.parametrize("preset,method", [("performance", "minmax"), ("mixed", "minmax"), ("mixed", None)])
+def test_nncf_preset_and_range_estimator_are_applied(tmp_path, preset, method, trained_tiny):
+    from calibration.weights import load_model
+
+    engine = get_engine("openvino")
+    fp32 = engine.export(load_model("tiny_cnn", trained_tiny), tmp_path)
+    x = torchvision_input(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
+    cfg = QuantizeConfig(preset=preset, calibrate_method=method)
+    xml, rec = engine.quantize(fp32, [x[i : i + 1] for i in range(len(x))], cfg, tmp_path)
+    low, high = _input_fake_quantize(xml)
+    lo_ref, hi_ref = (float(x.min()), float(x.max())) if method == "minmax" else \
+        (float(np.mean(x.reshape(16, -1).min(1))), float(np.mean(x.reshape(16, -1).max(1))))
+    if preset == "performance":  # symmetric: the larger magnitude of both ends, 128 levels below zero
+        assert high == pytest.approx(max(abs(lo_ref), abs(hi_ref)), rel=1e-5)
+        assert low == pytest.approx(-high * 128 / 127, rel=1e-5) and rec["activations"] == "symmetric"
+    else:  # asymmetric: the data's own ends, the low one moved by at most one step so that zero is representable
+        assert high == pytest.approx(hi_ref, rel=1e-5)
+        assert lo_ref - (hi_ref - lo_ref) / 255 <= low <= lo_ref and rec["activations"] == "asymmetric"
+    assert rec["calibrate_method"] == (method or "nncf")
+
+
+def test_onnxruntime_end_to_end_keeps_fp32_accuracy_with_minmax_qdq(tmp_path, real_set, trained_tiny):
+    """QDQ nodes present; the input's scale and zero point are min-max's (asymmetric UINT8) over exactly the
+    calibration images; INT8 within 5 points of FP32."""
+    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=real_set, engine="onnxruntime", weights=trained_tiny),
+                       tmp_path / "o", evaluate=True, record_path=tmp_path / "r.jsonl")
+    assert row["engine"] == "onnxruntime" and row["int8_path"].endswith(".onnx") and row["calibrate_method"] == "minmax"
+    assert abs(row["int8_accuracy"] - row["fp32_accuracy"]) <= 0.05 and row["int8_agreement"] >= 0.9
+    nodes, init = _qdq(row["int8_path"])
+    assert sum(n.op_type == "QuantizeLinear" for n in nodes) >= 3 and sum(n.op_type == "DequantizeLinear"
+                                                                         for n in nodes) >= 3
+    q_in = next(n for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] == init["_input"].name)
+    x = torchvision_input(read_set(real_set).images)
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (hi - lo) / 255
+    assert float(init[q_in.input[1]]) == pytest.approx(scale, rel=1e-5)
+    assert init[q_in.input[2]].dtype == np.uint8 and int(init[q_in.input[2]]) == round(-lo / scale)
+
+
+def test_onnxruntime_calibration_method_and_preset_are_applied(tmp_path, noise_set):
+    cset = read_set(noise_set)
+
+    def scales(**kw):
+        q = quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine="onnxruntime", **kw), cset,
+                          tmp_path / "-".join(f"{v}" for v in kw.values()))
+        nodes, init = _qdq(q["int8_path"])
+        qs = [n for n in nodes if n.op_type == "QuantizeLinear"]
+        return q, {n.input[0]: (float(init[n.input[1]].ravel()[0]), init[n.input[2]]) for n in qs}
+
+    q_min, minmax = scales(calibrate_method="minmax")
+    q_pct, percentile = scales(calibrate_method="percentile")
+    q_sym, symmetric = scales(preset="performance")
+    assert q_pct["calibrate_method"] == "percentile"
+    assert all(percentile[k][0] <= minmax[k][0] + 1e-9 for k in minmax)  # clipped ranges never exceed min-max
+    assert any(percentile[k][0] < minmax[k][0] * 0.999 for k in minmax)
+    assert q_sym["activations"] == "symmetric" and all(zp.dtype == np.int8 and not zp.any() for _, zp in
+                                                       symmetric.values())
+    assert any(zp.dtype == np.uint8 for _, zp in minmax.values())
+
+
+def _int8_weights(path) -> list[np.ndarray]:
+    """The INT8 weight tensors of an IR (compressed constants) or a QDQ ONNX file (initializers), in graph order."""
+    if str(path).endswith(".xml"):
+        import openvino as ov
+
+        return [op.get_data() for op in ov.Core().read_model(str(path)).get_ordered_ops()
+                if op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() == "i8"]
+    nodes, init = _qdq(path)
+    return [v for k, v in init.items() if k != "_input" and getattr(v, "dtype", None) == np.int8 and v.size > 1]
+
+
+@pytest.mark.parametrize("engine", list_engines(int8=True))
+def test_overflow_fix_puts_weights_on_half_the_int8_range(tmp_path, noise_set, engine):
+    """`enable`: every weight within 7 bits (|w| <= 64); `disable`: the full 8-bit range is used."""
+    cset = read_set(noise_set)
+    full, half = (_int8_weights(quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine=engine,
+                                                              overflow_fix=fix), cset, tmp_path / fix)["int8_path"])
+                  for fix in ("disable", "enable"))
+    assert len(full) == len(half) >= 3
+    assert all(np.abs(w.astype(int)).max() <= 64 for w in half)
+    assert any(np.abs(w.astype(int)).max() > 100 for w in full)
+
+
+def test_nncf_default_overflow_fix_is_the_first_layer_only(tmp_path, noise_set):
+    q = quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set), read_set(noise_set), tmp_path)
+    first, *rest = (np.abs(w.astype(int)).max() for w in _int8_weights(q["int8_path"]))
+    assert q["overflow_fix"] == "first_layer_only" and first <= 64 and all(m > 100 for m in rest)
 
 
 @pytest.mark.slow
-def test_accuracy_aware_uses_the_validation_split(tmp_path, noise_set):
-    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=noise_set, algo="accuracy-aware", max_drop=0.5),
-                       tmp_path / "aa", record_path=tmp_path / "r.jsonl")
-    assert row["validation_role"] == "validation" and row["validation_images"] == 1000
+def test_accuracy_aware_validates_on_the_validation_split_only(tmp_path, real_set, cifar_dir, trained_tiny,
+                                                               monkeypatch):
+    """What NNCF's validation function actually saw: images of the validation split only, none of the
+    calibration images; the ranking subset is set explicitly (the whole validation split) and recorded."""
+    import nncf
+
+    seen, calib_fed, kwargs = set(), set(), {}
+    real = nncf.quantize_with_accuracy_control
+
+    def spy(model, calibration_dataset, validation_dataset, validation_fn, **kw):
+        calib_fed.update(_hashes(calibration_dataset.get_inference_data()))
+        kwargs.update(kw)
+
+        def watched(compiled, items):
+            items = list(items)
+            seen.update(_hashes(x for x, _ in items))
+            return validation_fn(compiled, items)
+
+        return real(model, calibration_dataset, validation_dataset, watched, **kw)
+
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", spy)
+    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=real_set, algo="accuracy-aware", max_drop=0.0,
+                                       weights=trained_tiny, data_dir=cifar_dir), tmp_path / "aa",
+                       record_path=tmp_path / "r.jsonl")
+    validation = train_splits(cifar_dir)["validation"]
+    val_hashes = _hashes(x[None] for x in torchvision_input(validation.images))
+    assert seen and seen <= val_hashes and not seen & calib_fed
+    assert calib_fed == _hashes(x[None] for x in torchvision_input(read_set(real_set).images))
+    ranking = kwargs["advanced_accuracy_restorer_parameters"].ranking_subset_size
+    assert ranking == len(validation) == row["ranking_subset_images"] != row["subset_size_images"]
+    assert row["validation_role"] == "validation" and row["validation_images"] == len(validation)
+
+
+def test_validation_fn_on_the_async_queue_matches_synchronous_inference(tmp_path, trained_tiny, cifar_dir):
+    import openvino as ov
+
+    from calibration.engines.openvino import _validation_fn
+    from calibration.weights import load_model
+
+    xml = get_engine("openvino").export(load_model("tiny_cnn", trained_tiny), tmp_path)
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    val = train_splits(cifar_dir)["validation"]
+    x = torchvision_input(val.images[:57])
+    items = [(x[i : i + 1], int(val.labels[i])) for i in range(57)]
+    metric, per_item = _validation_fn(compiled, iter(items))
+    reference = [float(compiled(xi)[0].argmax() == y) for xi, y in items]
+    assert per_item == reference and metric == pytest.approx(np.mean(reference))
 
 
 def test_cli_quantize_then_evaluate(tmp_path, noise_set):
@@ -69,14 +254,13 @@ def test_importing_the_test_folder_keeps_it_marked_and_refused(tmp_path, cifar_d
 
 
 def test_validation_must_be_the_validation_split(tmp_path, noise_set, cifar_dir):
-    from calibration.export import to_openvino
-    from calibration.quantize import Algo, QuantizeConfig, quantize_model
     from calibration.weights import load_model
 
-    ov_model = to_openvino(load_model("tiny_cnn"))
+    engine = get_engine("openvino")
+    fp32 = engine.export(load_model("tiny_cnn"), tmp_path)
+    items = calibration_items(read_set(noise_set).images[:4])
     with pytest.raises(CalibError, match="not the test split"):
-        quantize_model(ov_model, read_set(noise_set), QuantizeConfig(Algo.accuracy_aware),
-                       validation=load_split("test", cifar_dir))
+        engine.quantize(fp32, items, QuantizeConfig(algo="accuracy-aware"), tmp_path, load_split("test", cifar_dir))
 
 
 def test_final_accuracy_only_on_the_test_split(tmp_path, noise_set, cifar_dir):
@@ -85,60 +269,68 @@ def test_final_accuracy_only_on_the_test_split(tmp_path, noise_set, cifar_dir):
         accuracy_of(q["int8_path"], train_splits(cifar_dir)["validation"])
 
 
-def test_subset_counts_images_and_is_seeded(noise_set):
+def test_subset_is_class_balanced_seeded_and_recorded(tmp_path, noise_set):
     cset = read_set(noise_set)
-    a, b = select_calibration(cset, 7, 0), select_calibration(cset, 7, 0)
-    assert len(a) == 7 and np.array_equal(a, b)
-    assert all(item.shape == (1, 3, 32, 32) for item in calibration_items(a))
+    a, b = select_calibration(cset, 20, 0), select_calibration(cset, 20, 0)
+    assert np.array_equal(a.images, b.images) and set(a.per_class.values()) == {2}
+    assert np.array_equal(np.bincount(a.labels, minlength=10), [2] * 10)
+    assert not np.array_equal(a.indices, select_calibration(cset, 20, 1).indices)
+    odd = select_calibration(cset, 7, 0)
+    assert sum(odd.per_class.values()) == 7 and set(odd.per_class.values()) <= {0, 1}
+    assert all(item.shape == (1, 3, 32, 32) for item in calibration_items(a.images))
     with pytest.raises(CalibError, match="exceeds"):
         select_calibration(cset, 31, 0)
+    q = quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, subset_size=20), cset, tmp_path)
+    assert q["calib_per_class"] == a.per_class
 
 
-def test_both_engines_receive_byte_identical_calibration_tensors(tmp_path, noise_set, monkeypatch):
-    """Capture what NNCF and ONNX Runtime are actually fed, through their own entry points."""
+def test_both_engines_receive_byte_identical_calibration_tensors(tmp_path, real_set, monkeypatch):
+    """Captured at NNCF's and ONNX Runtime's own entry points (`nncf.quantize`, `quantize_static`): the same
+    tensors, in the same order, all of them used (NNCF's subset_size), and equal to torchvision's transform of
+    images of the set, class-balanced."""
     import nncf
-
-    import calibration.ort as ort_mod
-    import calibration.quantize as q_mod
+    import onnxruntime.quantization as ortq
 
     fed = {}
-    real_dataset = nncf.Dataset
+    real_nncf, real_ort = nncf.quantize, ortq.quantize_static
 
-    def spy_dataset(items, *a, **k):
-        fed.setdefault("openvino", [np.asarray(x).tobytes() for x in items])
-        return real_dataset(items, *a, **k)
+    def spy_nncf(model, calibration_dataset, *a, **k):
+        fed["openvino"] = [np.array(x) for x in calibration_dataset.get_inference_data()]
+        fed["nncf_subset_size"] = k["subset_size"]
+        return real_nncf(model, calibration_dataset, *a, **k)
 
-    monkeypatch.setattr(q_mod.nncf if hasattr(q_mod, "nncf") else nncf, "Dataset", spy_dataset)
-    real_reader = ort_mod.ItemReader
+    def spy_ort(model_input, model_output, calibration_data_reader, *a, **k):
+        items = []
+        while (item := calibration_data_reader.get_next()) is not None:
+            items.append(np.array(next(iter(item.values()))))
+        calibration_data_reader.rewind()
+        fed["onnxruntime"] = items
+        return real_ort(model_input, model_output, calibration_data_reader, *a, **k)
 
-    class SpyReader(real_reader):
-        def __init__(self, items, *a, **k):
-            fed["onnxruntime"] = [np.asarray(x).tobytes() for x in items]
-            super().__init__(items, *a, **k)
-
-    monkeypatch.setattr(ort_mod, "ItemReader", SpyReader)
-    cset = read_set(noise_set)
-    for engine in ("openvino", "onnxruntime"):
-        quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine=engine, subset_size=12, seed=4),
+    monkeypatch.setattr(nncf, "quantize", spy_nncf)
+    monkeypatch.setattr(ortq, "quantize_static", spy_ort)
+    cset = read_set(real_set)
+    for engine in list_engines(int8=True):
+        quantize_with(QuantizeRequest(model="tiny_cnn", calib=real_set, engine=engine, subset_size=12, seed=4),
                       cset, tmp_path / engine)
-    assert len(fed["openvino"]) == 12 and fed["openvino"] == fed["onnxruntime"]
+    ov_items, ort_items = fed["openvino"], fed["onnxruntime"]
+    assert len(ov_items) == fed["nncf_subset_size"] == 12
+    assert [x.tobytes() for x in ov_items] == [x.tobytes() for x in ort_items]
+    reference = torchvision_input(cset.images)
+    matched = [int(np.flatnonzero(np.abs(reference - x).reshape(len(reference), -1).max(1) < 1e-5)[0])
+               for x in ov_items]
+    assert len(set(matched)) == 12 and set(np.bincount(cset.labels[matched], minlength=10)) == {1, 2}
 
 
-def test_onnxruntime_engine_end_to_end(tmp_path, noise_set, cifar_dir):
-    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine="onnxruntime",
-                                       calibrate_method="entropy"), tmp_path / "o", evaluate=True,
-                       record_path=tmp_path / "r.jsonl")
-    assert row["engine"] == "onnxruntime" and row["int8_path"].endswith(".onnx")
-    assert 0.0 <= row["int8_accuracy"] <= 1.0 and row["int8_bytes"] > 0 and row["fp32_bytes"] > 0
+def test_accuracy_of_returns_per_image_predictions_in_test_order(tmp_path, trained_tiny, cifar_dir):
+    from calibration.weights import load_model
 
-
-def test_benchmark_records_its_protocol(tmp_path):
-    from calibration.benchmark import Protocol
-    from calibration.pipeline import benchmark_models
-
-    rows = benchmark_models(["tiny_cnn"], ["openvino", "onnxruntime"], Protocol(0.05, 0.1, 3), tmp_path,
-                            record_path=tmp_path / "r.jsonl")
-    assert {r["engine"] for r in rows} == {"openvino", "onnxruntime"}
-    for r in rows:
-        assert r["protocol"]["repeats"] == 3 and len(r["fp32_runs"]) == 3
-        assert r["fp32_fps"] > 0 and r["int8_fps"] > 0 and r["int8_bytes"] > 0
+    model = load_model("tiny_cnn", trained_tiny)
+    test = load_split("test", cifar_dir)
+    result = accuracy_of(get_engine("openvino").export(model, tmp_path), test, batch=7)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(torchvision_input(test.images))).argmax(1).numpy()
+    assert result["predictions"].dtype == np.int64 and np.array_equal(result["predictions"], expected)
+    assert result["accuracy"] == pytest.approx(float((expected == test.labels).mean()))
+    text = predictions_to_str(result["predictions"])
+    assert len(text) == len(test) and np.array_equal(predictions_from_str(text), expected)

@@ -71,31 +71,6 @@ def test_synthetic_file_names_carry_the_image_seed():
     assert g.ids == again.ids and g.ids[0] == f"{3_000_000:010d}"
 
 
-def test_inversion_lowers_bn_loss_and_rechecks_uint8(weights_dir):
-    from calibration.sources.inversion import bn_loss_of
-    from calibration.weights import load_model
-
-    g = generate("inversion", 2, 0, model="tiny_cnn", iterations=60, batch_size=20, lr=0.1)
-    stats = g.extra["batches"][0]
-    assert stats["bn_loss_float"] < 0.8 * stats["bn_loss_start"]
-    model = load_model("tiny_cnn", fuse=False)
-    assert stats["bn_loss_uint8"] == pytest.approx(bn_loss_of(model, g.images), rel=1e-5)
-    # images stay in the pixel range while optimized, so rounding to uint8 costs almost nothing
-    assert stats["bn_loss_uint8"] == pytest.approx(stats["bn_loss_float"], rel=0.05)
-
-
-def test_inversion_hooks_repvgg_identity_branches():
-    from calibration.sources.inversion import BNStatsLoss
-    from calibration.zoo import create_model
-
-    model = create_model("tiny_repvgg")
-    hooks = BNStatsLoss(model)
-    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    identity = sum(1 for n, m in model.named_modules() if n.endswith("rbr_identity") and m is not None)
-    assert len(hooks.handles) == n_bn and identity > 0
-    hooks.remove()
-
-
 def test_registry_grows_without_other_edits(tmp_path):
     from calibration.sources import _SOURCES, Generated, balanced_labels, register_source
 

@@ -34,7 +34,12 @@ class SourceInfo:
 
     @property
     def options(self) -> list[str]:
-        return [p for p in inspect.signature(self.fn).parameters if p not in ("per_class", "seed")]
+        return [p for p in inspect.signature(self.fn).parameters if p not in ("per_class", "seed", "progress")]
+
+    @property
+    def reports_progress(self) -> bool:
+        """Whether the source calls a `progress(done, total)` callback as it goes."""
+        return "progress" in inspect.signature(self.fn).parameters
 
 
 _SOURCES: dict[str, SourceInfo] = {}
@@ -67,8 +72,12 @@ def balanced_labels(per_class: int, num_classes: int = 10) -> np.ndarray:
     return np.repeat(np.arange(num_classes), per_class)
 
 
-def generate(source: str, per_class: int, seed: int = 0, **options) -> Generated:
-    """Run a source with the options it accepts; options it does not know are an error, not ignored."""
+def generate(source: str, per_class: int, seed: int = 0, progress: Callable[[int, int], None] | None = None,
+             **options) -> Generated:
+    """Run a source with the options it accepts; options it does not know are an error, not ignored.
+
+    `progress(done, total)` (images) is handed to sources that report as they go, else called once at the end.
+    """
     info = source_info(source)
     if per_class < 1:
         raise CalibError("--per-class must be at least 1")
@@ -76,14 +85,20 @@ def generate(source: str, per_class: int, seed: int = 0, **options) -> Generated
     unknown = sorted(set(given) - set(info.options))
     if unknown:
         raise CalibError(f"source {source} does not take {', '.join(unknown)} (it takes: {', '.join(info.options)})")
-    return info.fn(per_class=per_class, seed=seed, **given)
+    if progress is not None and info.reports_progress:
+        given["progress"] = progress
+    g = info.fn(per_class=per_class, seed=seed, **given)
+    if progress is not None:
+        progress(len(g.labels), len(g.labels))
+    return g
 
 
-def generate_set(source: str, per_class: int, seed: int, out: Path, overwrite: bool = False, **options) -> Path:
+def generate_set(source: str, per_class: int, seed: int, out: Path, overwrite: bool = False,
+                 progress: Callable[[int, int], None] | None = None, **options) -> Path:
     from calibration.sets import write_set
 
     t0 = time.perf_counter()
-    g = generate(source, per_class, seed, **options)
+    g = generate(source, per_class, seed, progress=progress, **options)
     seconds = time.perf_counter() - t0
     given = {k: v for k, v in options.items() if v is not None}
     return write_set(out, g.images, g.labels, g.ids, source, {"per_class": per_class, **given},

@@ -1,0 +1,290 @@
+"""OpenVINO + NNCF: FP32 IR, INT8 by `nncf.quantize` (default) or `nncf.quantize_with_accuracy_control`.
+
+Inference keeps every request of an `AsyncInferQueue` busy, with inputs and outputs bound to preallocated
+arrays (no copies, no Python callback per request), as benchmark_app does; FP32 stays at f32 precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from calibration.engines import IMAGE_SHAPE, Engine, Protocol, Runner, random_input, register_engine
+from calibration.errors import CalibError
+
+if TYPE_CHECKING:
+    from calibration.data import LabeledImages
+    from calibration.quantize import QuantizeConfig
+
+DEVICE = "CPU"
+# compiled-model properties that make two runs "the same device configuration"
+CONFIG_KEYS = ("PERFORMANCE_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT")
+
+
+def read_model(model):
+    """An `ov.Model` from an `ov.Model` or an `.xml` path; a malformed file is one clear error."""
+    import openvino as ov
+
+    if not isinstance(model, str | Path):
+        return model
+    if not Path(model).is_file():
+        raise CalibError(f"IR {model} does not exist")
+    try:
+        return ov.Core().read_model(str(model))
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise CalibError(f"{model} is not a readable OpenVINO IR ({first[:200]})") from None
+
+
+def compile_model(model, precision: str = "f32", hint: str = "THROUGHPUT", batch: int | None = None,
+                  threads: int | None = None, streams: int | None = None):
+    """Compile an `ov.Model` or `.xml` for CPU; `batch` reshapes the input to a static batch first."""
+    import openvino as ov
+
+    model = read_model(model)
+    if batch is not None:
+        model.reshape({model.input(0).get_any_name(): [batch, *IMAGE_SHAPE]})
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if streams:
+        config["NUM_STREAMS"] = streams
+    try:
+        return ov.Core().compile_model(model, DEVICE, config)
+    except RuntimeError as e:
+        raise CalibError(f"OpenVINO cannot compile the model: {str(e).strip().splitlines()[0][:200]}") from None
+
+
+def device_config(compiled) -> dict[str, str]:
+    """The properties that decide speed, as the compiled model reports them."""
+    out = {k: str(compiled.get_property(k)) for k in CONFIG_KEYS}
+    out["INFERENCE_PRECISION_HINT"] = _precision_name(out["INFERENCE_PRECISION_HINT"])
+    out["PERFORMANCE_HINT"] = out["PERFORMANCE_HINT"].split(".")[-1]
+    return out
+
+
+def _precision_name(text: str) -> str:
+    text = text.lower()
+    return "f32" if "float32" in text or text == "f32" else "bf16" if "bf16" in text else "f16" if "f16" in text \
+        else text
+
+
+def _classes(compiled) -> int:
+    return compiled.output(0).get_partial_shape()[1].get_length()
+
+
+def _value(option) -> str:
+    return str(getattr(option, "value", option))
+
+
+def run_queue(compiled, inputs: list, outputs: list, requests: int) -> float:
+    """Run every input tensor with `requests` requests kept busy, each result written into its output tensor;
+    one warm-up inference per request first (untimed). Returns seconds for the timed part."""
+    import openvino as ov
+
+    q = ov.AsyncInferQueue(compiled, requests)
+    scratch = [ov.Tensor(np.empty(tuple(outputs[0].shape), np.float32)) for _ in range(requests)]
+    for i in range(requests):  # warm-up: first inferences allocate and tune
+        req = q[q.get_idle_request_id()]
+        req.set_input_tensor(inputs[0])
+        req.set_output_tensor(scratch[i])
+        q.start_async()
+    q.wait_all()
+    t0 = time.perf_counter()
+    for x, y in zip(inputs, outputs):
+        req = q[q.get_idle_request_id()]
+        req.set_input_tensor(x)
+        req.set_output_tensor(y)
+        q.start_async()
+    q.wait_all()
+    return time.perf_counter() - t0
+
+
+def predict_ov(model, x: np.ndarray, batch: int = 50, precision: str = "f32") -> tuple[np.ndarray, float, dict]:
+    """Classes of `x` under the THROUGHPUT hint, the inference images/s, and the device configuration it ran
+    with. The last batch is zero-padded; padding rows are dropped."""
+    import openvino as ov
+
+    compiled = compile_model(model, precision, "THROUGHPUT", batch)
+    n = len(x)
+    padded = np.zeros((n + (-n) % batch, *x.shape[1:]), np.float32)
+    padded[:n] = x
+    logits = np.empty((len(padded), _classes(compiled)), np.float32)
+    starts = range(0, len(padded), batch)
+    inputs = [ov.Tensor(padded[s : s + batch], shared_memory=True) for s in starts]
+    outputs = [ov.Tensor(logits[s : s + batch], shared_memory=True) for s in starts]
+    requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+    seconds = run_queue(compiled, inputs, outputs, requests)
+    return logits[:n].argmax(1), n / seconds, {**device_config(compiled), "requests": requests, "batch": batch}
+
+
+class QueueRunner(Runner):
+    """AsyncInferQueue with one prepared input per request; `start` blocks while all requests are busy."""
+
+    def __init__(self, compiled, requests: int, batch: int):
+        import openvino as ov
+
+        self.queue = ov.AsyncInferQueue(compiled, requests)
+        for i, req in enumerate(self.queue):
+            req.set_input_tensor(ov.Tensor(random_input(batch, i)))
+        self.info = {"device_config": device_config(compiled)}
+
+    def start(self) -> None:
+        self.queue.start_async()
+
+    def wait_all(self) -> None:
+        self.queue.wait_all()
+
+
+@contextlib.contextmanager
+def _quiet_torch_probe():
+    """NNCF probes whether a model is a torch model by importing nncf.torch, whose torch extension loader logs
+    'No CUDA runtime is found' on CPU machines; that one logger is raised to ERROR while NNCF runs."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _validation_fn(compiled_model, items) -> tuple[float, list[float]]:
+    """Top-1 over (batch-1 input, label) items, all requests of an async queue kept busy; per-item correctness
+    lets NNCF rank layers without running items one by one."""
+    import openvino as ov
+
+    items = list(items)
+    labels = np.asarray([y for _, y in items])
+    logits = np.empty((len(items), _classes(compiled_model)), np.float32)
+    inputs = [ov.Tensor(np.ascontiguousarray(x), shared_memory=True) for x, _ in items]
+    outputs = [ov.Tensor(logits[i : i + 1], shared_memory=True) for i in range(len(items))]
+    run_queue(compiled_model, inputs, outputs, max(2, compiled_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    correct = (logits.argmax(1) == labels).astype(float)
+    return float(correct.mean()), correct.tolist()
+
+
+RANGE_ESTIMATORS = ("nncf", "minmax")  # NNCF's defaults, or global min/max for activations as ONNX Runtime does
+
+
+@register_engine
+class OpenVINOEngine(Engine):
+    name = "openvino"
+    suffix = ".xml"
+    description = "OpenVINO IR, INT8 by NNCF"
+
+    def export(self, model, out: Path) -> Path:
+        from calibration.export import save_ir, to_openvino
+
+        return save_ir(to_openvino(model), out / "fp32.xml")
+
+    def check_options(self, cfg: QuantizeConfig) -> None:
+        if _value(cfg.calibrate_method or "nncf") not in RANGE_ESTIMATORS:
+            raise CalibError(f"NNCF calibrates with its own range estimators or minmax, not {cfg.calibrate_method!r}")
+
+    def quantize(self, fp32: Path, items: list[np.ndarray], cfg: QuantizeConfig, out: Path,
+                 validation: LabeledImages | None = None) -> tuple[Path, dict]:
+        from calibration.data import require_role, to_model_input
+        from calibration.export import save_ir
+
+        self.check_options(cfg)
+        with _quiet_torch_probe():
+            import nncf
+            from nncf.quantization.advanced_parameters import (
+                AdvancedAccuracyRestorerParameters,
+                AdvancedQuantizationParameters,
+            )
+            from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+            preset = _value(cfg.preset or "performance")
+            estimator = _value(cfg.calibrate_method or "nncf")
+            overflow = _value(cfg.overflow_fix or "first_layer_only")  # NNCF's default
+            advanced = AdvancedQuantizationParameters(
+                overflow_fix=nncf.OverflowFix(overflow),
+                activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX if estimator == "minmax"
+                else None)
+            common = dict(preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
+                          subset_size=len(items), fast_bias_correction=cfg.fast_bias_correction)
+            record = {"algo": _value(cfg.algo), "preset": preset,
+                      "activations": "symmetric" if preset == "performance" else "asymmetric",
+                      "calibrate_method": estimator, "overflow_fix": overflow,
+                      "fast_bias_correction": cfg.fast_bias_correction,
+                      "target_device": "CPU", "nncf": nncf.__version__}
+            model = read_model(fp32)
+            t0 = time.perf_counter()
+            if cfg.algo == "default":
+                q = nncf.quantize(model, nncf.Dataset(items), advanced_parameters=advanced, **common)
+            else:
+                if validation is None:
+                    raise CalibError("accuracy-aware quantization needs the validation split")
+                require_role(validation, ("validation",), "accuracy-aware validation data")
+                ranking = min(cfg.ranking_subset_size or len(validation), len(validation))
+                x = to_model_input(validation.images)
+                val_items = [(x[i : i + 1], int(validation.labels[i])) for i in range(len(x))]
+                drop = nncf.DropType.ABSOLUTE if cfg.drop_type == "absolute" else nncf.DropType.RELATIVE
+                q = nncf.quantize_with_accuracy_control(
+                    model, nncf.Dataset(items), nncf.Dataset(val_items), _validation_fn, max_drop=cfg.max_drop,
+                    drop_type=drop, advanced_quantization_parameters=advanced,
+                    advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                        ranking_subset_size=ranking), **common)
+                record |= {"max_drop": cfg.max_drop, "drop_type": _value(cfg.drop_type), "validation_images": len(x),
+                           "validation_role": validation.role, "ranking_subset_images": ranking}
+            record["quantize_seconds"] = round(time.perf_counter() - t0, 2)
+        return save_ir(q, out / "int8.xml"), record
+
+    def predict(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
+        preds, fps, _ = predict_ov(model, x, batch)
+        return preds, fps
+
+    def throughput_runner(self, model, protocol: Protocol) -> Runner:
+        compiled = compile_model(model, "f32", "THROUGHPUT", protocol.batch, protocol.n_threads,
+                                 protocol.n_requests)
+        return QueueRunner(compiled, protocol.n_requests, protocol.batch)
+
+    def latency_step(self, model, protocol: Protocol) -> Callable[[], Any]:
+        import openvino as ov
+
+        compiled = compile_model(model, "f32", "LATENCY", 1, protocol.n_threads)
+        req = compiled.create_infer_request()
+        req.set_input_tensor(ov.Tensor(random_input(1)))
+        return req.infer
+
+
+_PROPERTY = re.compile(r"^\[ INFO \]\s+(?P<key>[A-Z_]+):\s+(?P<value>.+)$", re.M)
+
+
+def benchmark_app(xml: Path, config: dict[str, str], batch: int, requests: int, seconds: int = 10) -> dict:
+    """OpenVINO's own benchmark_app on the same IR with the same device configuration (given to it through
+    `-load_config`), batch and number of requests; returns its throughput and the configuration it reports."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "config.json"
+        cfg.write_text(json.dumps({DEVICE: {**config, "PERFORMANCE_HINT_NUM_REQUESTS": str(requests)}}))
+        cmd = ["benchmark_app", "-m", str(xml), "-d", DEVICE, "-hint", config["PERFORMANCE_HINT"].lower(),
+               "-b", str(batch), "-nireq", str(requests), "-t", str(seconds), "-load_config", str(cfg)]
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            raise CalibError("benchmark_app not found; it comes with the openvino package") from None
+    out = run.stdout + run.stderr
+    m = re.search(r"Throughput:\s+([\d.]+)\s*FPS", out)
+    if not m:
+        raise CalibError(f"benchmark_app gave no throughput for {xml}: {out.strip()[-300:]}")
+    seen = {k: v.strip() for k, v in _PROPERTY.findall(out) if k in CONFIG_KEYS}
+    if "INFERENCE_PRECISION_HINT" in seen:
+        seen["INFERENCE_PRECISION_HINT"] = _precision_name(seen["INFERENCE_PRECISION_HINT"])
+    if "PERFORMANCE_HINT" in seen:
+        seen["PERFORMANCE_HINT"] = seen["PERFORMANCE_HINT"].split(".")[-1]
+    nreq = re.search(r"(\d+) inference requests", out)
+    return {"fps": float(m.group(1)), "config": seen, "requests": int(nreq.group(1)) if nreq else None,
+            "command": " ".join(cmd[:-2])}

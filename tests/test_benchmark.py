@@ -1,0 +1,110 @@
+"""Benchmark commands: every engine under one protocol in one table, source speed, the evaluate/benchmark_app
+ratio at equal settings, and the per-image predictions the study rows carry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from calibration.benchmark import Protocol
+from calibration.cli import app
+from calibration.engines import list_engines
+from calibration.pipeline import (
+    benchmark_models,
+    benchmark_sources,
+    compare_engines,
+    evaluate_vs_benchmark_app,
+    predictions_from_str,
+)
+from calibration.runs import read_jsonl
+from calibration.sources import generate_set
+
+runner = CliRunner()
+FAST = Protocol(warmup_s=0.05, duration_s=0.1, repeats=3)
+
+
+@pytest.fixture(scope="module")
+def noise_set(tmp_path_factory):
+    return generate_set("noise", 2, 0, tmp_path_factory.mktemp("sets") / "noise")
+
+
+def test_compare_engines_puts_every_engine_in_one_table_under_one_protocol(tmp_path, noise_set, cifar_dir):
+    rows = compare_engines("tiny_cnn", noise_set, FAST, tmp_path, data_dir=cifar_dir,
+                           record_path=tmp_path / "r.jsonl")
+    assert [r["engine"] for r in rows] == list_engines()
+    assert len({r["protocol_text"] for r in rows}) == 1
+    assert "latency: one synchronous batch-1" in rows[0]["protocol_text"]
+    # the same FP32 weights under every engine: identical test accuracy
+    assert len({round(r["fp32_accuracy"], 6) for r in rows}) == 1
+    for r in rows:
+        assert r["fp32_fps"] > 0 and r["fp32_latency_fps"] > 0 and len(r["fp32_runs"]) == 3
+        if r["engine"] in list_engines(int8=True):
+            assert r["int8_fps"] > 0 and r["int8_latency_fps"] > 0 and 0 <= r["int8_agreement"] <= 1
+            assert r["speedup"] == pytest.approx(r["int8_fps"] / r["fp32_fps"]) and r["subset_size_images"] == 20
+        else:
+            assert "int8_accuracy" not in r and "int8_fps" not in r
+    assert len(read_jsonl(tmp_path / "r.jsonl")) == len(rows)
+
+
+def test_benchmark_models_times_pytorch_under_the_same_protocol(tmp_path):
+    rows = benchmark_models(["tiny_cnn"], list_engines(), FAST, tmp_path, record_path=tmp_path / "r.jsonl")
+    assert {r["engine"] for r in rows} == set(list_engines())
+    for r in rows:
+        assert r["protocol"]["repeats"] == 3 and len(r["fp32_runs"]) == 3 and r["fp32_fps"] > 0
+        assert r["pytorch_fps"] > 0 and r["pytorch_latency_fps"] > 0
+        if r["engine"] in list_engines(int8=True):
+            assert r["int8_fps"] > 0 and r["int8_bytes"] > 0
+
+
+def test_benchmark_sources_records_the_images_it_made(tmp_path):
+    r = benchmark_sources(fractal_images=20, inversion_images=10, inversion_iterations=1, model="tiny_cnn",
+                          record_path=tmp_path / "r.jsonl")
+    assert r["fractal_images"] == 20 and r["inversion_images"] == r["inversion_batch"] == 10
+    assert r["fractal_images_per_s"] > 0 and r["inversion_s_per_image"] > 0
+
+
+@pytest.mark.slow
+def test_evaluate_vs_benchmark_app_compares_like_with_like(tmp_path, cifar_dir):
+    """benchmark_app reports the device configuration it compiled with; it must equal the evaluator's."""
+    r = evaluate_vs_benchmark_app("tiny_cnn", tmp_path, cifar_dir, seconds=1, batch=8, repeats=1,
+                                  record_path=tmp_path / "r.jsonl")
+    assert r["ratio"] == pytest.approx(r["eval_fps"] / r["benchmark_app_fps"])
+    assert r["benchmark_app_fps"] > 0 and r["eval_fps"] > 0 and r["batch"] == 8
+    assert "-b 8" in r["benchmark_app_command"] and f"-nireq {r['requests']}" in r["benchmark_app_command"]
+    assert r["INFERENCE_PRECISION_HINT"] == "f32" and int(r["NUM_STREAMS"]) >= 1
+
+
+@pytest.mark.slow
+def test_benchmark_engines_command_states_which_number_is_which(tmp_path, noise_set, cifar_dir):
+    result = runner.invoke(app, ["benchmark", "engines", "--calib", str(noise_set), "--model", "tiny_cnn",
+                                 "--duration", "0.5", "--repeats", "3", "--out", str(tmp_path / "e"),
+                                 "--data-dir", str(cifar_dir), "--record", str(tmp_path / "r.jsonl")],
+                           env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for engine in list_engines():
+        assert engine in text
+    assert "throughput:" in text and "latency: one synchronous batch-1 request" in text
+
+
+def test_study_rows_carry_per_image_predictions(tmp_path, cifar_dir):
+    from calibration.data import load_split
+    from experiments.runner import run_study
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text('name = "p"\nmodels = ["tiny_cnn"]\nsources = ["noise"]\nper_class = 2\nseeds = [0]\n'
+                    'benchmark = true\nbenchmark_seconds = 0.05\n')
+    run_study(grid, tmp_path / "run", progress=False)
+    rows = {r["kind"]: r for r in read_jsonl(tmp_path / "run" / "rows.jsonl")}
+    assert rows["baseline"]["status"] == "ok" and rows["quantize"]["status"] == "ok", json.dumps(rows)[:2000]
+    labels = load_split("test", cifar_dir).labels
+    for kind, prec in (("baseline", "fp32"), ("quantize", "int8")):
+        row = rows[kind]
+        preds = predictions_from_str(row[f"{prec}_predictions"])
+        assert row["test_images"] == len(preds) == len(labels)
+        assert row[f"{prec}_accuracy"] == pytest.approx(float(np.mean(preds == labels)))
+    base = rows["baseline"]
+    assert base["pytorch_fps"] > 0 and base["pytorch_latency_fps"] > 0 and "throughput:" in base["speed_protocol"]

@@ -1,0 +1,200 @@
+"""Study report: the reference study's numbers, the join with them, paired intervals, grouping, plots."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.report import (
+    NO_CHANGE,
+    load_reference,
+    load_rows,
+    paired_difference,
+    reference_side_by_side,
+    tables,
+)
+from tests.conftest import SHARED
+
+RNG = np.random.default_rng(0)
+LABELS = RNG.integers(0, 10, 200)
+
+
+def preds(correct: np.ndarray) -> str:
+    """A prediction string that is right exactly where `correct` is True."""
+    p = np.where(correct, LABELS, (LABELS + 1) % 10)
+    return "".join(map(str, p.tolist()))
+
+
+def flip(correct: np.ndarray, to_wrong: int, to_right: int) -> np.ndarray:
+    out = correct.copy()
+    out[np.flatnonzero(correct)[:to_wrong]] = False
+    out[np.flatnonzero(~correct)[:to_right]] = True
+    return out
+
+
+FP32 = np.arange(200) % 10 != 0  # 180 of 200 right
+
+
+def base(model="resnet20", engine="openvino", **kw):
+    return dict(kind="baseline", status="ok", cell=f"b-{model}-{engine}", model=model, engine=engine,
+                fp32_accuracy=FP32.mean(), fp32_predictions=preds(FP32), fp32_fps=100.0, **kw)
+
+
+def quant(model="resnet20", source="cifar10", algo="default", seed=0, correct=FP32, engine="openvino", int8_fps=None,
+          **kw):
+    cond = dict(model=model, source=source, algo=algo, seed=seed, engine=engine, **kw)
+    return dict(kind="quantize", status="ok", cell="q-" + json.dumps(cond, sort_keys=True), **cond,
+                int8_accuracy=correct.mean(), int8_predictions=preds(correct), int8_fps=int8_fps,
+                subset_size_images=kw.get("subset_size", 300))
+
+
+def test_reference_csv_holds_the_reference_readme_tables():
+    """Every number of Tables 1-2 in ../shared/reference/README.md, against the committed CSV."""
+    text = (SHARED / "reference" / "README.md").read_text()
+    names = {"ResNet20": "resnet20", "VGG16_bn": "vgg16_bn", "MobileNetV2_x1_4": "mobilenetv2_x1_4",
+             "ShuffleNetV2_x2_0": "shufflenetv2_x2_0", "RepVGG_a2": "repvgg_a2"}
+    ref = load_reference().set_index(["model", "source", "algorithm"])
+    default = text.split("Default quantization, accuracy / FPS:")[1].split("Accuracy-aware")[0]
+    sources = ["fractal", "cifar10", "stylegan2-ada", "distylegan"]
+    seen = 0
+    for line in default.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] not in names:
+            continue
+        pairs = [tuple(map(float, c.split(" / "))) for c in cells[1:]]
+        for (acc, fps), (source, algo) in zip(pairs, [("", "pytorch"), ("", "fp32")]
+                                              + [(s, "default") for s in sources]):
+            assert ref.loc[(names[cells[0]], source, algo)].tolist() == [acc, fps]
+            seen += 1
+    aa = text.split("Accuracy-aware quantization, accuracy:")[1].split("Known weaknesses")[0]
+    for line in aa.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] in names:
+            for acc, source in zip(map(float, cells[1:]), sources):
+                assert ref.loc[(names[cells[0]], source, "accuracy-aware"), "accuracy"] == acc
+                seen += 1
+    assert seen == len(ref) == 5 * 6 + 2 * 4
+    assert re.search(r"max drop 0\.02", text)
+
+
+def test_side_by_side_joins_exact_model_source_and_algorithm():
+    rows = [base(), base("shufflenetv2_x0_5")]
+    for seed in range(3):
+        rows.append(quant(seed=seed, correct=flip(FP32, 2 + seed, 0)))
+        rows.append(quant(algo="accuracy-aware", seed=seed, max_drop=0.02))
+        rows.append(quant("shufflenetv2_x0_5", "fractal", seed=seed))
+    out = tables(pd.DataFrame(rows), LABELS)
+    side = out["reference_side_by_side"].set_index(["model", "source", "algo"])
+    r20 = side.loc[("resnet20", "cifar10", "default")]
+    assert r20.ref_int8_accuracy == 0.9234 and r20.ref_fp32_accuracy == 0.926
+    assert r20.ref_delta_to_fp32 == pytest.approx(0.9234 - 0.926)
+    assert r20.int8_accuracy == pytest.approx(np.mean([(180 - k) / 200 for k in (2, 3, 4)]))
+    assert r20.delta_to_fp32 == pytest.approx(-3 / 200)
+    assert r20.delta_minus_ref_delta == pytest.approx(-3 / 200 - (0.9234 - 0.926))
+    assert r20.seeds == 3 and r20.int8_accuracy_std == pytest.approx(np.std([178, 177, 176], ddof=1) / 200)
+    assert r20.flips_to_wrong == 3 and r20.flips_to_right == 0 and r20.verdict == "INT8 lower"
+    # the reference has no accuracy-aware ResNet20 row, and no shufflenetv2_x0_5 at all (x2_0 is another model)
+    assert np.isnan(side.loc[("resnet20", "cifar10", "accuracy-aware")].ref_int8_accuracy)
+    assert side.loc[("resnet20", "cifar10", "accuracy-aware")].verdict == NO_CHANGE
+    x05 = side.loc[("shufflenetv2_x0_5", "fractal", "default")]
+    assert x05[["ref_int8_accuracy", "ref_fp32_accuracy"]].isna().all()
+
+
+def test_side_by_side_leaves_other_engines_out():
+    long = pd.DataFrame([dict(model="resnet20", engine=e, source="cifar10", algo="default", per_class=30,
+                              subset_size=300, fast_bias_correction=True, fuse=True, max_drop=0.01, seeds=1,
+                              fp32_accuracy=0.9, int8_accuracy=0.89, int8_accuracy_std=np.nan, delta_to_fp32=-0.01,
+                              ci_low=-0.02, ci_high=-0.001, flips_to_wrong=10, flips_to_right=0, verdict="INT8 lower",
+                              speedup=2.0) for e in ("openvino", "onnxruntime")])
+    side = reference_side_by_side(long)
+    assert len(side) == 1 and side.ref_int8_accuracy.iloc[0] == 0.9234
+
+
+def test_paired_difference_matches_closed_forms():
+    fp32 = np.ones(1000, bool)
+    int8 = flip(fp32, 10, 0)
+    fp32[-2:] = False  # two images FP32 gets wrong, INT8 right
+    int8[-2:] = True
+    p = paired_difference(fp32, int8)
+    # McNemar exact: 10 right->wrong, 2 wrong->right; two-sided binomial p = 2 * P(X <= 2 | n=12, 1/2)
+    assert p["mcnemar_p"] == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert (p["flips_to_wrong"], p["flips_to_right"], p["delta"]) == (10, 2, -0.008)
+    # the bootstrap interval against a plain resampling of images
+    rng = np.random.default_rng(1)
+    d = int8.astype(float) - fp32
+    boot = [d[rng.integers(0, 1000, 1000)].mean() for _ in range(4000)]
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    assert p["ci_low"] == pytest.approx(lo, abs=0.0015) and p["ci_high"] == pytest.approx(hi, abs=0.0015)
+    assert p["ci_high"] < 0 and p["verdict"] == "INT8 lower"
+    same = paired_difference(fp32, flip(flip(fp32, 1, 0), 0, 1))
+    assert same["verdict"] == NO_CHANGE and same["ci_low"] <= 0 <= same["ci_high"]
+
+
+def grouped_rows():
+    """Two subset sizes x two bias corrections x two seeds: a mean over anything but seeds would show."""
+    rows = [base(), base(engine="onnxruntime")]
+    for sub in (32, 300):
+        for fbc in (True, False):
+            for seed in (0, 1):
+                k = {32: 0, 300: 8}[sub] + (0 if fbc else 4) + seed  # images lost, distinct per condition
+                rows.append(quant(seed=seed, correct=flip(FP32, k, 0), subset_size=sub, fast_bias_correction=fbc,
+                                  int8_fps=200.0 + k))
+        for seed in (0, 1):
+            rows.append(quant(engine="onnxruntime", seed=seed, subset_size=sub, correct=flip(FP32, 1, 0)))
+    return rows
+
+
+def test_tables_group_by_the_whole_condition():
+    out = tables(pd.DataFrame(grouped_rows()), LABELS)
+    long = out["long_openvino"].set_index(["subset_size", "fast_bias_correction"])
+    assert len(long) == 4 and (long.seeds == 2).all()
+    for (sub, fbc), row in long.iterrows():
+        k = {32: 0, 300: 8}[sub] + (0 if fbc else 4)
+        assert row.int8_accuracy == pytest.approx((180 - k - 0.5) / 200)
+        assert row.int8_accuracy_std == pytest.approx(np.std([k, k + 1], ddof=1) / 200)
+        assert row.flips_to_wrong == k + 0.5 and row.int8_fps == 200.0 + k + 0.5
+    t1 = out["table1_openvino"]
+    assert {"subset_size", "fast_bias_correction"} <= set(t1.columns) and len(t1) == 4
+    assert set(t1["INT8 cifar10 acc"]) == {f"{(180 - k - 0.5) / 200:.4f} ± {0.5 / 200 * 2 ** 0.5:.4f}"
+                                           for k in (0, 4, 8, 12)}
+    side = out["engines_side_by_side"]
+    assert len(side) == 4 and side["int8_accuracy onnxruntime"].notna().sum() == 2  # ORT has no full BC
+    assert len(out["cells_openvino"]) == 8
+    assert "fast_bias_correction" not in out["table1_onnxruntime"].columns  # one value there: no column
+
+
+def test_the_newest_row_of_a_cell_counts(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    first = dict(quant(), status="error", reason="boom")
+    del first["int8_accuracy"]
+    rows = [base(), first, quant(correct=flip(FP32, 4, 0))]
+    (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "test_labels.json").write_text(json.dumps({"labels": "".join(map(str, LABELS))}))
+    df = load_rows(run)
+    assert len(df) == 2 and (df.status == "ok").all()
+    out = tables(df)  # labels come with the rows
+    assert out["not_ok"].empty and out["long_openvino"].flips_to_wrong.iloc[0] == 4
+
+
+def test_write_plots_panels_per_condition(tmp_path):
+    from PIL import Image
+
+    from experiments.plot import heatmap_panels, write_plots
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in grouped_rows()))
+    long = tables(load_rows(run), LABELS)["long_openvino"]
+    panels = dict(heatmap_panels(long, "delta_to_fp32", "default"))
+    assert set(panels) == {f"subset_size={s}, fast_bias_correction={f}" for s in (32, 300) for f in (False, True)}
+    assert panels["subset_size=300, fast_bias_correction=False"].loc["resnet20", "cifar10"] == pytest.approx(
+        -12.5 / 200)
+    written = write_plots(run, tmp_path / "plots")
+    assert {p.name for p in written} >= {"accuracy_drop_default_openvino.png", "accuracy_vs_set_size_openvino.png",
+                                         "accuracy_drop_default_onnxruntime.png"}
+    for p in written:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.size[0] > 100
