@@ -70,6 +70,8 @@ class Grid:
     data_dir: str | None = None  # CIFAR-10 image-folder root, e.g. "${CALIB_CIFAR10_DIR}"
     weights_dir: str | None = None  # folder of cifar10_<model>-<sha8>.pt files, e.g. "${CALIB_WEIGHTS_DIR}"
     source_options: dict = field(default_factory=dict)
+    # `calib diagnose` on every OpenVINO quantize cell (reference: the validation split); rows under diagnose/
+    diagnose: bool = False
 
     def times(self, cell: Cell) -> bool:
         """Whether a cell measures speed (benchmark cells run alone, never beside other cells)."""

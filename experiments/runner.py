@@ -201,9 +201,23 @@ def _quantize_cell(grid: Grid, cell: Cell, out: Path, weights: Path, data_dir: P
     int8 = accuracy_of(q["int8_path"], test)
     row |= {"int8_accuracy": int8["accuracy"], "int8_predictions": predictions_to_str(int8["predictions"]),
             "test_images": len(test)}
+    if grid.diagnose and str(q["int8_path"]).endswith(".xml"):
+        row["diagnose_layers"] = _diagnose_cell(cell, q, out, data_dir)
     if grid.benchmark:
         row |= _speed(Path(q["int8_path"]), Protocol(duration_s=grid.benchmark_seconds), "int8")
     return row
+
+
+def _diagnose_cell(cell: Cell, q: dict, out: Path, data_dir: Path | None) -> int:
+    """Per-quantizer rows of a quantized cell (`calib diagnose` on files already made), on the validation split."""
+    from calibration.data import train_splits
+    from calibration.diagnose import measure
+
+    rows = measure(q["fp32_path"], q["int8_path"], train_splits(data_dir)["validation"])
+    lines = [json.dumps(to_jsonable({"cell": cell.id, "model": cell.model, "source": cell.source, "algo": cell.algo,
+                                     "seed": cell.seed, "weights": q.get("weights_file", ""), **r})) for r in rows]
+    atomic_write_bytes(out / "diagnose" / cell.id / "rows.jsonl", ("\n".join(lines) + "\n").encode())
+    return len(rows)
 
 
 def _speed_only_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None) -> dict:

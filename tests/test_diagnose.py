@@ -299,3 +299,27 @@ def test_cli_generate_quiet(tmp_path):
                             "--quiet"])
     assert r.exit_code == 0 and r.output.strip().startswith("wrote 10 images")
 
+
+
+def test_grid_option_diagnoses_every_openvino_quantize_cell(tmp_path, cifar_dir, weights_dir):
+    """`diagnose = true` in a grid: one file of per-quantizer rows per OpenVINO quantize cell, none for others."""
+    from calibration.runs import read_jsonl
+    from experiments.runner import run_study
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'name = "d"\nmodels = ["tiny_cnn"]\nsources = ["noise", "fractal"]\nper_class = 2\n'
+                    f'seeds = [0]\nengines = ["openvino", "onnxruntime"]\nsubset_sizes = [0]\nbenchmark = false\n'
+                    f'diagnose = true\ndata_dir = "{cifar_dir}"\nweights_dir = "{weights_dir}"\n'
+                    '[source_options.fractal]\nvariants = 2\n')
+    run_study(grid, tmp_path / "run", progress=False)
+    cells = [r for r in read_jsonl(tmp_path / "run" / "rows.jsonl") if r["kind"] == "quantize"]
+    assert len(cells) == 4 and all(r["status"] == "ok" for r in cells), cells
+    for r in cells:
+        files = list((tmp_path / "run" / "diagnose").glob(f"{r['cell']}/rows.jsonl"))
+        if r["engine"] != "openvino":
+            assert not files and "diagnose_layers" not in r
+            continue
+        rows = read_jsonl(files[0])
+        assert len(rows) == r["diagnose_layers"] > 0
+        assert {x["source"] for x in rows} == {r["source"]}
+        assert all(0 <= x["clipped_fraction"] <= 1 for x in rows)
