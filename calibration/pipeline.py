@@ -92,11 +92,12 @@ def fp32_file(req: QuantizeRequest, engine: Engine, out: Path) -> tuple[Path, di
         if not Path(req.model).is_file():
             raise CalibError(f"model file {req.model} does not exist")
         return Path(req.model), {"model": req.model}
-    from calibration.weights import load_model, resolve_weights
+    from calibration.weights import load_model, resolve_weights, weights_provenance
 
     path = resolve_weights(req.model, req.weights) if req.pretrained else None
     model = load_model(req.model, path, pretrained=req.pretrained, fuse=req.fuse)
-    return engine.export(model, out), {"model": req.model, "weights": str(path) if path else "random"}
+    return engine.export(model, out), {"model": req.model, "weights": str(path) if path else "random",
+                                       **weights_provenance(path)}
 
 
 def quantize_with(req: QuantizeRequest, cset: CalibrationSet, out: Path) -> dict:
@@ -122,10 +123,15 @@ def accuracy_of(path: str | Path, test, batch: int = 50) -> dict:
 
 def run_quantize(req: QuantizeRequest, out: Path | None = None, evaluate: bool = False,
                  record_path: Path = Path("runs/records.jsonl")) -> dict:
+    from calibration.data import data_provenance
+    from calibration.sets import check_calibration_set
+
     cset = read_set(req.calib)
+    check_calibration_set(cset, req.data_dir)  # refused before the run folder exists: no half-written run
     out = out or Path("runs/quantize") / f"{_stem(req.model)}-{req.engine}-{req.algo}-{cset.content_hash[:8]}"
-    start_run(out, req, seeds={"quantize": req.seed}, inputs={"calib": cset.content_hash})
-    row = quantize_with(req, cset, out)
+    data = data_provenance(req.data_dir)
+    start_run(out, req, seeds={"quantize": req.seed}, inputs={"calib": cset.content_hash, **data})
+    row = {**quantize_with(req, cset, out), **data}
     if evaluate:
         test = load_split("test", req.data_dir)
         fp32, int8 = accuracy_of(row["fp32_path"], test), accuracy_of(row["int8_path"], test)
@@ -160,7 +166,7 @@ def memory_set(source: str = "noise", per_class: int = 10, seed: int = 0) -> Cal
     g = generate(source, per_class, seed)
     digest = hashlib.sha256(g.images.tobytes()).hexdigest()
     return CalibrationSet(Path(f"<memory:{source}>"), g.images, g.labels, g.ids,
-                          {"source": source, "content_hash": digest, "role": g.role})
+                          {"source": source, "content_hash": digest, "role": g.role, "in_memory": True})
 
 
 def _speed_fields(prefix: str, b: dict) -> dict:

@@ -2,6 +2,7 @@
 boundaries, and the hygiene rules enforced by the quantize path itself."""
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,3 +335,13 @@ def test_accuracy_of_returns_per_image_predictions_in_test_order(tmp_path, train
     assert result["accuracy"] == pytest.approx(float((expected == test.labels).mean()))
     text = predictions_to_str(result["predictions"])
     assert len(text) == len(test) and np.array_equal(predictions_from_str(text), expected)
+
+
+def test_speed_runs_need_no_data(tmp_path, monkeypatch):
+    """An in-memory noise set made for timing holds no file that could be a held-out image: no data needed."""
+    from calibration.pipeline import memory_set, quantize_for_speed
+
+    monkeypatch.delenv("CALIB_CIFAR10_DIR", raising=False)
+    monkeypatch.setenv("CALIB_HOME", str(tmp_path / "home"))  # no CIFAR-10 cached: a lookup would fail offline
+    q = quantize_for_speed("tiny_cnn", "openvino", memory_set(per_class=2), tmp_path)
+    assert Path(q["int8_path"]).is_file() and q["weights_file"] == "random"

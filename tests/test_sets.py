@@ -195,3 +195,4 @@ def test_quantize_refuses_a_copied_test_tree(tmp_path, cifar_dir):
                                       "--out", str(tmp_path / "q"), "--record", str(tmp_path / "r.jsonl")])
     assert result.exit_code == 1 and "test-split images" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "r.jsonl").exists()
+    assert not (tmp_path / "q").exists()  # refused before the run folder is made: no half-written run
