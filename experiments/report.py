@@ -74,15 +74,15 @@ def paired_difference(fp32_correct: np.ndarray, int8_correct: np.ndarray, seed: 
 
     fp32 = np.asarray(fp32_correct, bool)
     int8 = np.atleast_2d(np.asarray(int8_correct, bool))
-    n = fp32.size
-    d = int8.mean(0) - fp32
+    seeds, n = int8.shape
+    d = int8.sum(0).astype(np.int64) - seeds * fp32  # per image, in units of 1/seeds: integers, so 0 is exact
     values, counts = np.unique(d, return_counts=True)
     draws = np.random.default_rng(seed).multinomial(n, counts / n, size=resamples)
-    lo, hi = np.quantile(draws @ values / n, [0.025, 0.975])
+    lo, hi = np.quantile(draws @ values, [0.025, 0.975]) / (n * seeds)
     to_wrong = (fp32 & ~int8).sum(1)
     to_right = (~fp32 & int8).sum(1)
     pvalues = [binomtest(int(b), int(b + c), 0.5).pvalue if b + c else 1.0 for b, c in zip(to_wrong, to_right)]
-    return {"delta": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi),
+    return {"delta": float(d.sum() / (n * seeds)), "ci_low": float(lo), "ci_high": float(hi),
             "flips_to_wrong": float(to_wrong.mean()), "flips_to_right": float(to_right.mean()),
             "mcnemar_p": float(max(pvalues)), "verdict": verdict(lo, hi)}
 
@@ -201,6 +201,7 @@ def _wide(long: pd.DataFrame, algo: str, base: pd.DataFrame | None) -> pd.DataFr
         fps = t.pivot(index=index, columns="source", values="int8_fps").add_prefix("INT8 ").add_suffix(" FPS")
         fps = fps.map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
         wide = wide.join(fps)[[c for s in sorted(part.source.unique()) for c in (f"INT8 {s} acc", f"INT8 {s} FPS")]]
+        wide = wide.drop(columns=[c for c in fps if (wide[c].fillna("-") == "-").all()])  # sources not timed
     wide = wide.fillna("-").reset_index()
     if base is not None and algo == "default":  # Table 1 also lists FP32 and models with speed only
         wide = base.merge(wide, on="model", how="outer")
@@ -234,6 +235,7 @@ def reference_side_by_side(long: pd.DataFrame, reference: pd.DataFrame | None = 
     side["ref_delta_to_fp32"] = side.ref_int8_accuracy - side.ref_fp32_accuracy
     side["delta_minus_ref_delta"] = side.delta_to_fp32 - side.ref_delta_to_fp32
     side["ref_speedup"] = side.ref_int8_fps / side.model.map(fp32.fps)
+    side["max_drop"] = side.max_drop.where(side.algo == "accuracy-aware")  # an accuracy-aware option only
     cols = ["model", "source", "algo", *varying(ours), "seeds", "fp32_accuracy", "int8_accuracy",
             "int8_accuracy_std", "delta_to_fp32", "ci_low", "ci_high", "flips_to_wrong", "flips_to_right",
             "verdict", "ref_fp32_accuracy", "ref_int8_accuracy", "ref_delta_to_fp32", "delta_minus_ref_delta",
@@ -264,6 +266,7 @@ def tables(df: pd.DataFrame, labels: np.ndarray | None = None) -> dict[str, pd.D
         side = both.pivot(index=index, columns="engine", values=["int8_accuracy", "delta_to_fp32", "speedup"])
         side.columns = [f"{v} {e}" for v, e in side.columns]
         side = side.reset_index()
+        side["max_drop"] = side.max_drop.where(side.algo == "accuracy-aware")  # an accuracy-aware option only
         out["engines_side_by_side"] = side[["model", "source", "algo", *varying(side)]
                                            + [c for c in side.columns if " " in c]]
     if (both.engine == "openvino").any():
