@@ -17,13 +17,19 @@ seeds() {  # both models, 3 seeds, 100 images per set
   calib benchmark inversion --models "${1:-resnet20,shufflenetv2_x0_5}" \
     --methods calib,calib:init=fractal,mct,mct-matched --images 100 --seeds 0,1,2 --record $REC
 }
+curve() {  # speed against accuracy: fewer and more iterations, noise or fractal start, seed 0
+  calib benchmark inversion --models resnet20,shufflenetv2_x0_5 \
+    --methods calib:iterations=50,calib:iterations=50,init=fractal,calib:iterations=200 \
+    --images 100 --seeds 0 --record $REC
+}
 old() {  # today's inversion on ShuffleNetV2 at the 3-seed table's size, seed 0
   calib benchmark inversion --models shufflenetv2_x0_5 --methods calib-old --images 100 --seeds 0 --record $REC
 }
 case $part in
   bound) bound ;; seeds-resnet20) seeds resnet20 ;; seeds-shufflenet) seeds shufflenetv2_x0_5 ;; old) old ;;
-  all) bound; seeds; old
+  curve) curve ;;
+  all) bound; seeds; old; curve
        calib benchmark inversion --models resnet20,shufflenetv2_x0_5 --methods calib,calib:init=fractal,mct,mct-matched \
          --images 100 --seeds 0,1,2 --record $REC --markdown results/inversion/seeds-100.md ;;
-  *) echo "usage: $0 [bound|seeds-resnet20|seeds-shufflenet|old|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [bound|seeds-resnet20|seeds-shufflenet|old|curve|all]" >&2; exit 2 ;;
 esac

@@ -83,12 +83,12 @@ def generate_images(tool: str, opts: dict, model: str, images: int, seed: int,
             "settings": r.info, "extra": {"mct": r.info}}
 
 
-def bn_distance(model: str, images: np.ndarray, weights: Path | None = None, chunk: int = 100) -> float:
-    """Mean BN-statistics distance of 100-image chunks under the model: one yardstick for both tools."""
+def bn_distance(model: str, images: np.ndarray, weights: Path | None = None) -> float:
+    """BN-statistics distance of the whole set under the model (one batch): one yardstick for both tools."""
     from calibration.sources.inversion import _load, bn_loss_of
 
     net, _ = _load(model, weights)
-    return float(np.mean([bn_loss_of(net, images[s : s + chunk]) for s in range(0, len(images), chunk)]))
+    return bn_loss_of(net, images)
 
 
 def benchmark_inversion(models: list[str], methods: list[str], images: int, seeds: list[int], out: Path,
@@ -126,7 +126,7 @@ def benchmark_inversion(models: list[str], methods: list[str], images: int, seed
                        "settings": g["settings"], "generate_seconds": round(g["seconds"], 2),
                        "s_per_image": g["seconds"] / images, "images_per_s": images / g["seconds"],
                        "torch_threads": torch.get_num_threads(),
-                       "bn_distance": bn_distance(model, g["images"], weights),
+                       "bn_distance_set": bn_distance(model, g["images"], weights),
                        # batch 1: the IR's batch stays as exported (ShuffleNetV2's channel shuffle fixes it)
                        "fp32_accuracy": accuracy_of(q["fp32_path"], test, 1)["accuracy"],
                        "int8_accuracy": accuracy_of(q["int8_path"], test, 1)["accuracy"],
@@ -146,20 +146,28 @@ def summary(rows: list[dict]) -> list[dict]:
     if not rows:
         return []
     df = pd.DataFrame(rows)
+    if "bn_distance_set" not in df:
+        df["bn_distance_set"] = np.nan
+    if "bn_distance" in df:  # older rows: a mean over 100-image chunks, the whole-set value for sets of <= 100
+        df["bn_distance_set"] = df["bn_distance_set"].fillna(df["bn_distance"].where(df["images"] <= 100))
     g = df.groupby(["model", "method", "images"], sort=False)
     s = g.agg(seeds=("seed", "nunique"), s_per_image=("s_per_image", "mean"), images_per_s=("images_per_s", "mean"),
               int8_mean=("int8_accuracy", "mean"), int8_std=("int8_accuracy", "std"),
-              fp32=("fp32_accuracy", "mean"), bn_distance=("bn_distance", "mean")).reset_index()
-    return s.fillna({"int8_std": 0.0}).to_dict("records")
+              fp32=("fp32_accuracy", "mean"), bn_distance=("bn_distance_set", "mean")).reset_index()
+    return s.sort_values(["model", "images"], kind="stable").to_dict("records")
 
 
 def markdown_table(summ: list[dict]) -> str:
+    def acc(r: dict) -> str:
+        return f"{r['int8_mean']:.4f}" + (f" ± {r['int8_std']:.4f}" if r["seeds"] > 1 else "")
+
+    def bn(r: dict) -> str:
+        return "-" if np.isnan(r["bn_distance"]) else f"{r['bn_distance']:.2f}"
+
     head = ("| model | method | images | seeds | s/image | images/s | INT8 acc (mean ± sd) | FP32 acc | BN distance |\n"
             "|---|---|---|---|---|---|---|---|---|\n")
-    return head + "".join(
-        f"| {r['model']} | {r['method']} | {r['images']} | {r['seeds']} | {r['s_per_image']:.3f} | "
-        f"{r['images_per_s']:.2f} | {r['int8_mean']:.4f} ± {r['int8_std']:.4f} | {r['fp32']:.4f} | "
-        f"{r['bn_distance']:.2f} |\n" for r in summ)
+    return head + "".join(f"| {r['model']} | {r['method']} | {r['images']} | {r['seeds']} | {r['s_per_image']:.3f} | "
+                          f"{r['images_per_s']:.2f} | {acc(r)} | {r['fp32']:.4f} | {bn(r)} |\n" for r in summ)
 
 
 def inversion_speed(model: str = "resnet20", images: int = 100, weights: Path | None = None,
