@@ -711,11 +711,16 @@ def study_check(run: Path,
                 seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 0,
                 tolerance: Annotated[float, typer.Option(help="Largest accepted |difference| in accuracy.")] = 0.003,
                 out: Annotated[Path | None, typer.Option(help="CSV of the comparison; default <run>/check.csv.")]
+                = None,
+                models: Annotated[str | None, typer.Option(help="Only cells of these models (comma-separated).")]
+                = None,
+                sources: Annotated[str | None, typer.Option(help="Only cells of these sources (comma-separated).")]
                 = None) -> None:
     """Redo cells with NNCF and OpenVINO called directly (same set, subset, seed, options) and compare."""
     from experiments.check import check_run
 
-    table = check_run(run, cells, seed, tolerance, out)
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    table = check_run(run, cells, seed, tolerance, out, split(models), split(sources))
     console.print(table.drop(columns=["cell", "calib_hash"]).to_string(index=False), soft_wrap=True, highlight=False)
     bad = int((~table.within_tolerance).sum())
     console.print(f"{len(table) - bad} of {len(table)} cells within {tolerance}; largest |difference| "

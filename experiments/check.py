@@ -98,9 +98,10 @@ def recheck_cell(run: Path, row: dict) -> dict:
             "abs_difference": abs(independent - float(row["int8_accuracy"]))}
 
 
-def check_run(run: Path, cells: int = 5, seed: int = 0, tolerance: float = 0.003,
-              out: Path | None = None) -> pd.DataFrame:
-    """Recheck `cells` OpenVINO quantize cells of a run (0: all), drawn with `seed`; writes `check.csv`."""
+def check_run(run: Path, cells: int = 5, seed: int = 0, tolerance: float = 0.003, out: Path | None = None,
+              models: list[str] | None = None, sources: list[str] | None = None) -> pd.DataFrame:
+    """Recheck `cells` OpenVINO quantize cells of a run (0: all), drawn with `seed` among those of `models` and
+    `sources` (default: all); writes `check.csv`."""
     from experiments.report import load_rows
 
     df = load_rows(run)
@@ -108,6 +109,11 @@ def check_run(run: Path, cells: int = 5, seed: int = 0, tolerance: float = 0.003
     if not need <= set(df.columns):
         raise CalibError(f"{run}: rows lack {sorted(need - set(df.columns))}; rerun the study with this version")
     q = df[(df.kind == "quantize") & (df.status == "ok") & (df.engine == "openvino")].dropna(subset=sorted(need))
+    for col, names in (("model", models), ("source", sources)):
+        unknown = sorted(set(names or ()) - set(q[col]))
+        if unknown:
+            raise CalibError(f"--{col}s {','.join(unknown)}: no finished OpenVINO cells of that {col} in {run}")
+        q = q[q[col].isin(names)] if names else q
     if q.empty:
         raise CalibError(f"{run} has no finished OpenVINO quantize cells with accuracies to check")
     picked = q if cells <= 0 or cells >= len(q) else q.sample(n=cells, random_state=seed)
