@@ -382,8 +382,9 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
     """
     if executor not in ("local", "ray"):
         raise CalibError(f"unknown executor {executor!r} (local or ray)")
-    if jobs < 1:
-        raise CalibError(f"--jobs must be at least 1, not {jobs}")
+    if jobs < 1 or (jobs > 1 and executor != "local"):
+        raise CalibError(f"--jobs {jobs}: give 1 or more worker processes, with the local executor only "
+                         "(Ray sizes its own workers)")
     grid = load_grid(grid_path)
     cells = select(grid, models, sources)  # unknown --models/--sources fail here, before anything is written
     grid = _resolved(grid, data_dir)
