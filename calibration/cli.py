@@ -409,6 +409,9 @@ def quantize_cmd(
                                                                   "saturation on CPUs without VNNI; default: the "
                                                                   "engine's own (openvino first_layer_only, "
                                                                   "onnxruntime disable).")] = None,
+    calibration_batch: Annotated[int, typer.Option(min=1, help="Images per calibration item; statistics stay per "
+                                                             "image, so the result equals batch 1 up to float "
+                                                             "rounding, sooner.")] = 1,
     seed: int = 0,
     out: Annotated[Path | None, typer.Option(help="Output folder; default runs/quantize/<model>-<algo>-<set>.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Also measure FP32 and INT8 test accuracy.")] = False,
@@ -424,7 +427,8 @@ def quantize_cmd(
                           max_drop=max_drop, drop_type=drop_type.value,
                           calibrate_method=calibrate_method.value if calibrate_method else None, seed=seed,
                           weights=weights, data_dir=data_dir, ranking_subset_size=ranking_subset_size,
-                          overflow_fix=overflow_fix.value if overflow_fix else None)
+                          overflow_fix=overflow_fix.value if overflow_fix else None,
+                          calibration_batch=calibration_batch)
     row = run_quantize(req, out, evaluate=evaluate, record_path=record_path)
     print_json(row)
 

@@ -51,6 +51,7 @@ class QuantizeRequest:
     pretrained: bool = True  # False: random weights, for speed runs that need no trained model
     ranking_subset_size: int | None = None  # accuracy-aware: None = the whole validation split
     overflow_fix: str | None = None  # None: the engine's default
+    calibration_batch: int = 1  # images per calibration item (see QuantizeConfig)
 
     def config(self) -> QuantizeConfig:
         try:
@@ -58,7 +59,8 @@ class QuantizeRequest:
                                   self.fast_bias_correction, self.max_drop, DropType(self.drop_type), self.seed,
                                   CalibMethod(self.calibrate_method) if self.calibrate_method else None,
                                   self.ranking_subset_size,
-                                  OverflowFix(self.overflow_fix) if self.overflow_fix else None)
+                                  OverflowFix(self.overflow_fix) if self.overflow_fix else None,
+                                  self.calibration_batch)
         except ValueError as e:
             raise CalibError(f"invalid quantization option: {e}") from None
 
@@ -83,6 +85,13 @@ def _stem(model: str) -> str:
     return Path(model).stem if _is_file(model) else model
 
 
+def _weights_info(req: QuantizeRequest) -> tuple[Path | None, dict]:
+    from calibration.weights import resolve_weights, weights_provenance
+
+    path = resolve_weights(req.model, req.weights) if req.pretrained else None
+    return path, {"model": req.model, "weights": str(path) if path else "random", **weights_provenance(path)}
+
+
 def fp32_file(req: QuantizeRequest, engine: Engine, out: Path) -> tuple[Path, dict]:
     """The engine's FP32 file: the model file given, or the zoo model (trained or random weights) exported now."""
     if _is_file(req.model):
@@ -92,23 +101,22 @@ def fp32_file(req: QuantizeRequest, engine: Engine, out: Path) -> tuple[Path, di
         if not Path(req.model).is_file():
             raise CalibError(f"model file {req.model} does not exist")
         return Path(req.model), {"model": req.model}
-    from calibration.weights import load_model, resolve_weights, weights_provenance
+    from calibration.weights import load_model
 
-    path = resolve_weights(req.model, req.weights) if req.pretrained else None
-    model = load_model(req.model, path, pretrained=req.pretrained, fuse=req.fuse)
-    return engine.export(model, out), {"model": req.model, "weights": str(path) if path else "random",
-                                       **weights_provenance(path)}
+    path, info = _weights_info(req)
+    return engine.export(load_model(req.model, path, pretrained=req.pretrained, fuse=req.fuse), out), info
 
 
-def quantize_with(req: QuantizeRequest, cset: CalibrationSet, out: Path) -> dict:
-    """Quantize `req.model` with `cset` into `out`; returns paths, sizes and the parameters used."""
+def quantize_with(req: QuantizeRequest, cset: CalibrationSet, out: Path, fp32: Path | None = None) -> dict:
+    """Quantize `req.model` with `cset` into `out`; returns paths, sizes and the parameters used. `fp32`: the
+    zoo model's FP32 file for this engine, already exported (a study exports each model once)."""
     engine = get_engine(req.engine)
     cfg = req.config()
     engine.check_options(cfg)
     subset = select_calibration(cset, req.subset_size, req.seed, req.data_dir)
     validation = train_splits(req.data_dir)["validation"] if cfg.algo == Algo.accuracy_aware else None
-    fp32, info = fp32_file(req, engine, out)
-    int8, rec = engine.quantize(fp32, calibration_items(subset.images), cfg, out, validation)
+    fp32, info = (fp32, _weights_info(req)[1]) if fp32 is not None else fp32_file(req, engine, out)
+    int8, rec = engine.quantize(fp32, calibration_items(subset.images, cfg.calibration_batch), cfg, out, validation)
     return {**info, "engine": engine.name, **rec, "subset_size_images": len(subset.images),
             "calib_per_class": subset.per_class, "seed": req.seed, "calib_set": str(cset.path),
             "calib_hash": cset.content_hash, "calib_source": cset.manifest["source"], "calib_images": len(cset),

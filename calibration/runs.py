@@ -35,6 +35,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def staging_dir(parent: Path, name: str) -> Path:
+    """A fresh folder in `parent` to build `name` in before renaming it into place, with the permissions a
+    plain mkdir gives (mkdtemp makes 0700, which the rename would keep)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+    return path
+
+
 def to_jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(dataclasses.asdict(obj))

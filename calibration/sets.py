@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from PIL import Image
 import calibration
 from calibration.data import CLASSES, IMAGE_SIZE, LabeledImages
 from calibration.errors import CalibError
-from calibration.runs import atomic_write_json, to_jsonable
+from calibration.runs import atomic_write_json, staging_dir, to_jsonable
 
 MANIFEST = "manifest.json"
 
@@ -65,8 +66,23 @@ def write_set(out: Path, images: np.ndarray, labels: np.ndarray, ids: list[str],
         raise CalibError("image ids must be unique within a class")
     if out.exists() and not overwrite:
         raise CalibError(f"{out} already exists; choose another --out or remove it")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(out.parent, out.name)
+    try:
+        _write_files(tmp, images, labels, ids, source, options, seeds, role, extra)
+        if out.exists():  # the old set moves aside first: at every moment `out` holds a whole set, or none
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_files(tmp: Path, images: np.ndarray, labels: np.ndarray, ids: list[str], source: str, options: dict,
+                 seeds: dict | None, role: str, extra: dict | None) -> None:
     files: dict[str, str] = {}
     for img, label, id_ in zip(images, labels, ids):
         rel = f"{CLASSES[int(label)]}/{id_}.png"
@@ -81,11 +97,6 @@ def write_set(out: Path, images: np.ndarray, labels: np.ndarray, ids: list[str],
         **to_jsonable(extra or {}), "files": files,
     }
     atomic_write_json(tmp / MANIFEST, manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
-    return out
 
 
 def read_set(path: Path, allow_unbalanced: bool = False, check_hashes: bool = True) -> CalibrationSet:

@@ -72,6 +72,10 @@ class Grid:
     source_options: dict = field(default_factory=dict)
     # `calib diagnose` on every OpenVINO quantize cell (reference: the validation split); rows under diagnose/
     diagnose: bool = False
+    # images per calibration item (statistics stay per image; see calibration.quantize.QuantizeConfig)
+    calibration_batch: int = 1
+    # accuracy-aware: validation images NNCF ranks quantizers on when the drop is too large (None: all of them)
+    ranking_subset_size: int | None = None
 
     def times(self, cell: Cell) -> bool:
         """Whether a cell measures speed (benchmark cells run alone, never beside other cells)."""

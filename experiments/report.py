@@ -129,8 +129,11 @@ def cell_table(df: pd.DataFrame, labels: np.ndarray | None = None) -> pd.DataFra
         if col not in q:
             q[col] = np.nan
     keys = list(zip(q.model, q.engine))
-    for col in ("fp32_accuracy", "fp32_fps", "pytorch_accuracy", "pytorch_fps"):
+    for col in ("fp32_accuracy", "fp32_fps"):
         q[col] = [base[col].get(k, np.nan) if col in base else np.nan for k in keys]
+    for col in ("pytorch_accuracy", "pytorch_fps"):  # engine-independent: measured in one baseline per model
+        per_model = base[col].dropna().groupby(level="model").first() if col in base else pd.Series(dtype=float)
+        q[col] = [per_model.get(m, np.nan) for m in q.model]
     q["fp32_predictions"] = [base["fp32_predictions"].get(k) if "fp32_predictions" in base else None for k in keys]
     if "int8_predictions" not in q:
         q["int8_predictions"] = None
@@ -209,11 +212,15 @@ def _wide(long: pd.DataFrame, algo: str, base: pd.DataFrame | None) -> pd.DataFr
 
 
 def _baseline_columns(df: pd.DataFrame, engine: str) -> pd.DataFrame:
-    b = df[(df.kind == "baseline") & (df.status == "ok") & (df.engine == engine)].drop_duplicates("model", keep="last")
+    ok = df[(df.kind == "baseline") & (df.status == "ok")]
+    b = ok[ok.engine == engine].drop_duplicates("model", keep="last")
     out = pd.DataFrame({"model": b.model.values})
     for col, label, digits_ in (("pytorch_accuracy", "PyTorch acc", 4), ("pytorch_fps", "PyTorch FPS", 0),
                                 ("fp32_accuracy", "IR FP32 acc", 4), ("fp32_fps", "IR FP32 FPS", 0)):
         values = b[col].values if col in b else [np.nan] * len(b)
+        if col.startswith("pytorch") and col in ok:  # measured in one baseline per model, whatever its engine
+            per_model = ok.dropna(subset=[col]).drop_duplicates("model", keep="last").set_index("model")[col]
+            values = [per_model.get(m, np.nan) for m in b.model]
         out[label] = [f"{v:.{digits_}f}" if not pd.isna(v) else "-" for v in values]
     return out
 

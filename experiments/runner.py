@@ -4,7 +4,8 @@ A rerun skips every cell that already has an `ok` row and runs the others again 
 retry, e.g. after adding weights or a teacher); the newest row of a cell is the one that counts. A run
 killed at any point resumes to the same table. The driver generates every calibration set before any cell
 runs, so cells only read sets; a failing cell records an error row and the run goes on. Cells run in this
-process, or as Ray tasks with `executor="ray"`; cells that time speed always run alone, after the others.
+process, in local worker processes, or as Ray tasks; speed is always timed with nothing else running, after
+the rest of the work. Each model's FP32 file is exported once per engine and weight file, shared by its cells.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import json
 import os
 import resource
 import shutil
-import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from calibration.errors import CalibError
-from calibration.runs import append_jsonl, atomic_write_bytes, provenance, read_jsonl, to_jsonable
+from calibration.runs import append_jsonl, atomic_write_bytes, provenance, read_jsonl, staging_dir, to_jsonable
 from experiments.grid import Cell, Grid, load_grid, select, source_options
 
 ROWS = "rows.jsonl"
@@ -64,23 +65,45 @@ def set_for(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) -> 
     return _generate_once(folder, cell.source, cell.per_class, cell.seed, opts)
 
 
-def _generate_once(folder: Path, source: str, per_class: int, seed: int, opts: dict) -> Path:
-    """Write the set in a private staging folder and rename it into place: two processes making the same
-    set never touch each other's files, and the first complete set wins (same seed, same images)."""
-    from calibration.sources import generate_set
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+def _make_once(folder: Path, done: str, make: Callable[[Path], Path]) -> Path:
+    """Build a folder in a private staging folder (`make(staging)` returns what to move) and rename it into
+    place: processes making the same folder never touch each other's files, and the first complete one wins
+    (same inputs, same content). `done` names the file whose presence marks a complete folder."""
+    staging = staging_dir(folder.parent, folder.name)
     try:
-        made = generate_set(source, per_class, seed, staging / folder.name, **opts)
+        made = make(staging)
         try:
-            os.rename(made, folder)  # atomic; fails if another process already put a complete set there
+            os.rename(made, folder)  # atomic; fails if another process already put a complete folder there
         except OSError:
-            if not (folder / "manifest.json").exists():
+            if not (folder / done).exists():
                 raise
         return folder
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _generate_once(folder: Path, source: str, per_class: int, seed: int, opts: dict) -> Path:
+    """Generate a set once (see `_make_once`)."""
+    from calibration.sources import generate_set
+
+    return _make_once(folder, "manifest.json",
+                      lambda staging: generate_set(source, per_class, seed, staging / folder.name, **opts))
+
+
+def fp32_export(model: str, engine: str, fuse: bool, weights: Path | None, out: Path) -> Path:
+    """The engine's FP32 file of a zoo model, exported once per run and weight file, and shared by the model's
+    baseline and all its quantize cells (the same file every cell would export for itself)."""
+    from calibration.engines import get_engine
+    from calibration.weights import file_sha256, load_model
+
+    eng = get_engine(engine)
+    tag = file_sha256(weights)[:12] if weights else "random"
+    folder = out / "models" / "fp32" / f"{model}-{engine}-{'fused' if fuse else 'unfused'}-{tag}"
+    path = folder / f"fp32{eng.suffix}"
+    if not path.exists():
+        net = load_model(model, weights, pretrained=weights is not None, fuse=fuse)
+        _make_once(folder, path.name, lambda staging: eng.export(net, staging).parent)
+    return path
 
 
 def skip_reason(grid: Grid, cell: Cell) -> str | None:
@@ -112,12 +135,11 @@ def _plan(grid: Grid, cell: Cell) -> tuple[str | None, Path | None, str | None]:
     return None, weights, missing
 
 
-def run_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) -> dict:
-    """Do one cell and return its row (never raises: failures become error rows)."""
+def run_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None, speed: bool = True) -> dict:
+    """Do one cell and return its row (never raises: failures become error rows). A timed cell with
+    `speed=False` leaves its speed to `add_speed` (the parallel runner times cells alone, after the rest)."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     row = {"grid": grid.name, "cell": cell.id, **asdict(cell), "timed": grid.times(cell)}
-    if not row["timed"]:
-        grid = replace(grid, benchmark=False)  # speed is measured only in cells that run alone
     try:
         reason, weights, missing = _plan(grid, cell)
         if reason:
@@ -137,39 +159,78 @@ def run_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) ->
             row |= _quantize_cell(grid, cell, out, weights, data_dir)
         row["status"] = "ok"
     except Exception as e:  # noqa: BLE001 - a failing cell must not stop the study
-        row |= {"status": "error", "reason": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc(limit=3)}
-    row["finished_at"] = round(time.time(), 3)
+        row |= _failure(e)
     row["wall_seconds"] = round(time.perf_counter() - t0, 2)
     row["cpu_seconds"] = round(time.process_time() - cpu0, 2)  # this process's CPU time: all threads
+    row["finished_at"] = row["work_finished_at"] = round(time.time(), 3)
+    if row["timed"] and row["status"] == "ok":
+        if not speed:
+            return {**row, "speed_pending": True}
+        row = add_speed(grid, cell, row, out)
+    return row
+
+
+def _failure(e: Exception) -> dict:
+    return {"status": "error", "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)}
+
+
+def protocol_of(grid: Grid):
+    """The grid's speed protocol: `benchmark_seconds` per timed run, and as long a warm-up (at most 1 s)."""
+    from calibration.benchmark import Protocol
+
+    return Protocol(warmup_s=min(1.0, grid.benchmark_seconds), duration_s=grid.benchmark_seconds)
+
+
+def add_speed(grid: Grid, cell: Cell, row: dict, out: Path) -> dict:
+    """Time a finished cell's model file (and, in a model's first baseline, PyTorch) under the grid's protocol;
+    the row becomes an error row if timing fails."""
+    from calibration.engines import measure
+    from calibration.weights import load_model
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    row = {k: v for k, v in row.items() if k != "speed_pending"} | {"speed_started_at": round(time.time(), 3)}
+    protocol = protocol_of(grid)
+    try:
+        if cell.kind == "baseline":
+            if cell.engine == grid.engines[0]:  # PyTorch does not depend on the engine: timed once per model
+                weights = Path(row["weights"]) if row.get("weights") else None
+                torch_speed = measure("pytorch", load_model(cell.model, weights, pretrained=weights is not None,
+                                                            fuse=cell.fuse), protocol)
+                row |= {"pytorch_fps": torch_speed["fps_throughput_median"],
+                        "pytorch_latency_fps": torch_speed["fps_latency_median"]}
+            row |= _speed(out / row["model_file"], protocol, "fp32")
+        else:
+            row |= _speed(out / row["model_file"], protocol, "int8")
+    except Exception as e:  # noqa: BLE001 - a failing cell must not stop the study
+        row |= _failure(e)
+    row["speed_seconds"] = round(time.perf_counter() - t0, 2)
+    row["wall_seconds"] = round(row.get("wall_seconds", 0.0) + row["speed_seconds"], 2)
+    row["cpu_seconds"] = round(row.get("cpu_seconds", 0.0) + time.process_time() - cpu0, 2)
+    row["finished_at"] = round(time.time(), 3)
     return row
 
 
 def _baseline(grid: Grid, cell: Cell, out: Path, weights: Path | None, data_dir: Path | None) -> dict:
-    """FP32 accuracy and per-image predictions (PyTorch and the engine's FP32 file) and FP32 speed of both under
-    the same protocol; speed needs no trained weights."""
-    from calibration.benchmark import Protocol, model_size_bytes
+    """FP32 accuracy and per-image predictions of the engine's FP32 file (and PyTorch's accuracy, once per model);
+    speed is added by `add_speed`."""
+    from calibration.benchmark import model_size_bytes
     from calibration.data import load_split
-    from calibration.engines import get_engine, measure
+    from calibration.engines import get_engine
     from calibration.evaluate import evaluate
     from calibration.pipeline import accuracy_of, predictions_to_str
     from calibration.weights import load_model
 
-    model = load_model(cell.model, weights, pretrained=weights is not None, fuse=cell.fuse)
-    path = get_engine(cell.engine).export(model, out / "models" / f"{cell.model}-{cell.engine}-fp32")
-    row = {"fp32_bytes": model_size_bytes(path), "trained_weights": weights is not None}
+    path = fp32_export(cell.model, cell.engine, cell.fuse, weights, out)
+    row = {"fp32_bytes": model_size_bytes(path), "trained_weights": weights is not None,
+           "model_file": str(path.relative_to(out))}
     if weights is not None:
         test = load_split("test", data_dir)
-        row["pytorch_accuracy"] = evaluate(model, test, engine=get_engine("pytorch"))["accuracy"]
+        if cell.engine == grid.engines[0]:
+            model = load_model(cell.model, weights, fuse=cell.fuse)
+            row["pytorch_accuracy"] = evaluate(model, test, engine=get_engine("pytorch"))["accuracy"]
         fp32 = accuracy_of(path, test)
         row |= {"fp32_accuracy": fp32["accuracy"], "fp32_predictions": predictions_to_str(fp32["predictions"]),
                 "test_images": len(test)}
-    if grid.benchmark:
-        protocol = Protocol(duration_s=grid.benchmark_seconds)
-        torch_speed = measure("pytorch", model, protocol)
-        row |= {"pytorch_fps": torch_speed["fps_throughput_median"],
-                "pytorch_latency_fps": torch_speed["fps_latency_median"]}
-        row |= _speed(path, protocol, "fp32")
     return row
 
 
@@ -183,7 +244,6 @@ def _speed(path: Path, protocol, prefix: str) -> dict:
 
 
 def _quantize_cell(grid: Grid, cell: Cell, out: Path, weights: Path, data_dir: Path | None) -> dict:
-    from calibration.benchmark import Protocol
     from calibration.data import load_split
     from calibration.pipeline import QuantizeRequest, accuracy_of, predictions_to_str, quantize_with
     from calibration.sets import read_set
@@ -192,19 +252,21 @@ def _quantize_cell(grid: Grid, cell: Cell, out: Path, weights: Path, data_dir: P
     req = QuantizeRequest(model=cell.model, calib=cset.path, algo=cell.algo, engine=cell.engine,
                           subset_size=min(cell.subset_size, len(cset)) if cell.subset_size else None,
                           fast_bias_correction=cell.fast_bias_correction, max_drop=cell.max_drop, seed=cell.seed,
-                          weights=weights, data_dir=data_dir, fuse=cell.fuse)
-    q = quantize_with(req, cset, out / "models" / cell.id)
+                          weights=weights, data_dir=data_dir, fuse=cell.fuse,
+                          calibration_batch=grid.calibration_batch, ranking_subset_size=grid.ranking_subset_size)
+    fp32 = fp32_export(cell.model, cell.engine, cell.fuse, weights, out)
+    q = quantize_with(req, cset, out / "models" / cell.id, fp32)
     row = {k: q[k] for k in ("subset_size_images", "calib_per_class", "quantize_seconds", "fp32_bytes", "int8_bytes",
-                             "calib_hash", "preset", "activations", "calibrate_method", "ranking_subset_images")
+                             "calib_hash", "preset", "activations", "calibrate_method", "ranking_subset_images",
+                             "calibration_batch")
            if k in q}
+    row["model_file"] = str(Path(q["int8_path"]).relative_to(out))
     test = load_split("test", data_dir)
     int8 = accuracy_of(q["int8_path"], test)
     row |= {"int8_accuracy": int8["accuracy"], "int8_predictions": predictions_to_str(int8["predictions"]),
             "test_images": len(test)}
     if grid.diagnose and str(q["int8_path"]).endswith(".xml"):
         row["diagnose_layers"] = _diagnose_cell(cell, q, out, data_dir)
-    if grid.benchmark:
-        row |= _speed(Path(q["int8_path"]), Protocol(duration_s=grid.benchmark_seconds), "int8")
     return row
 
 
@@ -221,7 +283,6 @@ def _diagnose_cell(cell: Cell, q: dict, out: Path, data_dir: Path | None) -> int
 
 
 def _speed_only_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None) -> dict:
-    from calibration.benchmark import Protocol
     from calibration.pipeline import quantize_for_speed
     from calibration.sets import read_set
 
@@ -230,8 +291,7 @@ def _speed_only_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None) -
     q = quantize_for_speed(cell.model, cell.engine, cset, out / "models" / cell.id, subset_size=subset,
                            seed=cell.seed)
     return {"fp32_bytes": q["fp32_bytes"], "int8_bytes": q["int8_bytes"], "calib_hash": cset.content_hash,
-            "trained_weights": False, **_speed(Path(q["int8_path"]), Protocol(duration_s=grid.benchmark_seconds),
-                                               "int8")}
+            "trained_weights": False, "model_file": str(Path(q["int8_path"]).relative_to(out))}
 
 
 def _peak_rss_mib() -> float:
@@ -342,9 +402,8 @@ def prepare(grid: Grid, todo: list[Cell], out: Path, data_dir: Path | None = Non
     other cells need, generated here once. Returns (cells to run, rows already decided)."""
     from rich.progress import Progress
 
-    sets = out / "sets"
-    if sets.is_dir():
-        for stale in sets.glob(".*.tmp-*"):  # left by a killed run; no cell runs at this point
+    for folder in (out / "sets", out / "models" / "fp32"):
+        for stale in folder.glob(".*.tmp-*") if folder.is_dir() else ():  # left by a killed run; no cell runs now
             shutil.rmtree(stale, ignore_errors=True)
     runnable, rows, failed = [], [], {}
     with Progress(disable=not progress, transient=True) as bar:
@@ -377,8 +436,8 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
               progress: bool = True, jobs: int = 1) -> dict:
     """Run every cell of a grid that has no `ok` row yet into `out`; returns counts, wall time and peak memory.
 
-    `jobs` > 1 runs cells that time nothing in that many local worker processes (NNCF's statistics
-    collection is single-threaded Python, so two cores do twice the work); timed cells always run alone.
+    `jobs` > 1 does every cell's work in that many local worker processes (NNCF's statistics collection is
+    single-threaded Python, so two cores do twice the work); speed is always timed with nothing else running.
     """
     if executor not in ("local", "ray"):
         raise CalibError(f"unknown executor {executor!r} (local or ray)")
@@ -428,31 +487,68 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
 
 def _run_local(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, data_dir: Path | None, jobs: int,
                progress: bool) -> None:
-    """In this process, in grid order; with `jobs` > 1, untimed cells first in a pool of worker processes."""
+    """In this process, in grid order; with `jobs` > 1, every cell's work in a pool of worker processes, then
+    the speed of the timed cells here, one at a time with nothing else running (a timed cell's row is written
+    only once its speed is in, so a run killed before that redoes the cell)."""
     from rich.progress import Progress
 
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"study {grid.name}", total=len(cells))
-        alone = cells
-        if jobs > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+        if jobs == 1:
+            for cell in cells:
+                bar.update(task, description=f"{cell.kind} {cell.model} {cell.engine} {cell.source} {cell.algo}")
+                append_jsonl(rows_path, run_cell(grid, cell, out, data_dir))
+                bar.advance(task)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            alone = [c for c in cells if grid.times(c)]
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(run_cell, grid, c, out, data_dir): c for c in cells if not grid.times(c)}
-                bar.update(task, description=f"{len(futures)} cells in {jobs} processes")
-                for future in as_completed(futures):
-                    try:
-                        row = future.result()
-                    except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
-                        row = _error_row(grid, futures[future], f"worker process failed: {type(e).__name__}: {e}")
-                    append_jsonl(rows_path, row)
-                    bar.advance(task)
-        for cell in alone:
-            bar.update(task, description=f"{cell.kind} {cell.model} {cell.engine} {cell.source} {cell.algo}")
-            append_jsonl(rows_path, run_cell(grid, cell, out, data_dir))
+        pending = {}
+        context = multiprocessing.get_context("spawn")
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        shares = context.Queue()
+        for i in range(jobs):  # one disjoint share of the cores per worker, when there are enough
+            shares.put(cores[i::jobs] if len(cores) >= jobs else [])
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_pin_worker, initargs=(shares,)) as pool:
+            futures = {pool.submit(run_cell, grid, c, out, data_dir, False): c for c in longest_first(cells)}
+            bar.update(task, description=f"{len(futures)} cells in {jobs} processes")
+            for future in as_completed(futures):
+                try:
+                    row = future.result()
+                except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
+                    row = _error_row(grid, futures[future], f"worker process failed: {type(e).__name__}: {e}")
+                if row.pop("speed_pending", False):
+                    pending[row["cell"]] = row
+                    continue
+                append_jsonl(rows_path, row)
+                bar.advance(task)
+        for cell in (c for c in cells if c.id in pending):
+            bar.update(task, description=f"speed {cell.kind} {cell.model} {cell.engine}")
+            append_jsonl(rows_path, add_speed(grid, cell, pending[cell.id], out))
             bar.advance(task)
+
+
+def longest_first(cells: list[Cell]) -> list[Cell]:
+    """Cells in the order a pool should start them: likely long ones first (accuracy-aware, then OpenVINO, then
+    larger models), so that no long cell is left to run alone at the end."""
+    from calibration.zoo import model_info
+
+    def cost(cell: Cell) -> tuple:
+        madds = model_info(cell.model).madds_m or 0.0
+        return cell.kind != "quantize", cell.algo != "accuracy-aware", cell.engine != "openvino", -madds
+
+    return sorted(cells, key=cost)
+
+
+def _pin_worker(shares) -> None:
+    """Keep a worker process on its own cores, with as many threads: OpenVINO sizes its pools from the affinity,
+    PyTorch is told; otherwise every worker starts threads for all cores and waits on the others' cores."""
+    cores = shares.get()
+    if cores:
+        import torch
+
+        os.sched_setaffinity(0, cores)
+        torch.set_num_threads(len(cores))
 
 
 def _run_ray(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, address: str | None,

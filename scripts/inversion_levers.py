@@ -1,6 +1,7 @@
 """Per-iteration cost of one inversion step (forward + BN hooks + backward + Adam) under the levers the source
-could use: batch size, channels-last memory format, torch.compile. Each variant is timed in rounds that
-alternate between variants, so a busy machine slows all of them alike; the ratios are the result.
+could use: batch size, the BN-statistics formula (`torch.var_mean`, as before the speed-up, or E[x^2] - E[x]^2),
+channels-last memory format, torch.compile. Each variant is timed in rounds that alternate between variants,
+so a busy machine slows all of them alike; the ratios are the result.
 
     CALIB_WEIGHTS_DIR=../shared/weights-official python scripts/inversion_levers.py --model resnet20 \
         --record results/inversion/levers.jsonl
@@ -21,7 +22,26 @@ from calibration.runs import record
 from calibration.sources.inversion import BNStatsLoss, _load, total_variation
 
 
-def make_step(net: nn.Module, batch: int, channels_last: bool, compiled: bool):
+class VarMeanBNStatsLoss(BNStatsLoss):
+    """The hook as it was before the speed-up: `torch.var_mean` over (N, H, W)."""
+
+    def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
+        var, mean = torch.var_mean(inputs[0], (0, 2, 3), correction=0)
+        self.terms.append(torch.linalg.vector_norm(mean - module.running_mean)
+                          + torch.linalg.vector_norm(var - module.running_var))
+
+
+class NoBNStats(BNStatsLoss):
+    """No statistics at all: the floor, forward and backward of the model alone."""
+
+    def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
+        return None
+
+    def value(self) -> torch.Tensor:
+        return torch.zeros(())
+
+
+def make_step(net: nn.Module, batch: int, channels_last: bool, compiled: bool, var_mean: bool | None = False):
     model = net.to(memory_format=torch.channels_last) if channels_last else net
     forward = torch.compile(model) if compiled else model
     x = torch.randn(batch, 3, 32, 32)
@@ -30,7 +50,7 @@ def make_step(net: nn.Module, batch: int, channels_last: bool, compiled: bool):
     x.requires_grad_(True)
     y = torch.arange(batch) % 10
     opt = torch.optim.Adam([x], lr=0.1, betas=(0.5, 0.9))
-    hooks = BNStatsLoss(model)
+    hooks = (NoBNStats if var_mean is None else VarMeanBNStatsLoss if var_mean else BNStatsLoss)(model)
 
     def step() -> None:
         logits = forward(torch.roll(x, (1, 1), (2, 3)).flip(3))
@@ -49,19 +69,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compile time reported)")
+    p.add_argument("--weights", type=Path, default=None, help="default: as calib finds them (CALIB_WEIGHTS_DIR)")
     p.add_argument("--record", type=Path, default=Path("runs/records.jsonl"))
     a = p.parse_args()
-    net, _ = _load(a.model, None)
+    net, _ = _load(a.model, a.weights)
     for q in net.parameters():
         q.requires_grad_(False)
-    variants = {f"batch {b}": (int(b), False, False) for b in a.batches.split(",")}
-    variants["batch 100, channels-last"] = (100, True, False)
+    variants = {f"batch {b}": (int(b), False, False, False) for b in a.batches.split(",")}
+    variants["batch 100, torch.var_mean statistics"] = (100, False, False, True)
+    variants["batch 100, torch.var_mean statistics, channels-last"] = (100, True, False, True)
+    variants["batch 100, channels-last"] = (100, True, False, False)
+    variants["batch 100, channels-last, no BN statistics (the floor)"] = (100, True, False, None)
     if a.compile:
-        variants["batch 100, torch.compile"] = (100, False, True)
+        variants["batch 100, torch.compile"] = (100, False, True, False)
     steps, setup = {}, {}
-    for name, (b, cl, comp) in variants.items():
+    for name, (b, cl, comp, var_mean) in variants.items():
         t0 = time.perf_counter()
-        steps[name] = make_step(copy.deepcopy(net), b, cl, comp)[0]
+        steps[name] = make_step(copy.deepcopy(net), b, cl, comp, var_mean)[0]
         steps[name]()  # first call: allocation, and compilation when compiled
         setup[name] = time.perf_counter() - t0
     times: dict[str, list[float]] = {n: [] for n in variants}

@@ -87,12 +87,17 @@ def weights_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(monkeypatch, tmp_path_factory, cifar_dir, weights_dir):
-    """Every test sees the tiny tree and weights, and a private cache; no test touches the network."""
+def use_test_data(monkeypatch: pytest.MonkeyPatch, tmp_path_factory, cifar_dir: Path, weights_dir: Path) -> None:
+    """The tiny tree and weights and a private cache, through the same variables users set."""
     monkeypatch.setenv("CALIB_HOME", str(tmp_path_factory.getbasetemp() / "calib_home"))
     monkeypatch.setenv("CALIB_CIFAR10_DIR", str(cifar_dir))
     monkeypatch.setenv("CALIB_WEIGHTS_DIR", str(weights_dir))
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch, tmp_path_factory, cifar_dir, weights_dir):
+    """Every test sees the tiny tree and weights, and a private cache; no test touches the network."""
+    use_test_data(monkeypatch, tmp_path_factory, cifar_dir, weights_dir)
     monkeypatch.delenv("CALIB_STYLEGAN2_PKL", raising=False)
     monkeypatch.setattr(torch.hub, "download_url_to_file",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("network disabled in tests")))

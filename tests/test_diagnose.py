@@ -22,6 +22,7 @@ from calibration.diagnose import RankBy, layer_accuracy, plot_heatmaps, rank, ru
 from calibration.errors import CalibError
 from calibration.sets import write_set
 from calibration.weights import load_model
+from tests.conftest import use_test_data
 
 runner = CliRunner()
 
@@ -34,9 +35,7 @@ def _labels(n: int) -> np.ndarray:
 def env(tmp_path_factory, cifar_dir, weights_dir):
     """Module-wide environment (the autouse fixture is per test), so sets and quantized models are shared."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CALIB_HOME", str(tmp_path_factory.getbasetemp() / "calib_home"))
-        mp.setenv("CALIB_CIFAR10_DIR", str(cifar_dir))
-        mp.setenv("CALIB_WEIGHTS_DIR", str(weights_dir))
+        use_test_data(mp, tmp_path_factory, cifar_dir, weights_dir)
         yield tmp_path_factory.mktemp("diagnose")
 
 

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from calibration.cli import app
 from experiments.html import build_html, write_html
 from experiments.report import load_rows, tables
+from tests.conftest import use_test_data
 
 GRID = """
 name = "html"
@@ -63,9 +64,7 @@ def run(tmp_path_factory, cifar_dir, weights_dir):
     from experiments.runner import run_study
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CALIB_HOME", str(tmp_path_factory.getbasetemp() / "calib_home"))
-        mp.setenv("CALIB_CIFAR10_DIR", str(cifar_dir))
-        mp.setenv("CALIB_WEIGHTS_DIR", str(weights_dir))
+        use_test_data(mp, tmp_path_factory, cifar_dir, weights_dir)
         tmp = tmp_path_factory.mktemp("html")
         grid = tmp / "grid.toml"
         grid.write_text(GRID)

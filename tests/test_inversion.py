@@ -31,17 +31,21 @@ def test_inversion_lowers_bn_loss_and_rechecks_uint8():
     assert stats["bn_loss_uint8"] == pytest.approx(stats["bn_loss_float"], rel=0.05)
 
 
-def test_bn_loss_matches_batchnorm_own_batch_statistics():
-    """The hook's statistics are the ones BatchNorm itself computes in training mode (torch as the outside truth)."""
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_bn_loss_matches_batchnorm_own_batch_statistics(memory_format):
+    """The hook's statistics are the ones BatchNorm itself computes in training mode (torch as the outside truth),
+    in both memory layouts (channels-last takes another reduction path)."""
     from calibration.sources.inversion import BNStatsLoss
 
     bn = torch.nn.BatchNorm2d(4, momentum=1.0)  # momentum 1: running stats become the batch's own
-    x = torch.randn(8, 4, 5, 5) * 3 + 1
+    x = (torch.randn(8, 4, 5, 5) * 3 + 1).contiguous(memory_format=memory_format)
     bn.train()(x)
+    bn.running_mean.add_(torch.tensor([0.5, -0.25, 0.0, 1.0]))  # a mean mismatch the hook must see as well
     hooks = BNStatsLoss(torch.nn.Sequential(bn))
     bn.eval()(x)
     unbiased = x.var((0, 2, 3), unbiased=True)  # BatchNorm stores the unbiased variance; the hook uses biased
-    expected = torch.linalg.vector_norm(unbiased * (x[:, 0].numel() - 1) / x[:, 0].numel() - bn.running_var)
+    expected = (torch.linalg.vector_norm(unbiased * (x[:, 0].numel() - 1) / x[:, 0].numel() - bn.running_var)
+                + torch.linalg.vector_norm(torch.tensor([0.5, -0.25, 0.0, 1.0])))
     assert float(hooks.value()) == pytest.approx(float(expected), abs=1e-5)
     hooks.remove()
 

@@ -169,6 +169,31 @@ def test_overflow_fix_puts_weights_on_half_the_int8_range(tmp_path, noise_set, e
     assert any(np.abs(w.astype(int)).max() > 100 for w in full)
 
 
+def _ranges(path) -> list[np.ndarray]:
+    """Activation ranges in graph order: FakeQuantize limits of an IR, or the scales and zero points of a QDQ file."""
+    if str(path).endswith(".xml"):
+        import openvino as ov
+
+        return [op.input_value(i).get_node().get_data() for op in ov.Core().read_model(str(path)).get_ordered_ops()
+                if op.get_type_name() == "FakeQuantize" for i in range(1, 5)]
+    nodes, init = _qdq(path)
+    return [init[n.input[i]] for n in nodes if n.op_type == "QuantizeLinear" for i in (1, 2)]
+
+
+@pytest.mark.parametrize("engine", list_engines(int8=True))
+def test_calibration_in_batches_keeps_per_image_statistics(tmp_path, noise_set, engine):
+    """Items of 8 images (the last one of 6) give the ranges of batch-1 calibration: statistics stay per image.
+    (Pooled over the batch, NNCF's mean of per-image minima and maxima would widen.)"""
+    cset = read_set(noise_set)
+    one, eight = (_ranges(quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine=engine,
+                                                        calibration_batch=b), cset, tmp_path / str(b))["int8_path"])
+                  for b in (1, 8))
+    assert len(one) == len(eight) >= 6
+    for a, b in zip(one, eight):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert [len(x) for x in calibration_items(cset.images, 8)] == [8, 8, 8, 6]
+
+
 def test_nncf_default_overflow_fix_is_the_first_layer_only(tmp_path, noise_set):
     q = quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set), read_set(noise_set), tmp_path)
     first, *rest = (np.abs(w.astype(int)).max() for w in _int8_weights(q["int8_path"]))

@@ -46,6 +46,24 @@ def test_existing_output_is_never_overwritten_by_accident(tmp_path):
         make_set(tmp_path / "s")
 
 
+def test_overwrite_swaps_whole_sets_with_plain_permissions(tmp_path, monkeypatch):
+    """`overwrite=True` keeps the old set whole until the new one is complete, and a failed write leaves it."""
+    import os
+    import stat
+
+    old = read_set(make_set(tmp_path / "s", seed=0))
+    new = read_set(make_set(tmp_path / "s", seed=1, overwrite=True))
+    assert new.content_hash != old.content_hash and read_set(tmp_path / "s").content_hash == new.content_hash
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
+    monkeypatch.setattr("calibration.sets.atomic_write_json", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        make_set(tmp_path / "s", seed=2, overwrite=True)
+    assert read_set(tmp_path / "s").content_hash == new.content_hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no staging folder left behind
+
+
 def rehash(path, file):
     """Keep the manifest's hash in step, so that the check under test is the one that fires."""
     manifest = json.loads((path / "manifest.json").read_text())

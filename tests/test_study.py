@@ -67,6 +67,18 @@ def test_official_grids_expand():
     assert {(c.seed, c.source) for c in timed} == {(0, "cifar10")} and len(timed) == 5 * 2 + 3
     full = expand(load_grid(REPO / "experiments" / "official-full.toml"))
     assert {c.model for c in full if c.source == "inversion"} == five and len(full) > len(cells)
+    assert (official.calibration_batch, official.ranking_subset_size) == (30, 300)
+
+
+def test_pool_starts_the_long_cells_first():
+    from experiments.grid import Cell
+    from experiments.runner import longest_first
+
+    cells = [Cell("baseline", "resnet56"), Cell("quantize", "resnet20", "onnxruntime", "noise"),
+             Cell("quantize", "resnet20", source="noise"), Cell("quantize", "resnet56", source="noise"),
+             Cell("quantize", "resnet20", source="noise", algo="accuracy-aware"),
+             Cell("quantize", "resnet56", source="noise", algo="accuracy-aware")]
+    assert longest_first(cells) == [cells[i] for i in (5, 4, 3, 2, 1, 0)]
 
 
 def test_grid_exclude_and_benchmark_only_are_checked(tmp_path):
@@ -96,10 +108,15 @@ def test_run_uses_the_grids_data_and_weights(tmp_path, monkeypatch, cifar_dir, w
     monkeypatch.setenv("CALIB_WEIGHTS_DIR", str(tmp_path / "nothing-here"))
     monkeypatch.setenv("CALIB_CIFAR10_DIR", str(tmp_path / "nothing-here"))
     text = f'data_dir = "{cifar_dir}"\nweights_dir = "{weights_dir}"\n' + (
-        GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["cifar10"]').replace("seeds = [0, 1]", "seeds = [0]"))
+        GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["cifar10"]').replace("seeds = [0, 1]", "seeds = [0]")
+        .replace('algos = ["default"]', 'algos = ["default", "accuracy-aware"]\naccuracy_aware_models = ["tiny_cnn"]\n'
+                 'ranking_subset_size = 7\ncalibration_batch = 4'))
     summary = run_study(write_grid(tmp_path, text), tmp_path / "run", progress=False)
     rows = read_jsonl(tmp_path / "run" / "rows.jsonl")
-    assert summary["ok"] == 2, rows
+    assert summary["ok"] == 3, rows
+    # the grid's NNCF options reach the cells
+    assert {(r["algo"], r.get("ranking_subset_images"), r["calibration_batch"]) for r in rows
+            if r["kind"] == "quantize"} == {("default", None, 4), ("accuracy-aware", 7, 4)}
     assert {r["data_dir"] for r in rows} == {str(cifar_dir)} and all(str(weights_dir) in r["weights"] for r in rows)
     q = next(r for r in rows if r["kind"] == "quantize")
     assert (tmp_path / "run" / q["calib_set"] / "manifest.json").exists()
@@ -199,6 +216,20 @@ def test_sigkill_mid_run_resumes_to_the_same_table(tmp_path):
     assert len({r["cell"] for r in ok()}) == len(ok()) == 5  # no ok cell ran twice
     # skipped cells (no teacher) were tried again on resume; the newest row of every cell is the same table
     assert sorted(map(key, newest_rows(killed).values())) == sorted(map(key, clean))
+
+
+def test_each_models_fp32_file_is_exported_once_and_shared(tmp_path):
+    grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise", "fractal"]')
+                      .replace('algos = ["default"]', 'algos = ["default"]\nengines = ["openvino", "onnxruntime"]'))
+    run_study(grid, tmp_path / "run", progress=False)
+    rows = read_jsonl(tmp_path / "run" / "rows.jsonl")
+    assert len(rows) == 2 * 5 and all(r["status"] == "ok" for r in rows)
+    for suffix in ("xml", "onnx"):
+        exported = sorted((tmp_path / "run" / "models").rglob(f"fp32.{suffix}"))
+        assert [p.parent.parent.name for p in exported] == ["fp32"]  # one file, in the shared folder
+        baseline = next(r for r in rows if r["kind"] == "baseline" and r["model_file"].endswith(suffix))
+        assert (tmp_path / "run" / baseline["model_file"]) == exported[0]
+    assert not any(p.name.startswith(".") for p in exported[0].parent.parent.iterdir())  # no staging left
 
 
 def test_torn_last_line_is_repaired(tmp_path):

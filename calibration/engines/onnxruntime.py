@@ -27,7 +27,8 @@ METHODS = ("minmax", "entropy", "percentile")
 
 
 class ItemReader:
-    """`CalibrationDataReader` over prepared batch-1 items (duck-typed: ORT only calls get_next/rewind)."""
+    """`CalibrationDataReader` over prepared items (duck-typed: ORT only calls get_next/rewind). Its min-max
+    calibrator keeps the extremes of everything it sees, so items of several images give the same ranges."""
 
     def __init__(self, items: list[np.ndarray], input_name: str = "input"):
         self.items, self.input_name, self.pos = items, input_name, 0
@@ -94,6 +95,7 @@ class OnnxRuntimeEngine(Engine):
         reduce_range = _value(cfg.overflow_fix or "disable") == "enable"
         methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile}
+        out.mkdir(parents=True, exist_ok=True)
         int8 = out / "int8.onnx"
         prepped = out / "fp32_prep.onnx"
         t0 = time.perf_counter()
@@ -107,7 +109,7 @@ class OnnxRuntimeEngine(Engine):
             prepped.unlink(missing_ok=True)
         record = {"algo": "default", "preset": preset, "activations": "symmetric" if symmetric else "asymmetric",
                   "calibrate_method": method, "overflow_fix": "enable" if reduce_range else "disable",
-                  "quant_format": "QDQ", "per_channel": True,
+                  "quant_format": "QDQ", "per_channel": True, "calibration_batch": int(items[0].shape[0]),
                   "quantize_seconds": round(time.perf_counter() - t0, 2)}
         return int8, record
 

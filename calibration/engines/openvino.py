@@ -173,6 +173,21 @@ def _validation_fn(compiled_model, items) -> tuple[float, list[float]]:
     return float(correct.mean()), correct.tolist()
 
 
+def _any_batch(model):
+    """The model with a dynamic batch dimension, for calibration items of several images."""
+    from openvino import PartialShape
+
+    shape = model.input(0).get_partial_shape()
+    if shape.rank.is_dynamic or shape[0].is_dynamic:
+        return model
+    try:
+        model.reshape({model.input(0).get_any_name(): PartialShape([-1, *IMAGE_SHAPE])})
+    except RuntimeError as e:
+        raise CalibError(f"this IR takes batch {shape[0]} only, so calibrate with batch 1 "
+                         f"({str(e).strip().splitlines()[0][:120]})") from None
+    return model
+
+
 RANGE_ESTIMATORS = ("nncf", "minmax")  # NNCF's defaults, or global min/max for activations as ONNX Runtime does
 
 
@@ -208,18 +223,22 @@ class OpenVINOEngine(Engine):
             preset = _value(cfg.preset or "performance")
             estimator = _value(cfg.calibrate_method or "nncf")
             overflow = _value(cfg.overflow_fix or "first_layer_only")  # NNCF's default
+            batch = int(items[0].shape[0])
             advanced = AdvancedQuantizationParameters(
                 overflow_fix=nncf.OverflowFix(overflow),
                 activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX if estimator == "minmax"
-                else None)
+                else None,
+                batchwise_statistics=True if batch > 1 else None)  # NNCF: keep the batch axis, per-image statistics
             common = dict(preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
                           subset_size=len(items), fast_bias_correction=cfg.fast_bias_correction)
             record = {"algo": _value(cfg.algo), "preset": preset,
                       "activations": "symmetric" if preset == "performance" else "asymmetric",
                       "calibrate_method": estimator, "overflow_fix": overflow,
                       "fast_bias_correction": cfg.fast_bias_correction,
-                      "target_device": "CPU", "nncf": nncf.__version__}
+                      "target_device": "CPU", "calibration_batch": batch, "nncf": nncf.__version__}
             model = read_model(fp32)
+            if batch > 1:
+                model = _any_batch(model)
             t0 = time.perf_counter()
             if cfg.algo == "default":
                 q = nncf.quantize(model, nncf.Dataset(items), advanced_parameters=advanced, **common)
