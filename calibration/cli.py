@@ -719,12 +719,14 @@ def study_check(run: Path,
                 models: Annotated[str | None, typer.Option(help="Only cells of these models (comma-separated).")]
                 = None,
                 sources: Annotated[str | None, typer.Option(help="Only cells of these sources (comma-separated).")]
-                = None) -> None:
+                = None,
+                batch_1: Annotated[bool, typer.Option("--batch-1/--as-run", help="Calibrate with batch-1 items, "
+                                                      "or with the cell's calibration batch.")] = False) -> None:
     """Redo cells with NNCF and OpenVINO called directly (same set, subset, seed, options) and compare."""
     from experiments.check import check_run
 
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
-    table = check_run(run, cells, seed, tolerance, out, split(models), split(sources))
+    table = check_run(run, cells, seed, tolerance, out, split(models), split(sources), batch_1)
     console.print(table.drop(columns=["cell", "calib_hash"]).to_string(index=False), soft_wrap=True, highlight=False)
     bad = int((~table.within_tolerance).sum())
     console.print(f"{len(table) - bad} of {len(table)} cells within {tolerance}; largest |difference| "

@@ -37,8 +37,10 @@ def _accuracy(compiled, images: np.ndarray, labels: np.ndarray) -> float:
     return float((preds == labels).mean())
 
 
-def recheck_cell(run: Path, row: dict) -> dict:
-    """Redo one OpenVINO quantize cell with NNCF directly; returns both accuracies and their difference."""
+def recheck_cell(run: Path, row: dict, batch_1: bool = False) -> dict:
+    """Redo one OpenVINO quantize cell with NNCF directly; returns both accuracies and their difference.
+    Calibration items hold the cell's `calibration_batch` images (per-image statistics, NNCF's
+    `batchwise_statistics`), or one image each with `batch_1`."""
     import nncf
     import openvino as ov
     import torch
@@ -60,16 +62,22 @@ def recheck_cell(run: Path, row: dict) -> dict:
     n = int(row["subset_size_images"])
     order = np.arange(n) if n == len(cset) else balanced_indices(cset.labels, n, int(row["seed"]))
     x = _inputs(cset.images[order])
-    dataset = nncf.Dataset([x[i : i + 1] for i in range(n)])
+    batch = 1 if batch_1 or row.get("calibration_batch") != row.get("calibration_batch") \
+        else int(row.get("calibration_batch") or 1)
+    items = [x[i : i + batch] for i in range(0, n, batch)]
+    dataset = nncf.Dataset(items)
 
     torch_model = load_model(row["model"], Path(row["weights"]), fuse=bool(row.get("fuse", True)))
     with torch.no_grad():
-        fp32 = ov.convert_model(torch_model, example_input=torch.zeros(1, 3, 32, 32), input=[[1, 3, 32, 32]])
+        fp32 = ov.convert_model(torch_model, example_input=torch.zeros(1, 3, 32, 32),
+                                input=[[1 if batch == 1 else -1, 3, 32, 32]])
     preset = nncf.QuantizationPreset.MIXED if row.get("preset") == "mixed" else nncf.QuantizationPreset.PERFORMANCE
-    common = dict(preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=n,
+    common = dict(preset=preset, target_device=nncf.TargetDevice.CPU, subset_size=len(items),
                   fast_bias_correction=bool(row["fast_bias_correction"]))
-    advanced = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX) \
-        if row.get("calibrate_method") == "minmax" else None
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
+        if row.get("calibrate_method") == "minmax" else None,
+        batchwise_statistics=True if batch > 1 else None)
     if row["algo"] == "default":
         int8 = nncf.quantize(fp32, dataset, advanced_parameters=advanced, **common)
     else:
@@ -93,13 +101,15 @@ def recheck_cell(run: Path, row: dict) -> dict:
     compiled = ov.Core().compile_model(int8, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     independent = _accuracy(compiled, test.images, test.labels)
     return {"cell": row["cell"], "model": row["model"], "source": row["source"], "algo": row["algo"],
-            "seed": int(row["seed"]), "subset_size_images": n, "calib_hash": row["calib_hash"][:12],
+            "seed": int(row["seed"]), "subset_size_images": n, "calibration_batch": batch,
+            "calib_hash": row["calib_hash"][:12],
             "study_int8_accuracy": float(row["int8_accuracy"]), "independent_int8_accuracy": independent,
             "abs_difference": abs(independent - float(row["int8_accuracy"]))}
 
 
 def check_run(run: Path, cells: int = 5, seed: int = 0, tolerance: float = 0.003, out: Path | None = None,
-              models: list[str] | None = None, sources: list[str] | None = None) -> pd.DataFrame:
+              models: list[str] | None = None, sources: list[str] | None = None,
+              batch_1: bool = False) -> pd.DataFrame:
     """Recheck `cells` OpenVINO quantize cells of a run (0: all), drawn with `seed` among those of `models` and
     `sources` (default: all); writes `check.csv`."""
     from experiments.report import load_rows
@@ -119,7 +129,7 @@ def check_run(run: Path, cells: int = 5, seed: int = 0, tolerance: float = 0.003
     picked = q if cells <= 0 or cells >= len(q) else q.sample(n=cells, random_state=seed)
     from rich.progress import track
 
-    results = [recheck_cell(run, row) for row in track(picked.to_dict("records"), description="check",
+    results = [recheck_cell(run, row, batch_1) for row in track(picked.to_dict("records"), description="check",
                                                            transient=True)]
     table = pd.DataFrame(results)
     table["within_tolerance"] = table.abs_difference <= tolerance

@@ -275,3 +275,18 @@ def test_independent_nncf_check_agrees_with_the_study(tmp_path):
     table = pd.read_csv(tmp_path / "run" / "check.csv")
     assert len(table) == 2 and (table.subset_size_images == 15).all()
     assert (table.abs_difference <= 0.003).all() and table.within_tolerance.all()
+
+
+def test_independent_check_follows_the_cells_calibration_batch(tmp_path):
+    """Cells calibrated in items of 5 images are redone the same way (or with batch 1 on request)."""
+    grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]')
+                      .replace("seeds = [0, 1]", "seeds = [0]").replace("subset_sizes = [0]", "subset_sizes = [15]")
+                      .replace('algos = ["default"]', 'algos = ["default"]\ncalibration_batch = 5'))
+    run_study(grid, tmp_path / "run", progress=False)
+    for flag, batch in (("--as-run", 5), ("--batch-1", 1)):
+        out = tmp_path / f"check{flag}.csv"
+        result = CliRunner().invoke(app, ["study", "check", str(tmp_path / "run"), "--cells", "0", flag,
+                                          "--out", str(out)])
+        table = pd.read_csv(out)
+        assert len(table) == 1 and table.calibration_batch.tolist() == [batch], result.output
+    assert pd.read_csv(tmp_path / "check--as-run.csv").abs_difference.tolist() == [0.0]
