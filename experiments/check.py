@@ -62,8 +62,8 @@ def recheck_cell(run: Path, row: dict, batch_1: bool = False) -> dict:
     n = int(row["subset_size_images"])
     order = np.arange(n) if n == len(cset) else balanced_indices(cset.labels, n, int(row["seed"]))
     x = _inputs(cset.images[order])
-    batch = 1 if batch_1 or row.get("calibration_batch") != row.get("calibration_batch") \
-        else int(row.get("calibration_batch") or 1)
+    recorded = row.get("calibration_batch")  # absent (NaN in the table) in rows of older runs: batch 1
+    batch = 1 if batch_1 or pd.isna(recorded) else int(recorded)
     items = [x[i : i + batch] for i in range(0, n, batch)]
     dataset = nncf.Dataset(items)
 

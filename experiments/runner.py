@@ -413,7 +413,7 @@ def prepare(grid: Grid, todo: list[Cell], out: Path, data_dir: Path | None = Non
             if cell.kind != "quantize":
                 runnable.append(cell)
                 continue
-            reason = _plan(grid if grid.times(cell) else replace(grid, benchmark=False), cell)[0]
+            reason = _plan(grid, cell)[0]
             if reason:
                 rows.append(run_cell(grid, cell, out, data_dir))  # a skipped row, at once
                 continue
