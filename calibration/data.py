@@ -7,10 +7,15 @@ Science hygiene lives here: `train_splits` cuts the train split into a calibrati
 split that never overlap (one definition, `SPLIT`, for every user), every `LabeledImages` carries its `role`
 and the tree it came from, and `heldout_hashes` gives the pixel hashes of the test and validation images, so
 the quantize path can refuse them by content, whatever folder or file name they arrive under.
+
+Validation must be images the model never saw: `evaluation_split` reads the weight card and, for a model that
+trained on all of train, validates on a seeded slice of test (`TEST_SLICE`) and measures the final accuracy on
+the rest of test (`aa_validation`, `final_test`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -182,6 +187,7 @@ def data_provenance(data_dir: Path | None = None) -> dict:
         out |= {"data": prov["data"], "data_root": prov["data_root"], f"data_{split}_images": prov["images"],
                 f"data_{split}_sha256": prov["content_sha256"]}
     out["data_split"] = f"validation_per_class={SPLIT.validation_per_class},seed={SPLIT.seed}"
+    out["data_test_slice"] = f"fraction={TEST_SLICE.fraction},seed={TEST_SLICE.seed}"
     return out
 
 
@@ -194,6 +200,36 @@ class SplitConfig:
 
 
 SPLIT = SplitConfig()  # the one cut of train that the cifar10 source, validation and the guard all use
+
+
+@dataclass(frozen=True)
+class SliceConfig:
+    """The slice of test that validates accuracy-aware quantization of a model that saw all of train: about
+    `fraction` of the test split, the same number from every class (round(fraction x images / classes)), drawn
+    with `seed`. The final accuracy of such a model is measured on the rest of test."""
+
+    fraction: float = 0.1
+    seed: int = 0
+
+
+TEST_SLICE = SliceConfig()  # the one slice of test that accuracy-aware validation may use
+
+
+def cut_test_slice(labels: np.ndarray, cfg: SliceConfig = TEST_SLICE) -> dict[str, np.ndarray]:
+    """Seeded, disjoint index sets of test: `validation` (class-balanced, see `SliceConfig`) and
+    `final_test`, the rest."""
+    per_class = max(1, round(cfg.fraction * len(labels) / len(CLASSES)))
+    rng = np.random.default_rng(cfg.seed)
+    val = []
+    for c in range(len(CLASSES)):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) <= per_class:
+            raise CalibError(f"class {CLASSES[c]} has {len(idx)} test images; the validation slice of test takes "
+                             f"{per_class} per class (TEST_SLICE: fraction={cfg.fraction}, seed={cfg.seed}) and "
+                             "must leave some for the final accuracy")
+        val.append(rng.permutation(idx)[:per_class])
+    val_idx = np.sort(np.concatenate(val))
+    return {"validation": val_idx, "final_test": np.setdiff1d(np.arange(len(labels)), val_idx)}
 
 
 def train_split_indices(labels: np.ndarray, cfg: SplitConfig = SPLIT) -> dict[str, np.ndarray]:
@@ -217,6 +253,85 @@ def train_splits(data_dir: Path | None = None) -> dict[str, LabeledImages]:
     train = load_split("train", data_dir)
     parts = train_split_indices(train.labels, SPLIT)
     return {role: train.subset(idx, role=role) for role, idx in parts.items()}
+
+
+def indices_sha256(data: LabeledImages) -> str:
+    """Which images these are: sha256 of their indices (int64, in order) into the split they were cut from
+    (`provenance["split"]`: test for the final test and a test slice, train for the validation split)."""
+    idx = data.indices if data.indices is not None else np.arange(len(data))
+    return hashlib.sha256(np.ascontiguousarray(idx, np.int64).tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The images a model's INT8 study uses besides calibration, decided by what the model saw in training:
+
+    - trained on the calibration pool (its card says the validation split was held out, for this tree and
+      `SPLIT`): accuracy-aware validation on the validation split of train, final accuracy on all of test;
+    - trained on all of train (the official weights; any card that is missing or unclear): validation on the
+      `TEST_SLICE` of test, final accuracy on the rest of test, so the two never overlap.
+    """
+
+    whole_test: LabeledImages = field(repr=False)
+    trained_on: str  # calibration.weights.TRAINED_ON_POOL or TRAINED_ON_ALL
+    trained_on_reason: str
+    validation_source: str  # "train_validation_split" or "test_slice"
+    data_dir: Path | None = None
+
+    @functools.cached_property
+    def _slice(self) -> dict[str, np.ndarray] | None:
+        return cut_test_slice(self.whole_test.labels) if self.validation_source == "test_slice" else None
+
+    @functools.cached_property
+    def test(self) -> LabeledImages:
+        """Role "test": every final accuracy of this model, FP32 and INT8 alike."""
+        return self.whole_test if self._slice is None else self.whole_test.subset(self._slice["final_test"])
+
+    @functools.cached_property
+    def validation(self) -> LabeledImages:
+        """Role "validation": what accuracy-aware quantization validates on (train is read only when needed)."""
+        if self._slice is None:
+            return train_splits(self.data_dir)["validation"]
+        validation = self.whole_test.subset(self._slice["validation"], role="validation")
+        validation.provenance = {**self.whole_test.provenance, "validation_source": "test_slice"}
+        return validation
+
+    def facts(self, validation: bool = True) -> dict:
+        """Flat keys for a result row: which images tested and why, and (`validation`) which validated."""
+        out = {"model_trained_on": self.trained_on, "trained_on_reason": self.trained_on_reason,
+               "test_images": len(self.test), "test_indices_sha256": indices_sha256(self.test)}
+        if validation:
+            cut = (f"SPLIT: validation_per_class={SPLIT.validation_per_class}, seed={SPLIT.seed}"
+                   if self._slice is None
+                   else f"TEST_SLICE: fraction={TEST_SLICE.fraction}, seed={TEST_SLICE.seed}, class-balanced")
+            out |= {"validation_source": self.validation_source, "validation_cut": cut,
+                    "validation_role": self.validation.role, "validation_images": len(self.validation),
+                    "validation_indices_sha256": indices_sha256(self.validation)}
+        return out
+
+
+def evaluation_split(data_dir: Path | None, weights: Path | None) -> Evaluation:
+    """Validation and final-test images for a model with the weight file `weights` (None: not known, so all of
+    train is assumed seen) on the configured tree; see `Evaluation`."""
+    from calibration.weights import TRAINED_ON_POOL, weights_trained_on
+
+    test = load_split("test", data_dir)
+    seen, reason = weights_trained_on(weights, test.provenance["data_root"])
+    source = "train_validation_split" if seen == TRAINED_ON_POOL else "test_slice"
+    return Evaluation(test, seen, reason, source, data_dir)
+
+
+def aa_validation(data_dir: Path | None, weights: Path | None) -> LabeledImages:
+    """The images accuracy-aware quantization validates on for a model with `weights` (role "validation"): the
+    validation split of train where the model's card says it was held out, else the `TEST_SLICE` of test."""
+    return evaluation_split(data_dir, weights).validation
+
+
+def final_test(data_dir: Path | None, weights: Path | None) -> LabeledImages:
+    """The images every final accuracy of a model with `weights` is measured on (role "test", indices into the
+    test split): all of test, or, where validation takes the `TEST_SLICE`, the rest of test. FP32 baselines
+    and INT8 models of the same weights use these same images."""
+    return evaluation_split(data_dir, weights).test
 
 
 def image_hashes(images: np.ndarray) -> np.ndarray:

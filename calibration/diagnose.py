@@ -445,20 +445,22 @@ def compare_table(df):
 _SHORT = {"clipped_fraction": "clipped %", "range_used": "used %", "local_sqnr_db": "local SQNR dB"}
 
 
-def run_diagnose(model: str, calibs: list[Path], out: Path, reference: str | Path | None = None,
+def run_diagnose(model: str, calibs: list[Path], out: Path | None = None, reference: str | Path | None = None,
                  per_layer_accuracy: int = 0, rank_by: RankBy = RankBy.local_sqnr, quiet: bool = True,
-                 record_path: Path = Path("runs/records.jsonl"), **request) -> dict:
+                 record_path: Path = Path("runs/records.jsonl"), overwrite: bool = False, **request) -> dict:
     """`calib diagnose`: every set in `calibs` quantized and measured; rows, tables and a plot written to `out`.
 
     `request` holds further `QuantizeRequest` fields (weights, data_dir, subset_size, preset, seed, engine...).
-    Writes `rows.jsonl`, `ranked-<set>.md` per set, `compare.md` (several sets) and `layers.png`.
+    Writes `rows.jsonl`, `ranked-<set>.md` per set, `compare.md` (several sets) and `layers.png`. `out` defaults to
+    `runs/diagnose/<model>-<digest of the sets and every option>`; an existing folder is refused unless
+    `overwrite` (then only what calib wrote there is replaced), and a failed run leaves none
+    (`calibration.folders.run_folder`).
     """
-    import pandas as pd
-
-    from calibration.pipeline import QuantizeRequest
-    from calibration.runs import atomic_write_bytes, record, start_run
+    from calibration.folders import claim, name_digest, run_folder
     from calibration.sets import read_set
 
+    if out is not None:
+        claim(out, overwrite)
     if not calibs:
         raise CalibError("diagnose needs at least one --calib set")
     if request.get("engine", "openvino") != "openvino":
@@ -468,7 +470,24 @@ def run_diagnose(model: str, calibs: list[Path], out: Path, reference: str | Pat
     names: list[str] = []
     for s in sets:
         names.append(s.path.name if s.path.name not in names else f"{s.path.name}-{len(names)}")
-    start_run(out, {"model": model, "calibs": calibs, "reference": reference or "validation",
+    if out is None:
+        options = {"model": model, "sets": [s.content_hash for s in sets], "reference": str(reference or "validation"),
+                   "per_layer_accuracy": per_layer_accuracy, "rank_by": RankBy(rank_by), **request}
+        out = Path("runs/diagnose") / f"{Path(model).stem}-{name_digest(options)}"
+    with run_folder(out, overwrite):
+        return _diagnose_into(out, model, sets, names, ref, reference, per_layer_accuracy, rank_by, quiet,
+                              record_path, request)
+
+
+def _diagnose_into(out: Path, model: str, sets: list, names: list[str], ref: LabeledImages,
+                   reference: str | Path | None, per_layer_accuracy: int, rank_by: RankBy, quiet: bool,
+                   record_path: Path, request: dict) -> dict:
+    import pandas as pd
+
+    from calibration.pipeline import QuantizeRequest
+    from calibration.runs import atomic_write_bytes, record, start_run
+
+    start_run(out, {"model": model, "calibs": [s.path for s in sets], "reference": reference or "validation",
                     "per_layer_accuracy": per_layer_accuracy, "rank_by": RankBy(rank_by), **request},
               seeds={"quantize": request.get("seed", 0)},
               inputs={f"calib_{n}": s.content_hash for n, s in zip(names, sets)})

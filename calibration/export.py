@@ -44,3 +44,22 @@ def to_onnx(model: nn.Module, path: Path, dynamic_batch: bool = True) -> Path:
         torch.onnx.export(model.eval(), (example_input(),), str(path), input_names=["input"],
                           output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
     return path
+
+
+def fixed_batch(path: str | Path) -> int | None:
+    """The batch size an ONNX file's input is fixed to, or None when it takes any batch (and for other files:
+    OpenVINO reshapes an IR's batch when it compiles it)."""
+    if not str(path).endswith(".onnx") or not Path(path).is_file():
+        return None
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - a damaged file is reported where it is read
+        return None
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    if not inputs or not inputs[0].type.tensor_type.shape.dim:
+        return None
+    dim = inputs[0].type.tensor_type.shape.dim[0]
+    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None

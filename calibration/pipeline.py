@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from calibration.benchmark import Protocol, bench_file, model_size_bytes
-from calibration.data import load_split, train_splits
+from calibration.data import evaluation_split, final_test, load_split
 from calibration.engines import Engine, get_engine, list_engines, measure
 from calibration.errors import CalibError
 from calibration.evaluate import evaluate
@@ -34,33 +34,38 @@ from calibration.sets import CalibrationSet, read_set
 
 @dataclass(frozen=True)
 class QuantizeRequest:
+    """A quantization as asked for. None means "not given" (the engine's own default); an engine refuses every
+    option given that it does not have (see `QuantizeConfig`)."""
+
     model: str
     calib: Path
     algo: str = "default"
     engine: str = "openvino"
     subset_size: int | None = None
-    preset: str | None = None  # None: the engine's default (see QuantizeConfig)
-    fast_bias_correction: bool = True
-    max_drop: float = 0.01
-    drop_type: str = "absolute"
-    calibrate_method: str | None = None  # None: the engine's default
+    preset: str | None = None
+    fast_bias_correction: bool | None = None  # NNCF
+    max_drop: float | None = None  # NNCF accuracy-aware
+    drop_type: str | None = None  # NNCF accuracy-aware
+    calibrate_method: str | None = None
     seed: int = 0
     weights: Path | None = None
     data_dir: Path | None = None
     fuse: bool = True
     pretrained: bool = True  # False: random weights, for speed runs that need no trained model
-    ranking_subset_size: int | None = None  # accuracy-aware: None = the whole validation split
-    overflow_fix: str | None = None  # None: the engine's default
+    ranking_subset_size: int | None = None  # NNCF accuracy-aware: None = all validation images
+    overflow_fix: str | None = None  # NNCF
+    reduce_range: bool | None = None  # ONNX Runtime; None: on where the CPU has no VNNI
     calibration_batch: int = 1  # images per calibration item (see QuantizeConfig)
 
     def config(self) -> QuantizeConfig:
         try:
             return QuantizeConfig(Algo(self.algo), self.subset_size, Preset(self.preset) if self.preset else None,
-                                  self.fast_bias_correction, self.max_drop, DropType(self.drop_type), self.seed,
+                                  self.fast_bias_correction, self.max_drop,
+                                  DropType(self.drop_type) if self.drop_type else None, self.seed,
                                   CalibMethod(self.calibrate_method) if self.calibrate_method else None,
                                   self.ranking_subset_size,
                                   OverflowFix(self.overflow_fix) if self.overflow_fix else None,
-                                  self.calibration_batch)
+                                  self.reduce_range, self.calibration_batch)
         except ValueError as e:
             raise CalibError(f"invalid quantization option: {e}") from None
 
@@ -108,16 +113,23 @@ def fp32_file(req: QuantizeRequest, engine: Engine, out: Path) -> tuple[Path, di
 
 
 def quantize_with(req: QuantizeRequest, cset: CalibrationSet, out: Path, fp32: Path | None = None) -> dict:
-    """Quantize `req.model` with `cset` into `out`; returns paths, sizes and the parameters used. `fp32`: the
-    zoo model's FP32 file for this engine, already exported (a study exports each model once)."""
+    """Quantize `req.model` with `cset` into `out`; returns paths, sizes, the parameters used and, for trained
+    weights, which images validate and which test (`calibration.data.Evaluation.facts`). `fp32`: the zoo
+    model's FP32 file for this engine, already exported (a study exports each model once)."""
     engine = get_engine(req.engine)
     cfg = req.config()
     engine.check_options(cfg)
     subset = select_calibration(cset, req.subset_size, req.seed, req.data_dir)
-    validation = train_splits(req.data_dir)["validation"] if cfg.algo == Algo.accuracy_aware else None
-    fp32, info = (fp32, _weights_info(req)[1]) if fp32 is not None else fp32_file(req, engine, out)
+    weights, info = _weights_info(req) if not _is_file(req.model) else (None, {"model": req.model})
+    split = evaluation_split(req.data_dir, weights) if req.pretrained else None
+    if cfg.algo == Algo.accuracy_aware and split is None:
+        raise CalibError("accuracy-aware quantization needs trained weights (validation against random weights "
+                         "means nothing)")
+    validation = split.validation if cfg.algo == Algo.accuracy_aware else None
+    fp32 = fp32 if fp32 is not None else fp32_file(req, engine, out)[0]
     int8, rec = engine.quantize(fp32, calibration_items(subset.images, cfg.calibration_batch), cfg, out, validation)
-    return {**info, "engine": engine.name, **rec, "subset_size_images": len(subset.images),
+    facts = split.facts(validation=validation is not None) if split is not None else {}
+    return {**info, "engine": engine.name, **rec, **facts, "subset_size_images": len(subset.images),
             "calib_per_class": subset.per_class, "seed": req.seed, "calib_set": str(cset.path),
             "calib_hash": cset.content_hash, "calib_source": cset.manifest["source"], "calib_images": len(cset),
             "fp32_path": str(fp32), "int8_path": str(int8), "fp32_bytes": model_size_bytes(fp32),
@@ -125,39 +137,65 @@ def quantize_with(req: QuantizeRequest, cset: CalibrationSet, out: Path, fp32: P
 
 
 def accuracy_of(path: str | Path, test, batch: int = 50) -> dict:
-    """Test accuracy of a model file with the engine that reads it; "predictions" holds each image's class."""
+    """Accuracy of a model file on `test` (role "test": `calibration.data.final_test` for the model's weights,
+    so that FP32 and INT8 see the same images) with the engine that reads it; "predictions" holds each image's
+    class, "test_indices_sha256" which images they were."""
     return evaluate(path, test, batch)
 
 
+def quantize_folder(req: QuantizeRequest, cset: CalibrationSet) -> Path:
+    """`runs/quantize/<model>-<engine>-<algo>-<set>-<subset>-s<seed>-<digest>`: the main conditions readable, and a
+    digest of every option (weights, preset, method, batch...), so that runs that differ never share a folder."""
+    from calibration.folders import name_digest
+
+    options = {**asdict(req), "calib": cset.content_hash}
+    subset = f"n{req.subset_size}" if req.subset_size else "all"
+    return Path("runs/quantize") / (f"{_stem(req.model)}-{req.engine}-{req.algo}-{cset.content_hash[:8]}-{subset}-"
+                                    f"s{req.seed}-{name_digest(options, 6)}")
+
+
 def run_quantize(req: QuantizeRequest, out: Path | None = None, evaluate: bool = False,
-                 record_path: Path = Path("runs/records.jsonl")) -> dict:
+                 record_path: Path = Path("runs/records.jsonl"), overwrite: bool = False) -> dict:
+    """Quantize into `out` (default `quantize_folder`), refused if it exists (`overwrite`: replace what calib
+    wrote there); a failed run leaves no folder (`calibration.folders.run_folder`)."""
     from calibration.data import data_provenance
+    from calibration.folders import claim, run_folder
     from calibration.sets import check_calibration_set
 
+    if out is not None:
+        claim(out, overwrite)
     cset = read_set(req.calib)
+    get_engine(req.engine).check_options(req.config())  # options and the set are refused before the run
     check_calibration_set(cset, req.data_dir)  # refused before the run folder exists: no half-written run
-    out = out or Path("runs/quantize") / f"{_stem(req.model)}-{req.engine}-{req.algo}-{cset.content_hash[:8]}"
+    out = out or quantize_folder(req, cset)
     data = data_provenance(req.data_dir)
-    start_run(out, req, seeds={"quantize": req.seed}, inputs={"calib": cset.content_hash, **data})
-    row = {**quantize_with(req, cset, out), **data}
-    if evaluate:
-        test = load_split("test", req.data_dir)
-        fp32, int8 = accuracy_of(row["fp32_path"], test), accuracy_of(row["int8_path"], test)
-        row |= {"fp32_accuracy": fp32["accuracy"], "int8_accuracy": int8["accuracy"],
-                "int8_agreement": float((fp32["predictions"] == int8["predictions"]).mean())}
-    atomic_write_json(out / "quantize.json", row)
+    with run_folder(out, overwrite):
+        start_run(out, req, seeds={"quantize": req.seed}, inputs={"calib": cset.content_hash, **data})
+        row = {**quantize_with(req, cset, out), **data}
+        if evaluate:
+            weights = None if _is_file(req.model) else _weights_info(req)[0]
+            test = final_test(req.data_dir, weights)  # a validation slice of test, if any, left out
+            fp32, int8 = accuracy_of(row["fp32_path"], test), accuracy_of(row["int8_path"], test)
+            row |= {"fp32_accuracy": fp32["accuracy"], "int8_accuracy": int8["accuracy"],
+                    "int8_agreement": float((fp32["predictions"] == int8["predictions"]).mean()),
+                    "test_images": fp32["test_images"], "test_indices_sha256": fp32["test_indices_sha256"]}
+        row["out"] = str(out)
+        atomic_write_json(out / "quantize.json", row)
     return record(record_path, "quantize", row, seeds={"quantize": req.seed},
                   inputs={"calib": cset.content_hash, "weights": Path(row.get("weights", "-")).name})
 
 
 def run_evaluate(model: str, batch: int = 50, weights: Path | None = None, data_dir: Path | None = None,
                  record_path: Path = Path("runs/records.jsonl"), engine: str = "openvino") -> dict:
-    """Accuracy of a model file, or of a zoo model exported now for `engine`; recorded without predictions."""
+    """Accuracy of a model file, or of a zoo model exported now for `engine`; recorded without predictions. A
+    file whose input batch is fixed (an ONNX file exported for batch 1) is run at that batch."""
+    from calibration.export import fixed_batch
+
     test = load_split("test", data_dir)
     if _is_file(model):
         if not Path(model).is_file():
             raise CalibError(f"model file {model} does not exist")
-        result = evaluate(model, test, batch)
+        result = evaluate(model, test, fixed_batch(model) or batch)
     else:
         from calibration.weights import load_model
 
@@ -183,16 +221,16 @@ def _speed_fields(prefix: str, b: dict) -> dict:
 
 
 def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, out: Path, pytorch: bool = True,
-                     trained: bool = False, record_path: Path = Path("runs/records.jsonl")) -> list[dict]:
+                     trained: bool = False, record_path: Path = Path("runs/records.jsonl"),
+                     quiet: bool = False) -> list[dict]:
     """FP32 (and INT8 where the engine quantizes) throughput and latency of zoo models, every engine and PyTorch
-    under the same protocol."""
-    from rich.progress import track
-
+    under the same protocol; progress on stderr (`calibration.progress`) unless `quiet`."""
+    from calibration.progress import track
     from calibration.weights import load_model
 
     cset = memory_set()
     rows = []
-    for name in track(names, description="benchmark", transient=True):
+    for name in track(names, "benchmark models", quiet=quiet):
         torch_speed = measure("pytorch", load_model(name, pretrained=trained), protocol) if pytorch else None
         for engine in map(get_engine, engines):
             row = {"model": name, "engine": engine.name, "trained_weights": trained, "protocol": asdict(protocol),

@@ -7,7 +7,7 @@ per-image statistics) and refuses the options it does not have.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 
@@ -19,8 +19,9 @@ from calibration.sets import CalibrationSet, check_calibration_set
 
 
 class CalibMethod(str, Enum):
-    """Activation range estimation. ONNX Runtime: minmax (its default), entropy, percentile. OpenVINO: NNCF's
-    own estimators (default; mean over images of per-image min/max for per-tensor activations) or minmax."""
+    """Activation range estimation. ONNX Runtime: minmax (its default), entropy, percentile (its histogram
+    calibrator, bins stated in `calibration.engines.onnxruntime.HISTOGRAM`). OpenVINO: NNCF's own estimators
+    (default; mean over images of per-image min/max for per-tensor activations) or minmax."""
 
     minmax = "minmax"
     entropy = "entropy"
@@ -41,8 +42,8 @@ class Preset(str, Enum):
 
 
 class OverflowFix(str, Enum):
-    """Weights on half the INT8 range, against the saturation of 8-bit dot products on CPUs without VNNI (NNCF's
-    names). ONNX Runtime: `enable` is its reduce_range (7-bit weights everywhere)."""
+    """NNCF: weights on half the INT8 range, against the saturation of 8-bit dot products on CPUs without VNNI.
+    ONNX Runtime's counterpart is `QuantizeConfig.reduce_range` (7-bit weights everywhere)."""
 
     disable = "disable"
     first_layer = "first_layer_only"
@@ -56,21 +57,35 @@ class DropType(str, Enum):
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """Engine-neutral options; None means the engine's own default (see each engine)."""
+    """Engine-neutral options. None means "not given": the engine's own default applies, and an engine refuses
+    every given option it does not have (`Engine.options`, `Engine.check_options`)."""
 
     algo: Algo = Algo.default
     subset_size: int | None = None  # images; None = the whole set
     preset: Preset | None = None  # None: performance for NNCF, mixed (asymmetric activations) for ONNX Runtime
-    fast_bias_correction: bool = True
-    max_drop: float = 0.01
-    drop_type: DropType = DropType.absolute
+    fast_bias_correction: bool | None = None  # NNCF; None: its default, True
+    max_drop: float | None = None  # NNCF accuracy-aware; None: its default, 0.01
+    drop_type: DropType | None = None  # NNCF accuracy-aware; None: its default, absolute
     seed: int = 0
     calibrate_method: CalibMethod | None = None
-    ranking_subset_size: int | None = None  # accuracy-aware: validation images ranked; None = all of them
-    overflow_fix: OverflowFix | None = None  # None: NNCF first_layer_only, ONNX Runtime disable (their defaults)
+    ranking_subset_size: int | None = None  # NNCF accuracy-aware: validation images ranked; None = all of them
+    overflow_fix: OverflowFix | None = None  # NNCF; None: its default, first_layer_only
+    reduce_range: bool | None = None  # ONNX Runtime; None: on where the CPU has no VNNI (its own guidance)
     # images per calibration item; above 1, statistics stay per image (NNCF: batchwise_statistics), so the
     # result equals batch 1 up to float rounding (NNCF's bias correction sums in another order) in less time
     calibration_batch: int = 1
+
+    def given(self) -> dict[str, object]:
+        """The options set to something other than "not given" (their defaults), by field name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+def option_text(name: str, value: object) -> str:
+    """An option as a user types it on the command line: `--no-fast-bias-correction`, `--algo accuracy-aware`."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {getattr(value, 'value', value)}"
 
 
 @dataclass(frozen=True)

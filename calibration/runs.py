@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import calibration
+from calibration import hardware
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -91,25 +92,32 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def git_sha() -> str:
+PACKAGES = ("calibration", "distylegan", "experiments")  # untracked files here change what runs
+
+
+def git_state(root: Path | None = None) -> dict:
+    """`git_sha` (HEAD, with "-dirty" appended when the tree differs from it) and `dirty`: a tracked file
+    changed anywhere, or an untracked, not ignored file under one of the package folders (a new module runs
+    as much as a changed one)."""
+    root = root or Path(calibration.__file__).resolve().parent.parent
     try:
-        root = Path(calibration.__file__).resolve().parent.parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return {"git_sha": "unknown", "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root,
+                                capture_output=True, text=True, timeout=5).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return {"git_sha": "unknown", "dirty": None}
+    dirty = any(not line.startswith("??") or line[3:].strip('"').startswith(tuple(f"{p}/" for p in PACKAGES))
+                for line in status if line.strip())
+    return {"git_sha": head.stdout.strip() + ("-dirty" if dirty else ""), "dirty": dirty}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def git_sha(root: Path | None = None) -> str:
+    return git_state(root)["git_sha"]
+
+
+cpu_model = hardware.cpu_model  # the one definition; kept here for older imports
 
 
 def versions() -> dict[str, str]:
@@ -133,13 +141,13 @@ def sha256_file(path: Path) -> str:
 
 
 def provenance(seeds: dict[str, int] | None = None, inputs: dict[str, str] | None = None) -> dict:
-    """Command, versions, git SHA, CPU, seeds and input hashes: the manifest fields of every run."""
+    """Command, versions, git SHA (and whether the tree was dirty), hardware (CPU, kernel-relevant flags, the
+    ISA oneDNN runs, `hardware_key`), seeds and input hashes: the manifest fields of every run."""
     return {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_sha": git_sha(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        **git_state(),
+        **hardware.hardware(),
         "versions": versions(),
         "seeds": seeds or {},
         "inputs": inputs or {},
@@ -155,12 +163,14 @@ def start_run(out_dir: Path, options: Any, seeds: dict[str, int] | None = None,
     return out_dir
 
 
+HARDWARE_FIELDS = ("cpu", "cpu_count", "cpu_flags", "isa_native", "isa", "onednn_max_cpu_isa", "hardware_key")
+
+
 def record(path: Path, kind: str, fields: dict, seeds: dict[str, int] | None = None,
            inputs: dict[str, str] | None = None) -> dict:
     """Append one flat row (`kind`, results, provenance) to a JSON-lines record file and return it."""
     prov = provenance(seeds, inputs)
-    row = {"kind": kind, **fields, "command": prov["command"], "time": prov["time"], "git_sha": prov["git_sha"],
-           "cpu": prov["cpu"], "cpu_count": prov["cpu_count"],
+    row = {"kind": kind, **fields, **{k: prov[k] for k in ("command", "time", "git_sha", "dirty", *HARDWARE_FIELDS)},
            **{f"version_{k}": v for k, v in prov["versions"].items()},
            **{f"seed_{k}": v for k, v in prov["seeds"].items()},
            **{f"input_{k}": v for k, v in prov["inputs"].items()}}

@@ -21,7 +21,7 @@ from PIL import Image
 
 import calibration
 from calibration.data import CLASSES, IMAGE_SIZE, LabeledImages
-from calibration.errors import CalibError
+from calibration.errors import CalibError, OptionError
 from calibration.runs import atomic_write_json, staging_dir, to_jsonable
 
 MANIFEST = "manifest.json"
@@ -64,8 +64,7 @@ def write_set(out: Path, images: np.ndarray, labels: np.ndarray, ids: list[str],
         raise CalibError("a set needs at least one image, and one label and id per image")
     if len(set(zip(labels.tolist(), ids))) != len(ids):
         raise CalibError("image ids must be unique within a class")
-    if out.exists() and not overwrite:
-        raise CalibError(f"{out} already exists; choose another --out or remove it")
+    check_set_target(out, overwrite)
     tmp = staging_dir(out.parent, out.name)
     try:
         _write_files(tmp, images, labels, ids, source, options, seeds, role, extra)
@@ -79,6 +78,28 @@ def write_set(out: Path, images: np.ndarray, labels: np.ndarray, ids: list[str],
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_set_target(out: Path, overwrite: bool = False) -> None:
+    """Refuse `out` before any image is made: a file, an existing folder without `overwrite`, and, with it, a
+    folder that is not a calib set or holds files its manifest does not list (they would be lost)."""
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out} is a file; give a folder for the set")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise OptionError(f"{out} already exists; choose another --out, or pass --overwrite to replace the set "
+                          "calib wrote there")
+    try:
+        listed = set(json.loads((out / MANIFEST).read_text())["files"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise OptionError(f"{out} is not a set calib wrote (no valid {MANIFEST}); --overwrite replaces only "
+                          "calib's sets") from None
+    foreign = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                     if not p.is_dir() and str(p.relative_to(out)) not in listed | {MANIFEST})
+    if foreign:
+        raise OptionError(f"{out} holds files calib did not write ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); move them away before --overwrite")
 
 
 def _write_files(tmp: Path, images: np.ndarray, labels: np.ndarray, ids: list[str], source: str, options: dict,
@@ -156,9 +177,16 @@ def export_set(path: Path, fmt: str, out: Path) -> Path:
     if fmt not in ("cifar", "imagenet"):
         raise CalibError(f"unknown export format {fmt!r} (cifar or imagenet)")
     read_set(path, allow_unbalanced=True)
-    if out.exists() and any(out.iterdir()):
-        raise CalibError(f"{out} is not empty")
-    datumaro_dataset(path).export(str(out), fmt, save_media=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OptionError(f"--out {out} exists and is not an empty folder")
+    tmp = staging_dir(out.parent, out.name)  # written whole, then renamed: a failed export leaves nothing
+    try:
+        datumaro_dataset(path).export(str(tmp), fmt, save_media=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -167,6 +195,11 @@ def import_set(src: Path, out: Path, fmt: str | None = None, seed: int = 0) -> P
     import datumaro as dm
     from datumaro.components.annotation import AnnotationType, Label
 
+    if not src.is_dir():
+        raise OptionError(f"{src} is not a folder to import")
+    if not any(p.is_file() for p in src.rglob("*")):
+        raise OptionError(f"{src} is empty: nothing to import")
+    check_set_target(out)
     try:
         fmt = fmt or dm.Environment().detect_dataset(str(src))[0]
         ds = dm.Dataset.import_from(str(src), fmt)

@@ -86,6 +86,17 @@ def accuracy(model: nn.Module, data: LabeledImages, device: torch.device, batch_
     return correct / len(data)
 
 
+def describe_train_data(train: LabeledImages) -> str:
+    """The card's `train_data`: which images the model saw, so validation can be checked as unseen."""
+    from calibration.data import SPLIT
+
+    if train.role == "calibration_pool":
+        return (f"{train.source} minus the validation split: the calibration pool, {len(train):,} images "
+                f"(calibration.data.SPLIT: validation_per_class={SPLIT.validation_per_class}, seed={SPLIT.seed}, "
+                "held out and never seen in training)")
+    return f"{train.source}: all {len(train):,} train images, the validation split included"
+
+
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -129,7 +140,9 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
     loss_fn = nn.CrossEntropyLoss()
     from rich.progress import Progress
 
-    with Progress(disable=not progress, transient=True) as bar:
+    from calibration.progress import stderr_console
+
+    with Progress(disable=not progress, transient=True, console=stderr_console()) as bar:
         task = bar.add_task(f"train {cfg.model}", total=total, completed=step)
         while epoch < cfg.epochs and (cfg.max_steps is None or step < cfg.max_steps):
             t0, model_loss, seen = time.perf_counter(), 0.0, 0
@@ -170,7 +183,7 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
                "recipe": f"SGD lr {cfg.lr} Nesterov momentum {cfg.momentum}, weight decay {cfg.weight_decay}, "
                          f"batch {cfg.batch_size}, cosine to 0 after {cfg.warmup_epochs} warm-up epochs, "
                          f"RandomCrop(32, padding 4) + horizontal flip, seed {cfg.seed}",
-               "train_data": train.source}
+               "train_data": describe_train_data(train)}
     if epoch == cfg.epochs:
         tmp = out_dir / ".final.pt"
         torch.save({k: v.float().cpu() for k, v in model.state_dict().items()}, tmp)

@@ -178,7 +178,9 @@ def distill(cfg: DistillConfig, run_dir: Path, teacher_set: TeacherSet | None = 
                           "real": real.source if real is not None else "none"})
     from rich.progress import Progress
 
-    with Progress(disable=not progress, transient=True) as bar:
+    from calibration.progress import stderr_console
+
+    with Progress(disable=not progress, transient=True, console=stderr_console()) as bar:
         task = bar.add_task("distill", total=cfg.steps, completed=trainer.step)
         t0 = time.perf_counter()
         while trainer.step < cfg.steps:

@@ -6,8 +6,9 @@ labels in file order, ascending; with the whole set, simply every image in file 
 file, the NNCF parameters (`preset`, `calibrate_method`, `fast_bias_correction`, `max_drop`,
 `ranking_subset_images`) and the data folder. The FP32 model is converted from the PyTorch
 module here, quantized with `nncf.quantize` (or `nncf.quantize_with_accuracy_control`) over an
-`nncf.Dataset` of those images in that order, compiled with plain OpenVINO and run image by image on the
-test split; the test accuracy must match the cell's within `tolerance`.
+`nncf.Dataset` of those images in that order (accuracy-aware: validated on the images the model never saw,
+`calibration.data.aa_validation`), compiled with plain OpenVINO and run image by image on the cell's final
+test images (`calibration.data.final_test`); the test accuracy must match the cell's within `tolerance`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def recheck_cell(run: Path, row: dict, batch_1: bool = False) -> dict:
     )
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    from calibration.data import load_split, train_splits
+    from calibration.data import aa_validation, final_test
     from calibration.quantize import balanced_indices
     from calibration.sets import read_set
     from calibration.weights import load_model
@@ -81,7 +82,7 @@ def recheck_cell(run: Path, row: dict, batch_1: bool = False) -> dict:
     if row["algo"] == "default":
         int8 = nncf.quantize(fp32, dataset, advanced_parameters=advanced, **common)
     else:
-        val = train_splits(data_dir)["validation"]
+        val = aa_validation(data_dir, Path(row["weights"]))  # what the model never saw, as the cell validated
         vx = _inputs(val.images)
         items = [(vx[i : i + 1], int(val.labels[i])) for i in range(len(vx))]
 
@@ -97,7 +98,7 @@ def recheck_cell(run: Path, row: dict, batch_1: bool = False) -> dict:
                                                    max_drop=float(row["max_drop"]), drop_type=nncf.DropType.ABSOLUTE,
                                                    advanced_quantization_parameters=advanced,
                                                    advanced_accuracy_restorer_parameters=restorer, **common)
-    test = load_split("test", data_dir)
+    test = final_test(data_dir, Path(row["weights"]))  # the cell's test images: never the validation slice
     compiled = ov.Core().compile_model(int8, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     independent = _accuracy(compiled, test.images, test.labels)
     return {"cell": row["cell"], "model": row["model"], "source": row["source"], "algo": row["algo"],
@@ -129,8 +130,10 @@ def check_run(run: Path, cells: int = 5, seed: int = 0, tolerance: float = 0.003
     picked = q if cells <= 0 or cells >= len(q) else q.sample(n=cells, random_state=seed)
     from rich.progress import track
 
+    from calibration.progress import stderr_console
+
     results = [recheck_cell(run, row, batch_1) for row in track(picked.to_dict("records"), description="check",
-                                                           transient=True)]
+                                                           transient=True, console=stderr_console())]
     table = pd.DataFrame(results)
     table["within_tolerance"] = table.abs_difference <= tolerance
     atomic_write_bytes(out or run / "check.csv", table.to_csv(index=False).encode())

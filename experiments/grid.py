@@ -1,5 +1,9 @@
 """Study grids: a TOML file names models, sources, set sizes, algorithms, options and seeds; `expand` makes cells.
 
+A grid is checked whole when it is loaded (names, types, ranges, the ISAs this CPU runs), so a mistake is one
+clear error before any work. `isas` caps oneDNN's instruction set (`ONEDNN_MAX_CPU_ISA`) per cell, for the engines
+whose kernels follow it (`ISA_ENGINES`); the others run natively only.
+
 Locations (`data_dir`, `weights_dir`, source options) are strings in which `${NAME}` and `${NAME:-default}`
 expand from the environment as in the shell; an empty result means "not set" (then the usual order applies:
 `CALIB_CIFAR10_DIR` / `CALIB_WEIGHTS_DIR`, else the official downloads). Relative paths are taken from the
@@ -19,6 +23,13 @@ from pathlib import Path
 import tomllib
 
 from calibration.errors import CalibError
+from calibration.hardware import NATIVE, check_isa
+
+# engines whose CPU kernels follow ONEDNN_MAX_CPU_ISA (OpenVINO's CPU plugin); ONNX Runtime's MLAS ignores it
+ISA_ENGINES = ("openvino",)
+# speed protocol floor for every grid: repeats of at least this long, at least this many of them
+MIN_BENCHMARK_SECONDS = 1.0
+MIN_BENCHMARK_REPEATS = 5
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,7 @@ class Cell:
     fast_bias_correction: bool = True
     fuse: bool = True
     max_drop: float = 0.01
+    isa: str = NATIVE  # oneDNN's instruction-set cap for this cell's process ("native": none)
 
     @property
     def key(self) -> str:
@@ -61,7 +73,8 @@ class Grid:
     fuse: tuple[bool, ...] = (True,)
     max_drop: float = 0.01
     benchmark: bool = True
-    benchmark_seconds: float = 2.0
+    benchmark_seconds: float = MIN_BENCHMARK_SECONDS  # each timed repeat (after a warm-up)
+    benchmark_repeats: int = MIN_BENCHMARK_REPEATS  # median and spread over these
     # INT8 speed is timed only in quantize cells that match this table ({axis: [values]}; empty: all);
     # FP32 baselines are always timed when `benchmark` is on
     benchmark_only: dict = field(default_factory=dict)
@@ -76,6 +89,12 @@ class Grid:
     calibration_batch: int = 1
     # accuracy-aware: validation images NNCF ranks quantizers on when the drop is too large (None: all of them)
     ranking_subset_size: int | None = None
+    # oneDNN instruction sets to run OpenVINO cells with: "native" (no cap) or levels up to this CPU's
+    isas: tuple[str, ...] = (NATIVE,)
+
+    def isas_for(self, engine: str) -> tuple[str, ...]:
+        """The ISA axis of an engine: the grid's `isas` where the engine's kernels follow the cap, else native."""
+        return self.isas if engine in ISA_ENGINES else (NATIVE,)
 
     def times(self, cell: Cell) -> bool:
         """Whether a cell measures speed (benchmark cells run alone, never beside other cells)."""
@@ -115,7 +134,63 @@ def _location(raw: str | None, key: str) -> Path | None:
     return path
 
 
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# key: (what it must be, check); lists are checked element by element and must be non-empty without repeats
+_LISTS = {
+    "models": ("model names", lambda v: isinstance(v, str)),
+    "sources": ("source names", lambda v: isinstance(v, str)),
+    "seeds": ("non-negative integers", lambda v: _int(v) and v >= 0),
+    "engines": ("engine names", lambda v: isinstance(v, str)),
+    "algos": ("algorithm names", lambda v: isinstance(v, str)),
+    "accuracy_aware_models": ("model names", lambda v: isinstance(v, str)),
+    "subset_sizes": ("non-negative integers (0: the whole set)", lambda v: _int(v) and v >= 0),
+    "fast_bias_correction": ("true or false", lambda v: isinstance(v, bool)),
+    "fuse": ("true or false", lambda v: isinstance(v, bool)),
+    "isas": ("ISA names", lambda v: isinstance(v, str)),
+}
+_SCALARS = {
+    "name": ("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip())),
+    "per_class": ("a positive integer", lambda v: _int(v) and v > 0),
+    "max_drop": ("a number between 0 and 1", lambda v: _number(v) and 0 < v < 1),
+    "benchmark": ("true or false", lambda v: isinstance(v, bool)),
+    "benchmark_seconds": ("a number of seconds", _number),
+    "benchmark_repeats": ("an integer", _int),
+    "benchmark_only": ("a table of cell axes", lambda v: isinstance(v, dict)),
+    "exclude": ("an array of tables of cell axes", lambda v: isinstance(v, list)),
+    "data_dir": ("a string (a path, \"${ENV}\" or \"${ENV:-default}\")", lambda v: isinstance(v, str)),
+    "weights_dir": ("a string (a path, \"${ENV}\" or \"${ENV:-default}\")", lambda v: isinstance(v, str)),
+    "source_options": ("a table of tables, one per source", lambda v: isinstance(v, dict)
+                       and all(isinstance(o, dict) for o in v.values())),
+    "diagnose": ("true or false", lambda v: isinstance(v, bool)),
+    "calibration_batch": ("a positive integer", lambda v: _int(v) and v > 0),
+    "ranking_subset_size": ("a positive integer", lambda v: _int(v) and v > 0),
+}
+
+
+def _check_types(path: Path, raw: dict) -> None:
+    """Every key has the type and range it needs: one error naming the key and the value, before any work."""
+    for key, value in raw.items():
+        if key in _LISTS:
+            what, ok = _LISTS[key]
+            if not isinstance(value, list) or not value or not all(ok(v) for v in value):
+                raise CalibError(f"{path}: {key} must be a non-empty list of {what}, not {value!r}")
+            if len({json.dumps(v) for v in value}) != len(value):
+                raise CalibError(f"{path}: {key} lists a value twice: {value!r}")
+        elif key in _SCALARS:
+            what, ok = _SCALARS[key]
+            if not ok(value):
+                raise CalibError(f"{path}: {key} must be {what}, not {value!r}")
+
+
 def load_grid(path: Path) -> Grid:
+    """Read and check a grid file; every mistake is one `CalibError` line, raised before any work."""
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -129,16 +204,39 @@ def load_grid(path: Path) -> Grid:
     for key in ("name", "models", "sources"):
         if key not in raw:
             raise CalibError(f"{path}: missing required key {key!r}")
+    _check_types(path, raw)
+    if raw.get("benchmark", True):
+        seconds = raw.get("benchmark_seconds", MIN_BENCHMARK_SECONDS)
+        repeats = raw.get("benchmark_repeats", MIN_BENCHMARK_REPEATS)
+        if seconds < MIN_BENCHMARK_SECONDS or repeats < MIN_BENCHMARK_REPEATS:
+            raise CalibError(f"{path}: speed is timed in at least {MIN_BENCHMARK_REPEATS} repeats of at least "
+                             f"{MIN_BENCHMARK_SECONDS:g} s (benchmark_repeats = {repeats}, benchmark_seconds = "
+                             f"{seconds:g}); or set benchmark = false")
     # a subset size of 0 in TOML means "the whole set"
     if "subset_sizes" in raw:
         raw["subset_sizes"] = [s or None for s in raw["subset_sizes"]]
+    if "isas" in raw:
+        try:
+            raw["isas"] = [check_isa(i) for i in raw["isas"]]
+        except CalibError as e:
+            raise CalibError(f"{path}: isas: {e}") from None
     for key, value in raw.items():
         if isinstance(value, list):
             raw[key] = tuple(value)
     grid = Grid(**raw)
+    from calibration.engines import list_engines
+    from calibration.quantize import Algo
     from calibration.sources import list_sources
     from calibration.zoo import list_models
 
+    engines = list_engines(int8=True)
+    bad = [e for e in grid.engines if e not in engines]
+    if bad:
+        raise CalibError(f"{path}: unknown engines {bad}; engines that quantize: {', '.join(engines)}")
+    algos = [a.value for a in Algo]
+    bad = [a for a in grid.algos if a not in algos]
+    if bad:
+        raise CalibError(f"{path}: unknown algos {bad}; algorithms: {', '.join(algos)}")
     patterns = [("benchmark_only", grid.benchmark_only), *(("exclude", e) for e in grid.exclude)]
     for key, pattern in patterns:
         if not isinstance(pattern, dict) or set(pattern) - set(Cell.__dataclass_fields__):
@@ -147,13 +245,10 @@ def load_grid(path: Path) -> Grid:
     named = [v for _, p in patterns for k, vs in p.items() if k in ("model", "source")
              for v in (vs if isinstance(vs, list | tuple) else [vs])]
     bad = [m for m in (*grid.models, *grid.accuracy_aware_models) if m not in list_models(include_tiny=True)]
-    bad += [s for s in grid.sources if s not in list_sources()]
+    bad += [s for s in (*grid.sources, *grid.source_options) if s not in list_sources()]
     bad += [v for v in named if v not in list_models(include_tiny=True) and v not in list_sources()]
     if bad:
         raise CalibError(f"{path}: unknown models or sources {bad}")
-    for key in ("data_dir", "weights_dir"):
-        if getattr(grid, key) is not None and not isinstance(getattr(grid, key), str):
-            raise CalibError(f"{path}: {key} must be a string (a path, \"${{ENV}}\" or \"${{ENV:-default}}\")")
     return grid
 
 
@@ -169,21 +264,24 @@ def select(grid: Grid, models: list[str] | None = None, sources: list[str] | Non
 
 
 def expand(grid: Grid) -> list[Cell]:
-    """Baselines first (one per model and engine), then every quantization cell."""
-    cells = [Cell("baseline", m, e) for m in grid.models for e in grid.engines]
+    """Baselines first (one per model, engine, fusing and ISA: what a quantize cell is compared with), then
+    every quantization cell."""
+    cells, quantize = [], []
     for m, e, fuse in itertools.product(grid.models, grid.engines, grid.fuse):
         if not fuse and "repvgg" not in m:  # only RepVGG has branches to fuse
             continue
-        for algo in grid.algos:
-            if algo == "accuracy-aware" and (m not in grid.accuracy_aware_models or e != "openvino"):
-                continue
-            fbcs = grid.fast_bias_correction if e == "openvino" else (True,)  # an NNCF option only
-            for s, seed, sub, fbc in itertools.product(grid.sources, grid.seeds, grid.subset_sizes, fbcs):
-                cell = Cell("quantize", m, e, s, algo, seed, grid.per_class, sub, fbc, fuse,
-                            grid.max_drop if algo == "accuracy-aware" else 0.01)
-                if not any(matches(cell, x) for x in grid.exclude):
-                    cells.append(cell)
-    return cells
+        for isa in grid.isas_for(e):
+            cells.append(Cell("baseline", m, e, fuse=fuse, isa=isa))
+            for algo in grid.algos:
+                if algo == "accuracy-aware" and (m not in grid.accuracy_aware_models or e != "openvino"):
+                    continue
+                fbcs = grid.fast_bias_correction if e == "openvino" else (True,)  # an NNCF option only
+                for s, seed, sub, fbc in itertools.product(grid.sources, grid.seeds, grid.subset_sizes, fbcs):
+                    cell = Cell("quantize", m, e, s, algo, seed, grid.per_class, sub, fbc, fuse,
+                                grid.max_drop if algo == "accuracy-aware" else 0.01, isa)
+                    if not any(matches(cell, x) for x in grid.exclude):
+                        quantize.append(cell)
+    return cells + quantize
 
 
 def source_options(grid: Grid, source: str) -> dict:

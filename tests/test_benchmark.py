@@ -90,21 +90,84 @@ def test_benchmark_engines_command_states_which_number_is_which(tmp_path, noise_
     assert "throughput:" in text and "latency: one synchronous batch-1 request" in text
 
 
-def test_study_rows_carry_per_image_predictions(tmp_path, cifar_dir):
+def quick_speed(monkeypatch):
+    """Let a test grid time in 5 x 0.05 s (committed grids keep to the 5 x 1 s floor)."""
+    import experiments.grid
+
+    monkeypatch.setattr(experiments.grid, "MIN_BENCHMARK_SECONDS", 0.05)
+
+
+def test_study_rows_carry_per_image_predictions(tmp_path, cifar_dir, monkeypatch):
     from calibration.data import load_split
     from experiments.runner import run_study
 
+    quick_speed(monkeypatch)
     grid = tmp_path / "grid.toml"
     grid.write_text('name = "p"\nmodels = ["tiny_cnn"]\nsources = ["noise"]\nper_class = 2\nseeds = [0]\n'
                     'benchmark = true\nbenchmark_seconds = 0.05\n')
     run_study(grid, tmp_path / "run", progress=False)
     rows = {r["kind"]: r for r in read_jsonl(tmp_path / "run" / "rows.jsonl")}
     assert rows["baseline"]["status"] == "ok" and rows["quantize"]["status"] == "ok", json.dumps(rows)[:2000]
-    labels = load_split("test", cifar_dir).labels
+    from tests.test_study import row_test_indices
+
+    all_labels = load_split("test", cifar_dir).labels
     for kind, prec in (("baseline", "fp32"), ("quantize", "int8")):
         row = rows[kind]
         preds = predictions_from_str(row[f"{prec}_predictions"])
+        labels = all_labels[row_test_indices(tmp_path / "run", row)]  # the images the model is tested on
         assert row["test_images"] == len(preds) == len(labels)
         assert row[f"{prec}_accuracy"] == pytest.approx(float(np.mean(preds == labels)))
+    assert rows["baseline"]["test_indices_sha256"] == rows["quantize"]["test_indices_sha256"]
     base = rows["baseline"]
     assert base["pytorch_fps"] > 0 and base["pytorch_latency_fps"] > 0 and "throughput:" in base["speed_protocol"]
+
+
+def test_equal_models_share_one_timing_taken_alone(tmp_path, monkeypatch):
+    """Default and accuracy-aware INT8 that NNCF returned as the same model (same predictions) are timed once;
+    every timing has 5 repeats with median, min, max and spread; the memory sampler takes no sample while a
+    timing runs."""
+    import time
+
+    import experiments.runner as runner
+    from experiments.report import load_rows, tables
+
+    quick_speed(monkeypatch)
+    samples = []
+
+    class Watched(runner.PeakMemory):
+        def __init__(self):
+            super().__init__(interval_s=0.01)
+
+        def _sample(self):
+            samples.append(time.time())
+            super()._sample()
+
+    monkeypatch.setattr(runner, "PeakMemory", Watched)
+    grid = tmp_path / "grid.toml"
+    grid.write_text('name = "s"\nmodels = ["tiny_cnn"]\nsources = ["noise"]\nper_class = 2\nseeds = [0]\n'
+                    'algos = ["default", "accuracy-aware"]\naccuracy_aware_models = ["tiny_cnn"]\nmax_drop = 0.9\n'
+                    'benchmark = true\nbenchmark_seconds = 0.05\nbenchmark_repeats = 5\n')
+    summary = runner.run_study(grid, tmp_path / "run", progress=False)
+    rows = read_jsonl(tmp_path / "run" / "rows.jsonl")
+    assert summary["ok"] == len(rows) == 3, rows
+    default, aware = (next(r for r in rows if r.get("algo") == a and r["kind"] == "quantize")
+                      for a in ("default", "accuracy-aware"))
+    assert default["int8_predictions"] == aware["int8_predictions"]  # NNCF kept the default model
+    assert default["int8_model_fingerprint"] == aware["int8_model_fingerprint"]
+    assert default["speed_timed_by"] == aware["speed_timed_by"] and default["int8_fps"] == aware["int8_fps"]
+    timings = read_jsonl(tmp_path / "run" / "speed.jsonl")
+    assert sorted(t["key"]["what"].split(":")[0] for t in timings) == sorted(
+        ["pytorch", default["int8_model_fingerprint"], next(r for r in rows if r["kind"] == "baseline")[
+            "fp32_model_fingerprint"]])  # PyTorch, FP32 and one INT8 model: three timings for four
+    for r in rows:
+        for prefix in [p for p in ("fp32", "int8", "pytorch") if f"{p}_fps" in r]:
+            for unit in ("fps", "latency_fps"):
+                runs, med = r[f"{prefix}_{unit}_runs"], r[f"{prefix}_{unit}"]
+                assert len(runs) == 5 and r[f"{prefix}_{unit}_min"] <= med <= r[f"{prefix}_{unit}_max"]
+                assert r[f"{prefix}_{unit}_spread"] == pytest.approx((max(runs) - min(runs)) / med, abs=1e-3)
+    spans = [(r["speed_started_at"], r["finished_at"]) for r in rows]
+    assert len(samples) > 10  # the sampler ran during the work
+    assert not [t for t in samples for a, b in spans if a <= t <= b]  # and never while timing
+    speed = tables(load_rows(tmp_path / "run"))["speed_openvino"]
+    assert len(speed) == 2 and speed.cells.tolist() == [1, 2]  # FP32 once, the shared INT8 timing for two cells
+    assert speed.fps_spread.notna().all() and (speed.repeats == 5).all()

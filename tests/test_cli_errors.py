@@ -1,7 +1,9 @@
 """Bad input: one clear line, a non-zero exit, no traceback."""
 
 import shutil
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from calibration.cli import app
@@ -52,7 +54,7 @@ def test_zoo_eval_prints_accuracy(weights_dir):
 
 
 def test_zoo_train_cli_runs_and_resumes(tmp_path):
-    args = ["zoo", "train", "tiny_cnn", "--epochs", "1", "--batch-size", "64", "--out", str(tmp_path / "run")]
+    args = ["zoo", "train", "--model", "tiny_cnn", "--epochs", "1", "--batch", "64", "--out", str(tmp_path / "run")]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert list((tmp_path / "run").glob("cifar10_tiny_cnn-*.pt"))
@@ -69,3 +71,115 @@ def test_generate_cli_default_folder(tmp_path, monkeypatch):
     one_line_error(clash, "already exists")
     one_line_error(runner.invoke(app, ["generate", "--source", "noise", "--per-class", "2", "--iterations", "3",
                                        "--out", str(tmp_path / "x")]), "does not take")
+
+
+# ---------------------------------------------------------------- every option validated at the edge
+def _commands(group, path=()):
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def _number_type(param):
+    """int or float for a numeric option (typer's own click copy, or click itself), else None."""
+    desc = getattr(param, "type_descriptor", None)
+    if desc is not None:
+        kind = desc.annotation
+    else:
+        kind = {"integer": int, "float": float}.get(getattr(param.type, "name", "").replace(" range", ""))
+    return kind if kind in (int, float) else None
+
+
+def _cases():
+    import typer
+
+    for path, cmd in _commands(typer.main.get_command(app)):
+        name = " ".join(path)
+        yield pytest.param(path, "--no-such-option", None, id=f"{name} unknown option")
+        for param in cmd.params:
+            if param.param_type_name == "option" and not param.is_flag and _number_type(param):
+                opt = param.opts[0]
+                wrong = "1.5x" if _number_type(param) is float else "2.5"
+                yield pytest.param(path, opt, wrong, id=f"{name} {opt} {wrong}")
+                yield pytest.param(path, opt, "-1", id=f"{name} {opt} -1")
+
+
+CASES = list(_cases())
+
+
+def test_every_command_is_covered():
+    import typer
+
+    every = {path for path, _ in _commands(typer.main.get_command(app))}
+    assert {c.values[0] for c in CASES} == every and len(every) > 25 and len(CASES) > 100
+
+
+@pytest.mark.parametrize("path,option,value", CASES)
+def test_every_option_is_validated_before_any_work(path, option, value, tmp_path, monkeypatch):
+    """A wrong type, a negative number or an unknown name: exit code 2, one line on stderr naming the option, no
+    traceback, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [*path, option, *([value] if value is not None else [])])
+    assert result.exit_code == 2, (result.output, result.exception)
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert option in err and "Traceback" not in result.output
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def _noise_set(path):
+    from calibration.sources import generate_set
+
+    return generate_set("noise", 1, 0, path)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["quantize", "--model", "tiny_cnn", "--calib", "SET", "--max-drop", "0.02"], "--algo accuracy-aware"),
+    (["quantize", "--model", "tiny_cnn", "--calib", "SET", "--ranking-subset-size", "10"], "accuracy-aware"),
+    (["quantize", "--model", "tiny_cnn", "--calib", "SET", "--calibrate-method", "entropy"], "--calibrate-method"),
+    (["quantize", "--model", "tiny_cnn", "--calib", "SET", "--engine", "pytorch"], "'pytorch'"),
+    (["quantize", "--model", "m.onnx", "--calib", "SET", "--engine", "openvino"], "leave --engine out"),
+    (["quantize", "--model", "missing.xml", "--calib", "SET"], "no such file"),
+    (["quantize", "--model", "int8.xml", "--calib", "SET"], "already INT8"),
+    (["quantize", "--model", "tiny_cnn", "--calib", "SET", "--seed", "-3"], "--seed"),
+    (["diagnose", "--model", "tiny_cnn", "--calib", "SET", "--engine", "onnxruntime"], "--engine"),
+    (["diagnose", "--model", "int8.xml", "--calib", "SET"], "already INT8"),
+    (["evaluate", "--model", "m.onnx", "--engine", "openvino"], "leave --engine out"),
+    (["evaluate", "a.xml", "--model", "b.xml"], "two models"),
+    (["zoo", "eval"], "--model"),
+    (["show", "SET", "--out", "grid.xyz"], ".xyz"),
+    (["sets", "import", "EMPTY", "--out", "imported"], "empty"),
+    (["study", "run", "GRID", "--out", "FILE"], "is a file"),
+    (["study", "report", "NOWHERE"], "does not exist"),
+    (["generate", "--source", "noise", "--iterations", "3"], "does not take --iterations"),
+])
+def test_refused_options_exit_2_in_one_line(args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("work").mkdir()
+    cset = _noise_set(tmp_path / "work" / "set")
+    (tmp_path / "work" / "m.onnx").write_bytes(b"")
+    (tmp_path / "work" / "int8.xml").write_text('<net><layers><layer id="3" type="FakeQuantize"/></layers></net>')
+    (tmp_path / "work" / "EMPTY").mkdir()
+    (tmp_path / "work" / "FILE").write_text("not a folder")
+    (tmp_path / "work" / "GRID").write_text('name = "g"\nmodels = ["tiny_cnn"]\nsources = ["noise"]\n')
+    subs = {"SET": str(cset), "m.onnx": "work/m.onnx", "int8.xml": "work/int8.xml", "EMPTY": "work/EMPTY",
+            "FILE": "work/FILE", "GRID": "work/GRID"}
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = runner.invoke(app, [subs.get(a, a) for a in args])
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in result.output, err
+    assert "<" not in err.replace("<=", ""), err  # option values, never a Python repr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing made
+
+
+def test_a_failing_run_is_exit_1_and_leaves_no_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cset = _noise_set(tmp_path / "set")
+    result = runner.invoke(app, ["quantize", "--model", "tiny_cnn", "--calib", str(cset), "--subset-size", "999",
+                                 "--out", str(tmp_path / "q"), "--record", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 1 and "999" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "q").exists() and not (tmp_path / "runs").exists()

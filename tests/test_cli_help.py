@@ -33,5 +33,5 @@ def test_help_lists_every_option(path, cmd):
     for param in cmd.params:
         if param.param_type_name == "option" and not param.hidden:
             assert any(opt in result.output for opt in param.opts), (path, param.opts)
-        elif param.param_type_name == "argument":
+        elif param.param_type_name == "argument" and not getattr(param, "hidden", False):
             assert (param.metavar or param.name).upper() in result.output.upper(), (path, param.name)

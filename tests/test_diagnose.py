@@ -245,7 +245,6 @@ def test_cli_diagnose(tmp_path, sets, weights_dir):
 
 @pytest.mark.parametrize("args, message", [
     (["--reference", "test"], "never looks at the test split"),
-    (["--engine", "onnxruntime"], "use --engine openvino"),
 ])
 def test_cli_diagnose_refusals(tmp_path, sets, args, message):
     r = runner.invoke(app, ["diagnose", "--model", "tiny_cnn", "--calib", str(sets["pool"]), "--out",

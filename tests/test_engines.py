@@ -28,6 +28,7 @@ from calibration.engines import (
     measure,
 )
 from calibration.errors import CalibError
+from calibration.quantize import QuantizeConfig
 from tests.conftest import REPO
 
 runner = CliRunner()
@@ -207,7 +208,9 @@ def test_fp32_only_engines_refuse_quantization_in_one_line(name, tmp_path, cifar
     cset = generate_set("noise", 1, 0, tmp_path / "set")
     result = runner.invoke(app, ["quantize", "--model", "tiny_cnn", "--calib", str(cset), "--engine", name,
                                  "--out", str(tmp_path / "q"), "--record", str(tmp_path / "r.jsonl")])
-    assert result.exit_code == 1 and "no INT8" in result.output and len(result.output.strip().splitlines()) == 1
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1 and name in result.output
+    with pytest.raises(CalibError, match="no INT8"):  # and the engine itself, whatever calls it
+        get_engine(name).check_options(QuantizeConfig())
 
 
 @pytest.mark.parametrize("suffix,content", [(".xml", "<net name='x'><layers><layer id='0'"), (".onnx", "not onnx")])
@@ -267,8 +270,8 @@ def _engine_name_comparisons(tree: ast.AST) -> list[str]:
 def test_pipeline_benchmark_and_study_never_branch_on_an_engine_name():
     runner_src = ast.parse((REPO / "experiments" / "runner.py").read_text())
     mine = [n for n in runner_src.body if isinstance(n, ast.FunctionDef)
-            and n.name in ("_baseline", "_speed", "_quantize_cell", "_speed_only_cell")]
-    assert len(mine) == 4
+            and n.name in ("_baseline", "_quantize_cell", "_speed_only_cell")]
+    assert len(mine) == 3
     found = {name: _engine_name_comparisons(ast.parse((REPO / "calibration" / name).read_text()))
              for name in ("pipeline.py", "benchmark.py", "evaluate.py")}
     found["runner.py"] = [f for fn in mine for f in _engine_name_comparisons(fn)]

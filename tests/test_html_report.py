@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -87,9 +88,10 @@ def chromium(*args: str, timeout: int = 120) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
 
 
-def browser_dom(path: Path) -> dict:
-    """Attributes Chromium's DOM has on <body> after the load event, plus the table ids it holds."""
-    dom = chromium("--dump-dom", path.resolve().as_uri())
+def browser_dom(path: Path, width: int = 1280, height: int = 800) -> dict:
+    """Attributes Chromium's DOM has on <body> after the load event (in a window `width` x `height`), plus the
+    table ids it holds."""
+    dom = chromium(f"--window-size={width},{height}", "--dump-dom", path.resolve().as_uri())
     body = re.search(r"<body([^>]*)>", dom)
     assert body, f"Chromium returned no <body> for {path}: {dom[:300]!r}"
     attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1)))
@@ -106,10 +108,10 @@ def test_page_is_self_contained_and_holds_every_table(run, page):
     ids = {a.get("id") for a in html.all("table")}
     assert set(tables(load_rows(run))) <= ids  # every table of the run, by name
     assert {"provenance"} <= ids
-    for section in ("tables", "plots", "sets", "diagnose", "provenance"):
+    for section in ("verdict", "plots", "reference", "sets", "diagnose", "tables", "provenance"):
         assert f'id="{section}"' in text
     # one sample grid per source, from the run's own sets; diagnose heatmaps and the layers plot
-    assert sum("this run" in (a.get("alt") or "") for a in imgs) == 2
+    assert sum("(this run)" in (a.get("alt") or "") for a in imgs) == 2
     assert any((a.get("alt") or "").startswith("tiny_cnn: clipped fraction per quantized layer") for a in imgs)
     assert any("layers.png" in (a.get("alt") or "") for a in imgs)
     # provenance: the run's manifest with its git SHA and versions
@@ -156,10 +158,20 @@ def test_cli_study_report_html(run, tmp_path):
     assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "table1_openvino.md").is_file()
 
 
+def test_cli_study_report_json_is_the_condition_rows_on_disk(run, tmp_path):
+    import json
+
+    r = CliRunner().invoke(app, ["study", "report", str(run), "--out", str(tmp_path / "rep"), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    on_disk = pd.concat([pd.read_csv(p) for p in sorted((tmp_path / "rep").glob("long_*.csv"))])
+    assert rows == json.loads(on_disk.to_json(orient="records")) and {"model", "source", "verdict"} <= set(rows[0])
+
+
 def test_html_errors_are_one_line(run, tmp_path):
     r = CliRunner().invoke(app, ["study", "report", str(run), "--out", str(tmp_path / "rep"), "--html",
                                  "--grids", str(tmp_path / "missing")])
-    assert r.exit_code == 1 and "sample-grid folder" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "--grids" in r.stderr and "Traceback" not in r.output
     assert not (tmp_path / "rep" / "report.html").exists()
 
 
@@ -178,3 +190,41 @@ def test_grids_folder_fills_in_for_runs_without_sets(run, tmp_path):
     assert any(a.startswith("noise: ") and "grids" in a for a in alts)
     assert not any(a.startswith("fractal: ") for a in alts)  # no grid for it: nothing invented
     assert 'id="quality"' in text and "12.5" in text and "3.25" not in text  # only the run's sources
+
+
+def test_page_leads_with_the_verdict_then_heatmaps_then_the_reference_then_folded_details(page):
+    text = page.read_text()
+    order = [text.index(f'id="{s}"') for s in ("verdict-table", "plots", "reference", "tables")]
+    assert order == sorted(order)
+    verdict = text[text.index('id="verdict-table"'):text.index("</table>", text.index('id="verdict-table"'))]
+    for column in ("FP32", "INT8 − FP32 [paired 95 % CI]", "flips →wrong/→right", "verdict"):
+        assert column in verdict
+    assert re.search(r"[-+]?\d+\.\d\d pts \[[-+]?\d+\.\d\d, [-+]?\d+\.\d\d\]", verdict)  # points, 2 decimals
+    detail = text[text.index('id="tables"'):text.index('id="provenance"')]
+    assert detail.count("<details") >= 5 and detail.count("<details") == detail.count("<table")
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", text)
+    assert cells and not [c for c in cells if re.search(r"\d[eE][-+]\d", c)]  # no 1.36e-16
+    assert not [c for c in cells if re.fullmatch(r"-?\d+\.\d{5,}", c.strip())]  # no -0.0003333
+    for img in Page(text).all("img"):  # every plot captioned, with alt text
+        assert len(img.get("alt") or "") > 15
+    assert text.count("<figcaption>") == len(Page(text).all("img"))
+
+
+def test_numbers_are_for_people():
+    from experiments.html import for_people
+
+    df = pd.DataFrame({"delta_to_fp32": [-0.0003333, 1.36e-16], "int8_accuracy": [0.92133333, 0.9],
+                       "int8_fps": [12345.6, float("nan")], "mcnemar_p": [0.0123456, 1e-9], "speedup": [1.8512, 2]})
+    shown = for_people(df)
+    assert shown.iloc[:, 0].tolist() == ["-0.03", "0.00"] and shown.iloc[:, 1].tolist() == ["0.9213", "0.9000"]
+    assert shown.iloc[:, 2].tolist() == ["12,346", "-"] and shown.iloc[:, 3].tolist() == ["0.0123", "< 0.001"]
+    assert list(shown.columns)[:2] == ["INT8 − FP32 (pts)", "INT8 acc"]
+
+
+@needs_chromium
+def test_chromium_at_1280_px_no_sideways_scroll_and_the_verdict_above_the_fold(page):
+    attrs = browser_dom(page, 1280, 800)["attrs"]
+    assert attrs.get("data-inner-width") == "1280", attrs
+    assert int(attrs["data-scroll-width"]) <= int(attrs["data-inner-width"]), attrs
+    assert attrs.get("data-images-broken") == "0"
+    assert 0 < int(attrs["data-verdict-top"]) < int(attrs["data-inner-height"]) // 2, attrs

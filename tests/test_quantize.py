@@ -157,13 +157,20 @@ def _int8_weights(path) -> list[np.ndarray]:
     return [v for k, v in init.items() if k != "_input" and getattr(v, "dtype", None) == np.int8 and v.size > 1]
 
 
+# each engine's option for weights on half the INT8 range: (off, on)
+HALF_RANGE = {"overflow_fix": ("disable", "enable"), "reduce_range": (False, True)}
+
+
 @pytest.mark.parametrize("engine", list_engines(int8=True))
 def test_overflow_fix_puts_weights_on_half_the_int8_range(tmp_path, noise_set, engine):
-    """`enable`: every weight within 7 bits (|w| <= 64); `disable`: the full 8-bit range is used."""
+    """NNCF's overflow fix `enable`, ONNX Runtime's `reduce_range`: every weight within 7 bits (|w| <= 64); off:
+    the full 8-bit range is used."""
     cset = read_set(noise_set)
+    option = next(k for k in HALF_RANGE if k in get_engine(engine).options)
     full, half = (_int8_weights(quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine=engine,
-                                                              overflow_fix=fix), cset, tmp_path / fix)["int8_path"])
-                  for fix in ("disable", "enable"))
+                                                              **{option: value}), cset,
+                                              tmp_path / str(value))["int8_path"])
+                  for value in HALF_RANGE[option])
     assert len(full) == len(half) >= 3
     assert all(np.abs(w.astype(int)).max() <= 64 for w in half)
     assert any(np.abs(w.astype(int)).max() > 100 for w in full)
@@ -198,40 +205,6 @@ def test_nncf_default_overflow_fix_is_the_first_layer_only(tmp_path, noise_set):
     q = quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set), read_set(noise_set), tmp_path)
     first, *rest = (np.abs(w.astype(int)).max() for w in _int8_weights(q["int8_path"]))
     assert q["overflow_fix"] == "first_layer_only" and first <= 64 and all(m > 100 for m in rest)
-
-
-@pytest.mark.slow
-def test_accuracy_aware_validates_on_the_validation_split_only(tmp_path, real_set, cifar_dir, trained_tiny,
-                                                               monkeypatch):
-    """What NNCF's validation function actually saw: images of the validation split only, none of the
-    calibration images; the ranking subset is set explicitly (the whole validation split) and recorded."""
-    import nncf
-
-    seen, calib_fed, kwargs = set(), set(), {}
-    real = nncf.quantize_with_accuracy_control
-
-    def spy(model, calibration_dataset, validation_dataset, validation_fn, **kw):
-        calib_fed.update(_hashes(calibration_dataset.get_inference_data()))
-        kwargs.update(kw)
-
-        def watched(compiled, items):
-            items = list(items)
-            seen.update(_hashes(x for x, _ in items))
-            return validation_fn(compiled, items)
-
-        return real(model, calibration_dataset, validation_dataset, watched, **kw)
-
-    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", spy)
-    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=real_set, algo="accuracy-aware", max_drop=0.0,
-                                       weights=trained_tiny, data_dir=cifar_dir), tmp_path / "aa",
-                       record_path=tmp_path / "r.jsonl")
-    validation = train_splits(cifar_dir)["validation"]
-    val_hashes = _hashes(x[None] for x in torchvision_input(validation.images))
-    assert seen and seen <= val_hashes and not seen & calib_fed
-    assert calib_fed == _hashes(x[None] for x in torchvision_input(read_set(real_set).images))
-    ranking = kwargs["advanced_accuracy_restorer_parameters"].ranking_subset_size
-    assert ranking == len(validation) == row["ranking_subset_images"] != row["subset_size_images"]
-    assert row["validation_role"] == "validation" and row["validation_images"] == len(validation)
 
 
 def test_validation_fn_on_the_async_queue_matches_synchronous_inference(tmp_path, trained_tiny, cifar_dir):

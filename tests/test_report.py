@@ -39,7 +39,7 @@ FP32 = np.arange(200) % 10 != 0  # 180 of 200 right
 
 def base(model="resnet20", engine="openvino", **kw):
     return dict(kind="baseline", status="ok", cell=f"b-{model}-{engine}", model=model, engine=engine,
-                fp32_accuracy=FP32.mean(), fp32_predictions=preds(FP32), fp32_fps=100.0, **kw)
+                fp32_accuracy=FP32.mean(), fp32_predictions=preds(FP32), fp32_fps=100.0) | kw
 
 
 def quant(model="resnet20", source="cifar10", algo="default", seed=0, correct=FP32, engine="openvino", int8_fps=None,
@@ -198,3 +198,71 @@ def test_write_plots_panels_per_condition(tmp_path):
     for p in written:
         with Image.open(p) as im:
             assert im.format == "PNG" and im.size[0] > 100
+
+
+A, B = "AMD EPYC | avx2", "Intel Xeon | avx512_core_amx"
+
+
+def test_rows_are_never_paired_or_pooled_across_machines():
+    from experiments.report import _markdown
+
+    rows = [base(hardware_key=A), quant(hardware_key=A, correct=flip(FP32, 3, 0)),
+            quant(hardware_key=B, correct=flip(FP32, 1, 0)), quant(hardware_key=B, seed=1, correct=FP32)]
+    out = tables(pd.DataFrame(rows), LABELS)
+    slug = {A: "amd-epyc-avx2", B: "intel-xeon-avx512_core_amx"}
+    a, b = out[f"cells_openvino__{slug[A]}"], out[f"cells_openvino__{slug[B]}"]
+    assert a.attrs["machine"] == A and b.attrs["machine"] == B
+    assert a.fp32_accuracy.tolist() == [0.9] and a.flips_to_wrong.tolist() == [3]
+    assert b.fp32_accuracy.isna().all() and (b.verdict == "").all()  # B has no baseline: nothing to pair with
+    long_a = out[f"long_openvino__{slug[A]}"]
+    assert long_a.seeds.tolist() == [1] and long_a.int8_accuracy.tolist() == [pytest.approx(177 / 200)]
+    assert _markdown(out[f"table1_openvino__{slug[B]}"]).startswith("Machine: Intel Xeon | avx512_core_amx")
+
+
+def test_baselines_are_keyed_by_fusing_isa_and_weights():
+    other = flip(FP32, 5, 0)  # a second FP32 model: unfused, another ISA, other weights
+    rows = [base(fuse=True), base(fuse=False, cell="b-unfused", fp32_predictions=preds(other),
+                                  fp32_accuracy=other.mean()),
+            base(isa="avx2", cell="b-avx2", fp32_predictions=preds(other), fp32_accuracy=other.mean()),
+            base(weights_sha256="f" * 64, cell="b-w", fp32_predictions=preds(other), fp32_accuracy=other.mean())]
+    for kw in ({}, {"fuse": False}, {"isa": "avx2"}, {"weights_sha256": "f" * 64}):
+        rows.append(quant(correct=other, **kw))
+    cells = tables(pd.DataFrame(rows), LABELS)["cells_openvino"]
+    got = {(r.fuse, r.isa, r.weights_id): (r.fp32_accuracy, r.flips_to_wrong) for r in cells.itertuples()}
+    assert got[(True, "native", "unrecorded")] == (0.9, 5)  # against the fused native baseline: 5 flips
+    for key in ((False, "native", "unrecorded"), (True, "avx2", "unrecorded"), (True, "native", "ffffffff")):
+        assert got[key] == (other.mean(), 0)  # each against its own baseline: nothing changed
+
+
+def test_speed_only_rows_are_not_accuracy_seeds():
+    speed = dict(quant(seed=0, int8_fps=300.0, trained_weights=False), int8_accuracy=None, int8_predictions=None)
+    rows = [base(), quant(seed=1, correct=flip(FP32, 2, 0)), quant(seed=2, correct=flip(FP32, 4, 0)), speed]
+    long = tables(pd.DataFrame(rows), LABELS)["long_openvino"].set_index("weights_id")
+    assert long.loc["unrecorded"].seeds == 2 and long.loc["unrecorded"].int8_accuracy == pytest.approx(177 / 200)
+    assert long.loc["random"].seeds == 0 and np.isnan(long.loc["random"].int8_accuracy)
+    assert long.loc["random"].int8_fps == 300.0
+
+
+def test_rows_from_a_dirty_tree_are_marked():
+    from experiments.report import _markdown
+
+    rows = [base(hardware_key=A), quant(hardware_key=A, dirty=True, git_sha="abc-dirty"),
+            quant(hardware_key=A, source="noise")]
+    out = tables(pd.DataFrame(rows), LABELS)
+    t1 = out["table1_openvino"]
+    assert t1["INT8 cifar10 acc"].iloc[0].endswith("†") and not t1["INT8 noise acc"].iloc[0].endswith("†")
+    assert out["cells_openvino"].set_index("source").dirty.to_dict() == {"cifar10": True, "noise": False}
+    assert "2 of 3 rows" not in _markdown(t1) and "1 of 3 rows come from a dirty tree" in _markdown(t1)
+
+
+def test_isa_side_by_side_pairs_each_seed_with_its_native_run():
+    rows = [base(hardware_key=A), base(hardware_key=A, isa="avx2", cell="b-avx2")]
+    for seed, (native, capped) in enumerate(((2, 5), (3, 3))):
+        rows.append(quant(hardware_key=A, seed=seed, correct=flip(FP32, native, 0)))
+        rows.append(quant(hardware_key=A, seed=seed, isa="avx2", correct=flip(FP32, capped, 0)))
+    side = tables(pd.DataFrame(rows), LABELS)["isa_side_by_side"].set_index("precision")
+    q, f = side.loc["INT8"], side.loc["FP32"]
+    assert q.isa == "avx2" and q.seeds == 2 and q.cpu == "AMD EPYC"
+    assert q.delta == pytest.approx(-3 / 400)  # (-3 + 0) images over 2 seeds x 200 images
+    assert q.flips_to_wrong == 1.5 and q.flips_to_right == 0 and q.predictions_changed == 1.5
+    assert f.delta == 0 and f.predictions_changed == 0 and f.verdict == NO_CHANGE

@@ -33,6 +33,16 @@ variants = 2
 """
 
 
+QUICK_SPEED = "benchmark = true\nbenchmark_seconds = 0.05\nbenchmark_repeats = 5"
+
+
+def quick_speed(monkeypatch):
+    """Let a test grid time in 5 x 0.05 s (committed grids keep to the 5 x 1 s floor)."""
+    import experiments.grid
+
+    monkeypatch.setattr(experiments.grid, "MIN_BENCHMARK_SECONDS", 0.05)
+
+
 def write_grid(tmp_path, text=GRID):
     path = tmp_path / "grid.toml"
     path.write_text(text)
@@ -131,7 +141,7 @@ def test_unknown_filter_names_are_one_clear_error(tmp_path):
         run_study(grid, tmp_path / "run", sources=["noise", "noize"], progress=False)
     assert not (tmp_path / "run").exists()  # nothing written
     result = CliRunner().invoke(app, ["study", "run", str(grid), "--out", str(tmp_path / "run"), "--sources", "noize"])
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1 and "noize" in result.output
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and "noize" in result.output
 
 
 def test_run_skips_missing_teacher_and_retries_skipped_cells(tmp_path):
@@ -156,11 +166,15 @@ def test_cells_without_weights_run_once_weights_appear(tmp_path, monkeypatch, we
     assert first["skipped"] == 2 and first["ok"] == 1  # the baseline runs with random weights (speed only)
     monkeypatch.setenv("CALIB_WEIGHTS_DIR", str(weights_dir))
     second = run_study(grid, tmp_path / "run", progress=False)
-    assert second["ran"] == 2 and second["ok"] == 3 and second["skipped"] == 0
-    from experiments.report import load_rows
+    # the baseline's weights changed (random -> trained): it is another condition and runs again
+    assert second["ran"] == 3 and second["ok"] == 3 and second["skipped"] == 0
+    from experiments.report import load_rows, tables
 
-    df = load_rows(tmp_path / "run")  # the newest row of each cell counts
-    assert len(df) == 3 and (df.status == "ok").all()
+    df = load_rows(tmp_path / "run")  # the newest row of each cell per weights counts
+    assert len(df) == 4 and (df.status == "ok").all()
+    assert sorted(df[df.kind == "baseline"].weights_id.map(lambda w: w == "random")) == [False, True]
+    cells = tables(df)["cells_openvino"]  # INT8 is paired with the trained baseline, not the random one
+    assert len(cells) == 2 and cells.fp32_accuracy.notna().all() and cells.verdict.ne("").all()
 
 
 def test_set_generation_is_collision_free(tmp_path):
@@ -255,9 +269,9 @@ def test_report_of_a_run_without_failures(tmp_path):
 
 def test_models_without_weights_get_speed_cells_only(tmp_path, monkeypatch):
     monkeypatch.setenv("CALIB_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    quick_speed(monkeypatch)
     grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]')
-                      .replace("seeds = [0, 1]", "seeds = [0]").replace("benchmark = false",
-                                                                         "benchmark = true\nbenchmark_seconds = 0.1"))
+                      .replace("seeds = [0, 1]", "seeds = [0]").replace("benchmark = false", QUICK_SPEED))
     run_study(grid, tmp_path / "run", progress=False)
     rows = {r["kind"]: r for r in read_jsonl(tmp_path / "run" / "rows.jsonl")}
     assert rows["quantize"]["status"] == "ok" and rows["quantize"]["int8_fps"] > 0
@@ -290,3 +304,173 @@ def test_independent_check_follows_the_cells_calibration_batch(tmp_path):
         table = pd.read_csv(out)
         assert len(table) == 1 and table.calibration_batch.tolist() == [batch], result.output
     assert pd.read_csv(tmp_path / "check--as-run.csv").abs_difference.tolist() == [0.0]
+
+
+BASE_GRID = {"name": '"v"', "models": '["tiny_cnn"]', "sources": '["noise"]', "per_class": "2", "seeds": "[0]",
+             "benchmark": "false"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"engines": '["openvino", "tensorrt"]'}, "unknown engines ['tensorrt']"),
+    ({"algos": '["default", "magic"]'}, "unknown algos ['magic']"),
+    ({"seeds": "[]"}, "seeds must be a non-empty list of non-negative integers, not []"),
+    ({"seeds": "0"}, "seeds must be a non-empty list of non-negative integers, not 0"),
+    ({"seeds": "[-1]"}, "seeds must be a non-empty list of non-negative integers, not [-1]"),
+    ({"seeds": "[0, 0]"}, "seeds lists a value twice"),
+    ({"per_class": "0"}, "per_class must be a positive integer, not 0"),
+    ({"per_class": '"2"'}, "per_class must be a positive integer, not '2'"),
+    ({"subset_sizes": '["all"]'}, "subset_sizes must be a non-empty list"),
+    ({"fuse": '["yes"]'}, "fuse must be a non-empty list of true or false"),
+    ({"max_drop": "2"}, "max_drop must be a number between 0 and 1"),
+    ({"benchmark": "true", "benchmark_seconds": "0.25"}, "at least 5 repeats of at least 1 s"),
+    ({"benchmark": "true", "benchmark_repeats": "3"}, "at least 5 repeats of at least 1 s"),
+    ({"isas": '["avx9"]'}, "unknown ISA 'avx9'"),
+    ({"source_options": "{fractl = {variants = 2}}"}, "unknown models or sources ['fractl']"),
+])
+def test_a_bad_grid_is_one_line_before_any_work(tmp_path, change, message):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("".join(f"{k} = {v}\n" for k, v in (BASE_GRID | change).items()))
+    result = CliRunner().invoke(app, ["study", "run", str(grid), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert message in result.output and not (tmp_path / "run").exists()
+
+
+def test_an_isa_above_this_cpu_is_refused_before_any_work(tmp_path, monkeypatch):
+    from calibration import hardware
+
+    def grid_with(isas: str):
+        return write_grid(tmp_path, GRID.replace("benchmark = false", f"benchmark = false\nisas = {isas}"))
+
+    # this machine: the first oneDNN level it does not run (none on a CPU with everything)
+    above = [isa for isa in hardware.ISA_LEVELS if isa not in hardware.supported_isas()]
+    if above:
+        with pytest.raises(CalibError, match=f"ISA {above[0]} is above this CPU's"):
+            run_study(grid_with(f'["native", "{above[0]}"]'), tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
+    # a CPU like this study's (AVX2, no VNNI): avx2 runs, avx512_core_vnni is refused in one line
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"sse4_1", "avx", "avx2", "fma"}))
+    assert [c.isa for c in expand(load_grid(grid_with('["native", "avx2"]'))) if c.kind == "baseline"] == [
+        "native", "avx2"]
+    result = CliRunner().invoke(app, ["study", "run", str(grid_with('["native", "avx512_core_vnni"]')),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "ISA avx512_core_vnni is above this CPU's (avx2" in result.output and not (tmp_path / "run").exists()
+
+
+def test_onnxruntime_cells_run_natively_only():
+    from experiments.grid import Grid
+
+    grid = Grid("g", ("tiny_cnn",), ("noise",), engines=("openvino", "onnxruntime"), isas=("native", "avx2"))
+    cells = expand(grid)
+    assert {(c.kind, c.engine, c.isa) for c in cells} == {
+        (k, "openvino", i) for k in ("baseline", "quantize") for i in ("native", "avx2")} | {
+        ("baseline", "onnxruntime", "native"), ("quantize", "onnxruntime", "native")}
+    assert len({c.id for c in cells}) == len(cells)  # the ISA is part of a cell's identity
+
+
+# what OpenVINO computes with ONEDNN_MAX_CPU_ISA set by hand: plain OpenVINO, image by image, and its kernels
+BY_HAND = """
+import json, sys
+import numpy as np
+import openvino as ov
+from calibration.data import load_split
+
+test = load_split("test")
+x = (test.images.astype(np.float32) / 255.0 - np.array([0.4914, 0.4822, 0.4465], np.float32)) \\
+    / np.array([0.2023, 0.1994, 0.2010], np.float32)
+x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+out = {}
+for path in sys.argv[1:]:
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    pred = [int(np.argmax(compiled(x[i : i + 1])[compiled.output(0)])) for i in range(len(x))]
+    kernels = sorted({op.get_rt_info()["primitiveType"].astype(str) for op in compiled.get_runtime_model().get_ops()
+                      if op.get_rt_info()["layerType"].astype(str) == "Convolution"})
+    out[path] = {"predictions": "".join(map(str, pred)), "kernels": kernels}
+print(json.dumps(out))
+"""
+
+
+def test_a_capped_isa_cell_computes_what_openvino_computes_with_the_cap_set_by_hand(tmp_path, monkeypatch):
+    """An sse41 cell runs (and is timed) in a worker started with ONEDNN_MAX_CPU_ISA=SSE41: a separate Python
+    with the variable set by hand reads the cell's IRs and predicts the same classes with the same kernels, and
+    those kernels are not the native ones."""
+    quick_speed(monkeypatch)
+    grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]')
+                      .replace("seeds = [0, 1]", "seeds = [0]")
+                      .replace("benchmark = false", QUICK_SPEED + '\nisas = ["native", "sse41"]'))
+    summary = run_study(grid, tmp_path / "run", progress=False)
+    rows = {(r["kind"], r["isa"]): r for r in read_jsonl(tmp_path / "run" / "rows.jsonl")}
+    assert summary["ok"] == len(rows) == 4, rows
+    capped = [rows["baseline", "sse41"], rows["quantize", "sse41"]]
+    assert {(r["onednn_max_cpu_isa"], r["isa_effective"]) for r in capped} == {("SSE41", "sse41")}
+    assert rows["quantize", "native"]["onednn_max_cpu_isa"] == ""
+    assert capped[0]["hardware_key"].endswith("| sse41") and capped[0]["condition"] != rows[
+        "baseline", "native"]["condition"]
+    files = [str(tmp_path / "run" / r["model_file"]) for r in capped]
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="SSE41")
+    done = subprocess.run([sys.executable, "-c", BY_HAND, *files], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    by_hand = json.loads(done.stdout.strip().splitlines()[-1])
+    for row, path, prec in zip(capped, files, ("fp32", "int8")):
+        on = row_test_indices(tmp_path / "run", row)  # the images the row's accuracy is on
+        assert "".join(by_hand[path]["predictions"][i] for i in on) == row[f"{prec}_predictions"]
+        convs = [k.split(":", 1)[1].split(" x")[0] for k in row["ov_kernels"].split(", ") if k.startswith("Conv")]
+        assert sorted(set(convs)) == by_hand[path]["kernels"] and all("sse42" in k for k in convs)
+    native = rows["quantize", "native"]["ov_kernels"]
+    assert "sse42" not in native and native != capped[1]["ov_kernels"]  # the cap changed the kernels
+    # each timing was taken by a process of the cell's ISA (the key holds that process's own hardware_key)
+    timings = read_jsonl(tmp_path / "run" / "speed.jsonl")
+    assert {(t["key"]["isa"], t["key"]["hardware_key"].rsplit("| ", 1)[1]) for t in timings} == {
+        ("native", capped[0]["isa_native"]), ("sse41", "sse41")}
+    assert all(r["int8_fps" if r["kind"] == "quantize" else "fp32_fps"] > 0 for r in rows.values())
+    assert rows["baseline", "sse41"]["pytorch_fps"] > 0  # PyTorch (oneDNN too) timed under the cap as well
+
+
+def test_other_weights_rerun_every_cell_and_nothing_is_paired_across_weights(tmp_path, monkeypatch, weights_dir):
+    import hashlib
+
+    import experiments.runner as runner
+    from experiments.report import cell_table, load_rows, tables
+    from tests.conftest import save_weights
+
+    grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]'))
+    first = run_study(grid, tmp_path / "run", progress=False)
+    assert first["ok"] == first["cells"] == 3
+    new = save_weights("tiny_cnn", tmp_path / "other-weights", seed=1)
+    monkeypatch.setenv("CALIB_WEIGHTS_DIR", str(new.parent))
+    real = runner._quantize_cell
+    monkeypatch.setattr(runner, "_quantize_cell", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    second = run_study(grid, tmp_path / "run", progress=False)
+    assert second["ran"] == 3  # no ok row of the old weights counts as done
+    assert (second["ok"], second["errors"]) == (1, 2)  # only the new baseline is in; the INT8 rows are the old ones
+    rows = read_jsonl(tmp_path / "run" / "rows.jsonl")
+    base = {r["weights_sha256"]: r for r in rows if r["kind"] == "baseline"}
+    files = (next(weights_dir.glob("cifar10_tiny_cnn-*.pt")), new)
+    assert set(base) == {hashlib.sha256(f.read_bytes()).hexdigest() for f in files}  # the files' own sha256
+    assert len({b["fp32_predictions"] for b in base.values()}) == 2  # two different models
+    cells = cell_table(load_rows(tmp_path / "run"), LABELS_OF(tmp_path / "run"))
+    assert len(cells) == 2  # the old weights' INT8 rows, each with its own weights' baseline
+    for c in cells.to_dict("records"):
+        old = next(b for sha, b in base.items() if sha.startswith(c["weights_id"]))
+        assert c["fp32_predictions"] == old["fp32_predictions"] and c["fp32_accuracy"] == old["fp32_accuracy"]
+    monkeypatch.setattr(runner, "_quantize_cell", real)
+    third = run_study(grid, tmp_path / "run", progress=False)
+    assert (third["ran"], third["ok"]) == (2, 3)  # the new baseline is done
+    long = tables(load_rows(tmp_path / "run"))["long_openvino"]
+    assert len(long) == 2 and (long.seeds == 2).all()  # one condition per weights: never pooled
+    assert long.weights_id.nunique() == 2 and long.fp32_accuracy.notna().all()
+
+
+def row_test_indices(run, row) -> list[int]:
+    """Indices into the test split of the images a row's predictions are of (the run keeps any part of it)."""
+    part = run / "test_indices" / f"{row['test_indices_sha256']}.json"
+    if part.exists():
+        return json.loads(part.read_text())["indices"]
+    return list(range(row["test_images"]))
+
+
+def LABELS_OF(run):  # noqa: N802 - reads like the constant it stands for
+    from experiments.report import load_test_labels
+
+    return load_test_labels(run)

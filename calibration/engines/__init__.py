@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from calibration.errors import CalibError
+from calibration.errors import CalibError, OptionError
 
 if TYPE_CHECKING:
     from calibration.data import LabeledImages
@@ -121,15 +121,27 @@ class Engine(ABC):
     suffix: ClassVar[str]  # model file suffix, e.g. ".xml"
     int8: ClassVar[bool] = True  # False: FP32 baseline only
     description: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # how errors name the engine, e.g. "ONNX Runtime"
+    # the `QuantizeConfig` fields this engine has; any other field given is refused by `check_options`
+    options: ClassVar[frozenset[str]] = frozenset()
+    hints: ClassVar[dict[str, str]] = {}  # a refused field -> what this engine has instead
 
     @abstractmethod
     def export(self, model, out: Path) -> Path:
         """Write the eval-mode `nn.Module` as this engine's FP32 file `out/fp32<suffix>` and return its path."""
 
     def check_options(self, cfg: QuantizeConfig) -> None:
-        """Refuse options this engine does not have, before any work is done."""
+        """Refuse, before any work is done and in one line, every option given that this engine does not have
+        (named as the user typed it); engines add checks of values."""
+        from calibration.quantize import option_text
+
         if not self.int8:
             raise CalibError(f"engine {self.name} has no INT8 quantization (it is an FP32 baseline)")
+        foreign = {k: option_text(k, v) for k, v in cfg.given().items() if k not in self.options}
+        if foreign:
+            hints = "".join(f"; {self.hints[k]}" for k in foreign if k in self.hints)
+            raise OptionError(f"{self.label or self.name} has no {', '.join(foreign.values())}: leave "
+                             f"{'it' if len(foreign) == 1 else 'them'} out{hints}")
 
     def quantize(self, fp32: Path, items: list[np.ndarray], cfg: QuantizeConfig, out: Path,
                  validation: LabeledImages | None = None) -> tuple[Path, dict]:

@@ -1,14 +1,24 @@
 """ONNX Runtime: FP32 ONNX, INT8 by `quantize_static` (QDQ, per-channel symmetric INT8 weights).
 
 Activations: asymmetric UINT8 by default (ONNX Runtime's own choice, the counterpart of NNCF's `mixed`
-preset), symmetric INT8 with `preset=performance`. ONNX Runtime has no async queue: throughput requests run
-on worker threads, one session each (see `ThreadPoolRunner`). Note: through `quantize_static`, `entropy` gets
-ONNX Runtime's default of 128 histogram bins for 128 quantized bins, so its search has a single candidate and
-it returns the min-max ranges (onnxruntime 1.32).
+preset), symmetric INT8 with `preset=performance`. Weights: 7-bit (`reduce_range`) by default where the CPU
+has no VNNI and 8-bit where it has, as `quantize_static`'s documentation advises for x86 CPUs (its u8s8 kernels
+can saturate without VNNI); `reduce_range` set either way overrides that, and the row says which it was.
+
+Activation ranges: minmax (default) through `quantize_static`; entropy and percentile from ONNX Runtime's own
+histogram calibrator with the bins stated in `HISTOGRAM` and recorded, handed to `quantize_static` as its
+calibration cache. (Through `quantize_static` alone, entropy gets 128 histogram bins for 128 quantized bins, a
+single candidate threshold, so it returns the min-max ranges: onnxruntime 1.32.)
+
+ONNX Runtime has no async queue: throughput requests run on worker threads, one session each (see
+`ThreadPoolRunner`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +27,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from calibration.engines import Engine, Protocol, Runner, ThreadPoolRunner, random_input, register_engine
-from calibration.errors import CalibError
+from calibration.errors import CalibError, OptionError
 
 if TYPE_CHECKING:
     from calibration.data import LabeledImages
     from calibration.quantize import QuantizeConfig
 
 METHODS = ("minmax", "entropy", "percentile")
+# the histogram calibrators' settings (ONNX Runtime's `create_calibrator` keys); entropy: 2048 bins searched for
+# the 128-level threshold of least KL divergence (TensorRT's recipe); percentile: ONNX Runtime's defaults
+HISTOGRAM = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+             "percentile": {"num_bins": 2048, "percentile": 99.999, "symmetric": True}}
 
 
 class ItemReader:
@@ -63,11 +77,39 @@ def _value(option) -> str:
     return str(getattr(option, "value", option))
 
 
+def reduce_range_choice(option: bool | None) -> tuple[bool, str]:
+    """7-bit weights or not, and why: the option if given, else ONNX Runtime's guidance for this CPU."""
+    from calibration.hardware import has_vnni
+
+    if option is not None:
+        return bool(option), "option"
+    vnni = has_vnni()
+    return not vnni, f"default: {'VNNI' if vnni else 'no VNNI'} on this CPU"
+
+
+def histogram_ranges(model: Path, items: list[np.ndarray], method, settings: dict, cache: Path) -> None:
+    """Activation ranges from ONNX Runtime's histogram calibrator with `settings` (`create_calibrator`'s keys),
+    written as the calibration cache `quantize_static` reads."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    augmented = cache.with_name("augmented.onnx")
+    with contextlib.redirect_stdout(sys.stderr):  # its progress lines print to stdout, where rows go
+        calibrator = create_calibrator(model, None, augmented_model_path=str(augmented), calibrate_method=method,
+                                       extra_options=dict(settings))
+        calibrator.collect_data(ItemReader(items))
+        save_tensors_data(calibrator.compute_data(), cache)
+    del calibrator
+
+
 @register_engine
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
     suffix = ".onnx"
     description = "ONNX Runtime, static INT8 QDQ"
+    label = "ONNX Runtime"
+    options = frozenset({"subset_size", "preset", "seed", "calibrate_method", "reduce_range", "calibration_batch"})
+    hints = {"overflow_fix": "its counterpart here is --reduce-range/--no-reduce-range",
+             "algo": "it has the default algorithm only"}
 
     def export(self, model, out: Path) -> Path:
         from calibration.export import to_onnx
@@ -75,13 +117,11 @@ class OnnxRuntimeEngine(Engine):
         return to_onnx(model, out / "fp32.onnx")
 
     def check_options(self, cfg: QuantizeConfig) -> None:
-        if cfg.algo != "default":
-            raise CalibError("ONNX Runtime has no accuracy-aware algorithm; use --algo default")
-        if _value(cfg.calibrate_method or "minmax") not in METHODS:
-            raise CalibError(f"unknown calibration method {cfg.calibrate_method!r} ({', '.join(METHODS)})")
-        if _value(cfg.overflow_fix or "disable") not in ("disable", "enable"):
-            raise CalibError("ONNX Runtime reduces the range of all weights or of none: --overflow-fix enable or "
-                             "disable")
+        super().check_options(cfg)
+        method = _value(cfg.calibrate_method or "minmax")
+        if method not in METHODS:
+            raise OptionError(f"ONNX Runtime has no --calibrate-method {method}: it calibrates with "
+                             f"{', '.join(METHODS)}")
 
     def quantize(self, fp32: Path, items: list[np.ndarray], cfg: QuantizeConfig, out: Path,
                  validation: LabeledImages | None = None) -> tuple[Path, dict]:
@@ -92,24 +132,28 @@ class OnnxRuntimeEngine(Engine):
         method = _value(cfg.calibrate_method or "minmax")
         preset = _value(cfg.preset or "mixed")
         symmetric = preset == "performance"
-        reduce_range = _value(cfg.overflow_fix or "disable") == "enable"
+        reduce_range, reason = reduce_range_choice(cfg.reduce_range)
         methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile}
         out.mkdir(parents=True, exist_ok=True)
         int8 = out / "int8.onnx"
-        prepped = out / "fp32_prep.onnx"
         t0 = time.perf_counter()
-        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
-        try:
+        with tempfile.TemporaryDirectory(prefix="calib-ort-") as tmp:
+            prepped = Path(tmp) / "fp32_prep.onnx"
+            quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+            cache = None
+            if method in HISTOGRAM:
+                cache = Path(tmp) / "ranges.json"
+                histogram_ranges(prepped, items, methods[method], HISTOGRAM[method], cache)
             quantize_static(str(prepped), str(int8), ItemReader(items), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=reduce_range, weight_type=QuantType.QInt8,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                            calibrate_method=methods[method], extra_options={"ActivationSymmetric": symmetric})
-        finally:
-            prepped.unlink(missing_ok=True)
+                            calibrate_method=methods[method], extra_options={"ActivationSymmetric": symmetric},
+                            calibration_cache_path=cache)
         record = {"algo": "default", "preset": preset, "activations": "symmetric" if symmetric else "asymmetric",
-                  "calibrate_method": method, "overflow_fix": "enable" if reduce_range else "disable",
-                  "quant_format": "QDQ", "per_channel": True, "calibration_batch": int(items[0].shape[0]),
+                  "calibrate_method": method, **{f"calib_{k}": v for k, v in HISTOGRAM.get(method, {}).items()},
+                  "reduce_range": reduce_range, "reduce_range_reason": reason, "quant_format": "QDQ",
+                  "per_channel": True, "calibration_batch": int(items[0].shape[0]),
                   "quantize_seconds": round(time.perf_counter() - t0, 2)}
         return int8, record
 

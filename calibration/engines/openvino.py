@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from calibration.engines import IMAGE_SHAPE, Engine, Protocol, Runner, random_input, register_engine
-from calibration.errors import CalibError
+from calibration.errors import CalibError, OptionError
 
 if TYPE_CHECKING:
     from calibration.data import LabeledImages
@@ -173,6 +173,14 @@ def _validation_fn(compiled_model, items) -> tuple[float, list[float]]:
     return float(correct.mean()), correct.tolist()
 
 
+def validation_items(validation: LabeledImages) -> list[tuple[np.ndarray, int]]:
+    """(batch-1 model input, label) per validation image, in order: what `_validation_fn` takes."""
+    from calibration.data import to_model_input
+
+    x = to_model_input(validation.images)
+    return [(x[i : i + 1], int(validation.labels[i])) for i in range(len(x))]
+
+
 def _any_batch(model):
     """The model with a dynamic batch dimension, for calibration items of several images."""
     from openvino import PartialShape
@@ -191,11 +199,92 @@ def _any_batch(model):
 RANGE_ESTIMATORS = ("nncf", "minmax")  # NNCF's defaults, or global min/max for activations as ONNX Runtime does
 
 
+class _Captured(logging.Handler):
+    """NNCF's log records while it runs: kept in memory (to read its accuracy-aware report) and written to a
+    file of the run folder."""
+
+    def __init__(self, path: Path):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+        self.file = logging.FileHandler(path, mode="a", encoding="utf-8")
+        self.file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s:%(name)s:%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.file.emit(record)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def _nncf_log_to(path: Path):
+    """NNCF's log records also go into `path` (and into the returned handler) while the block runs, and not to
+    stdout through NNCF's own handler; handlers others put there (the CLI's routing) keep theirs."""
+    from nncf.common.logging import logger as nncf_logging
+
+    log = nncf_logging.nncf_logger
+    captured = _Captured(path)
+    own = nncf_logging.stdout_handler if nncf_logging.stdout_handler in log.handlers else None
+    level = log.level
+    if own is not None:
+        log.removeHandler(own)
+    log.addHandler(captured)
+    log.setLevel(min(level or logging.INFO, logging.INFO))  # the accuracy-aware report is logged at INFO
+    try:
+        yield captured
+    finally:
+        log.removeHandler(captured)
+        log.setLevel(level)
+        captured.close()
+        if own is not None:
+            log.addHandler(own)
+
+
+_REVERTED = re.compile(r"^(\d+) out of (\d+) were reverted back to the floating-point precision:")
+_METRIC = re.compile(r"^Metric of (\w+) model: ([-\d.eE+]+)$")
+_TOTAL = re.compile(r"^Total number of quantized operations in the model: (\d+)")
+
+
+def accuracy_restorer_report(messages: list[str]) -> dict:
+    """What NNCF's accuracy-aware loop logged: its metric of the FP32 (`initial`) and default INT8 (`quantized`)
+    models, the operations it reverted to floating point (none when the default INT8 model met the drop), and
+    whether it reached the drop (`aa_nncf_reached_drop`; when it removed every quantizer it lists none, and
+    `aa_kept_fp32_count` is then every quantized operation)."""
+    out: dict = {"aa_kept_fp32": [], "aa_kept_fp32_count": 0, "aa_nncf_reached_drop": True}
+    listed = False
+    for msg in messages:
+        if m := _METRIC.match(msg):
+            out.setdefault(f"aa_nncf_{m[1]}_metric", float(m[2]))
+        elif m := _TOTAL.match(msg):
+            out["aa_quantized_ops"] = int(m[1])
+        elif m := _REVERTED.match(msg):
+            names = [line.strip() for line in msg.splitlines()[1:] if line.strip()]
+            out |= {"aa_kept_fp32": names, "aa_kept_fp32_count": int(m[1]), "aa_quantized_ops": int(m[2])}
+            listed = True
+        elif "could not achieve the required accuracy drop" in msg:
+            out["aa_nncf_reached_drop"] = False
+    if not out["aa_nncf_reached_drop"] and not listed:  # NNCF lists nothing when it removed every quantizer
+        out |= {"aa_kept_fp32": None, "aa_kept_fp32_count": out.get("aa_quantized_ops")}
+    return out
+
+
+def validation_accuracy(model, items: list) -> float:
+    """Top-1 of an IR or `ov.Model` over (input, label) items with `_validation_fn`, compiled at f32 as NNCF
+    compiles the models it validates."""
+    return _validation_fn(compile_model(model, "f32"), items)[0]
+
+
 @register_engine
 class OpenVINOEngine(Engine):
     name = "openvino"
     suffix = ".xml"
     description = "OpenVINO IR, INT8 by NNCF"
+    label = "OpenVINO (NNCF)"
+    options = frozenset({"algo", "subset_size", "preset", "fast_bias_correction", "max_drop", "drop_type", "seed",
+                         "calibrate_method", "ranking_subset_size", "overflow_fix", "calibration_batch"})
+    hints = {"reduce_range": "NNCF's counterpart is --overflow-fix"}
 
     def export(self, model, out: Path) -> Path:
         from calibration.export import save_ir, to_openvino
@@ -203,16 +292,20 @@ class OpenVINOEngine(Engine):
         return save_ir(to_openvino(model), out / "fp32.xml")
 
     def check_options(self, cfg: QuantizeConfig) -> None:
-        if _value(cfg.calibrate_method or "nncf") not in RANGE_ESTIMATORS:
-            raise CalibError(f"NNCF calibrates with its own range estimators or minmax, not {cfg.calibrate_method!r}")
+        super().check_options(cfg)
+        method = _value(cfg.calibrate_method or "nncf")
+        if method not in RANGE_ESTIMATORS:
+            raise OptionError(f"OpenVINO (NNCF) has no --calibrate-method {method}: it calibrates with "
+                             f"{', '.join(RANGE_ESTIMATORS)}")
 
     def quantize(self, fp32: Path, items: list[np.ndarray], cfg: QuantizeConfig, out: Path,
                  validation: LabeledImages | None = None) -> tuple[Path, dict]:
-        from calibration.data import require_role, to_model_input
+        from calibration.data import require_role
         from calibration.export import save_ir
 
         self.check_options(cfg)
-        with _quiet_torch_probe():
+        out.mkdir(parents=True, exist_ok=True)
+        with _quiet_torch_probe(), _nncf_log_to(out / "nncf.log") as log:
             import nncf
             from nncf.quantization.advanced_parameters import (
                 AdvancedAccuracyRestorerParameters,
@@ -222,7 +315,8 @@ class OpenVINOEngine(Engine):
 
             preset = _value(cfg.preset or "performance")
             estimator = _value(cfg.calibrate_method or "nncf")
-            overflow = _value(cfg.overflow_fix or "first_layer_only")  # NNCF's default
+            overflow = _value(cfg.overflow_fix or "first_layer_only")  # NNCF's defaults, from here on
+            fast_bc = True if cfg.fast_bias_correction is None else bool(cfg.fast_bias_correction)
             batch = int(items[0].shape[0])
             advanced = AdvancedQuantizationParameters(
                 overflow_fix=nncf.OverflowFix(overflow),
@@ -230,12 +324,12 @@ class OpenVINOEngine(Engine):
                 else None,
                 batchwise_statistics=True if batch > 1 else None)  # NNCF: keep the batch axis, per-image statistics
             common = dict(preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
-                          subset_size=len(items), fast_bias_correction=cfg.fast_bias_correction)
+                          subset_size=len(items), fast_bias_correction=fast_bc)
             record = {"algo": _value(cfg.algo), "preset": preset,
                       "activations": "symmetric" if preset == "performance" else "asymmetric",
-                      "calibrate_method": estimator, "overflow_fix": overflow,
-                      "fast_bias_correction": cfg.fast_bias_correction,
-                      "target_device": "CPU", "calibration_batch": batch, "nncf": nncf.__version__}
+                      "calibrate_method": estimator, "overflow_fix": overflow, "fast_bias_correction": fast_bc,
+                      "target_device": "CPU", "calibration_batch": batch, "nncf": nncf.__version__,
+                      "nncf_log": str(out / "nncf.log")}
             model = read_model(fp32)
             if batch > 1:
                 model = _any_batch(model)
@@ -244,21 +338,27 @@ class OpenVINOEngine(Engine):
                 q = nncf.quantize(model, nncf.Dataset(items), advanced_parameters=advanced, **common)
             else:
                 if validation is None:
-                    raise CalibError("accuracy-aware quantization needs the validation split")
+                    raise CalibError("accuracy-aware quantization needs validation images")
                 require_role(validation, ("validation",), "accuracy-aware validation data")
                 ranking = min(cfg.ranking_subset_size or len(validation), len(validation))
-                x = to_model_input(validation.images)
-                val_items = [(x[i : i + 1], int(validation.labels[i])) for i in range(len(x))]
-                drop = nncf.DropType.ABSOLUTE if cfg.drop_type == "absolute" else nncf.DropType.RELATIVE
+                val_items = validation_items(validation)
+                max_drop = 0.01 if cfg.max_drop is None else float(cfg.max_drop)
+                drop_type = _value(cfg.drop_type or "absolute")
                 q = nncf.quantize_with_accuracy_control(
-                    model, nncf.Dataset(items), nncf.Dataset(val_items), _validation_fn, max_drop=cfg.max_drop,
-                    drop_type=drop, advanced_quantization_parameters=advanced,
+                    model, nncf.Dataset(items), nncf.Dataset(val_items), _validation_fn, max_drop=max_drop,
+                    drop_type=nncf.DropType(drop_type), advanced_quantization_parameters=advanced,
                     advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                         ranking_subset_size=ranking), **common)
-                record |= {"max_drop": cfg.max_drop, "drop_type": _value(cfg.drop_type), "validation_images": len(x),
-                           "validation_role": validation.role, "ranking_subset_images": ranking}
+                record |= {"max_drop": max_drop, "drop_type": drop_type, "ranking_subset_images": ranking,
+                           "validation_images": len(val_items), "validation_role": validation.role}
             record["quantize_seconds"] = round(time.perf_counter() - t0, 2)
-        return save_ir(q, out / "int8.xml"), record
+        int8 = save_ir(q, out / "int8.xml")
+        if cfg.algo != "default":
+            fp32_acc, int8_acc = validation_accuracy(fp32, val_items), validation_accuracy(int8, val_items)
+            record |= {"aa_fp32_validation_accuracy": fp32_acc, "aa_int8_validation_accuracy": int8_acc,
+                       "aa_validation_drop": round(fp32_acc - int8_acc, 6),
+                       **accuracy_restorer_report(log.messages)}
+        return int8, record
 
     def predict(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
         preds, fps, _ = predict_ov(model, x, batch)

@@ -93,10 +93,29 @@ def generate(source: str, per_class: int, seed: int = 0, progress: Callable[[int
     return g
 
 
+def default_set_folder(source: str, per_class: int, seed: int, **options) -> Path:
+    """`runs/sets/<source>[-<model>]-<N>pc-s<seed>[-<digest>]`: the model a source inverts (given or its
+    default) and a digest of every other option given, so that sets made differently never share a name."""
+    from calibration.folders import name_digest
+
+    params = inspect.signature(source_info(source).fn).parameters
+    given = {k: v for k, v in options.items() if v is not None}
+    parts = [source]
+    if "model" in params:
+        parts.append(str(given.pop("model", params["model"].default)))
+    parts += [f"{per_class}pc", f"s{seed}"]
+    if given:
+        parts.append(name_digest(given, 6))
+    return Path("runs/sets") / "-".join(parts)
+
+
 def generate_set(source: str, per_class: int, seed: int, out: Path, overwrite: bool = False,
                  progress: Callable[[int, int], None] | None = None, **options) -> Path:
-    from calibration.sets import write_set
+    """Make a set and write it to `out`; an `out` that would be refused is refused before any image is made."""
+    from calibration.sets import check_set_target, write_set
 
+    source_info(source)
+    check_set_target(out, overwrite)
     t0 = time.perf_counter()
     g = generate(source, per_class, seed, progress=progress, **options)
     seconds = time.perf_counter() - t0
