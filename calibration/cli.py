@@ -193,6 +193,11 @@ def print_json(obj) -> None:
         _stdout().write(text + "\n")
 
 
+def _records(df) -> list[dict]:
+    """A DataFrame's rows as plain dicts, missing values as None (JSON null)."""
+    return df.astype(object).where(df.notna(), None).to_dict("records")
+
+
 def _csv_value(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, dict | list) else ("" if v is None else v)
 
@@ -685,7 +690,8 @@ def _accuracy_text(r: dict) -> str:
 def quantize_cmd(
     model: Annotated[str, typer.Option(help="Zoo name (trained weights) or an FP32 model file: .xml (openvino) or "
                                             ".onnx (onnxruntime); a file's engine follows from its suffix.")],
-    calib: Annotated[Path, typer.Option(help="Calibration set folder.")],
+    calib: Annotated[Path | None, typer.Option(help="Calibration set folder (your own model: --source makes "
+                                                    "one instead).")] = None,
     algo: Annotated[Algo, typer.Option(help="NNCF's default algorithm, or accuracy-aware (openvino).")]
     = Algo.default,
     engine: Annotated[QuantEngine | None, typer.Option(help="Engine for a zoo name (default openvino); a model "
@@ -725,13 +731,54 @@ def quantize_cmd(
     data_dir: DataDir = None,
     record_path: RecordPath = DEFAULT_RECORD,
     format: OutputFormat = Format.text,
+    source: Annotated[str | None, typer.Option(help="Your own model: make the calibration set at its input size "
+                                                    "from noise, fractal, folder (--folder DIR) or distylegan "
+                                                    "(32x32, resized).")] = None,
+    images: Annotated[int, typer.Option(min=1, help="Your own model: calibration images --source makes.")] = 300,
+    folder: Annotated[Path | None, typer.Option(help="--source folder: any folder of unlabeled images.")] = None,
+    contract: Annotated[Path | None, typer.Option(help="Your own model: its input contract card (TOML); default "
+                                                       "<model>.calib.toml beside it, else what the model file "
+                                                       "carries.")] = None,
+    mean: Annotated[str | None, typer.Option(help="Your own model: mean per channel in its channel order, e.g. "
+                                                  "0.485,0.456,0.406.")] = None,
+    std: Annotated[str | None, typer.Option(help="Your own model: std per channel, e.g. 0.229,0.224,0.225.")]
+    = None,
+    input_size: Annotated[str | None, typer.Option(help="Your own model: input size, 64 or 64x48 (H x W).")]
+    = None,
+    bgr: Annotated[bool, typer.Option("--bgr", help="Your own model takes BGR channels (default RGB).")] = False,
+    raw_pixels: Annotated[bool, typer.Option("--raw-pixels", help="Your own model: mean/std are in 0..255 pixel "
+                                                                  "units (pixel scale 1, not 1/255).")] = False,
+    classes: Annotated[Path | None, typer.Option(help="Your own model: class names, one a line, in output "
+                                                      "order.")] = None,
 ) -> None:
-    """Quantize to INT8 with any engine that quantizes: NNCF (default or accuracy-aware), ONNX Runtime (static QDQ)."""
+    """Quantize to INT8 with any engine that quantizes: NNCF (default or accuracy-aware), ONNX Runtime (static QDQ).
+    Your own model (ONNX, IR or TorchScript) with its input contract: --source makes the set, --data-dir (with
+    your class folders) evaluates."""
     from calibration.engines import get_engine
     from calibration.export import fixed_batch
+    from calibration.foreign import TORCHSCRIPT_SUFFIXES
     from calibration.pipeline import QuantizeRequest, run_quantize
     from calibration.progress import progress
 
+    stated = {"--mean": mean, "--std": std, "--input-size": input_size, "--contract": contract,
+              "--classes": classes, "--bgr": bgr or None, "--raw-pixels": raw_pixels or None, "--source": source,
+              "--folder": folder}
+    if any(v is not None for v in stated.values()) or Path(model).suffix.lower() in TORCHSCRIPT_SUFFIXES:
+        zoo_only = {"--calib": calib, "--algo": None if algo == Algo.default else algo.value,
+                    "--subset-size": subset_size, "--preset": preset, "--fast-bias-correction": fast_bias_correction,
+                    "--max-drop": max_drop, "--drop-type": drop_type, "--calibrate-method": calibrate_method,
+                    "--ranking-subset-size": ranking_subset_size, "--overflow-fix": overflow_fix,
+                    "--reduce-range": reduce_range, "--batch": None if calibration_batch == 1 else calibration_batch,
+                    "--weights": weights, "--evaluate": evaluate or None}
+        given = [k for k, v in zoo_only.items() if v is not None]
+        if given:
+            raise OptionError(f"{', '.join(given)} is not available with your own model's contract and --source; "
+                              "leave it out")
+        _quantize_own(model, source, images, folder, contract, mean, std, input_size, bgr, raw_pixels, classes,
+                      engine.value if engine else None, seed, out, overwrite, data_dir, record_path, format)
+        return
+    if calib is None:
+        raise OptionError("give --calib SET (or, for your own model, --source to make the set)")
     engine_name = _model_engine(model, engine.value if engine else None)
     _refuse_int8(model)
     if fixed_batch(model) not in (None, calibration_batch):
@@ -771,6 +818,99 @@ def quantize_cmd(
     emit(row, format, text)
 
 
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise OptionError(f"{option} takes numbers separated by commas, not {text!r}") from None
+
+
+def _quantize_own(model: str, source: str | None, images: int, folder: Path | None, card: Path | None,
+                  mean: str | None, std: str | None, input_size: str | None, bgr: bool, raw_pixels: bool,
+                  classes: Path | None, engine: str | None, seed: int, out: Path | None, overwrite: bool,
+                  data_dir: Path | None, record_path: Path, format: Format) -> None:
+    """`calib quantize` for your own model: every option checked, then `calibration.own.quantize_own`."""
+    import shutil
+
+    from calibration import contract as C
+    from calibration import foreign
+    from calibration.own import SOURCES, OwnRequest, quantize_own
+    from calibration.progress import progress
+
+    if source is None:
+        raise OptionError(f"your own model needs --source ({', '.join(SOURCES)}) to make its calibration set")
+    if source not in SOURCES:
+        raise OptionError(f"--source {source} is not one for your own model; sources: {', '.join(SOURCES)}")
+    if (folder is None) != (source != "folder"):
+        raise OptionError("--folder DIR goes with --source folder, and only with it")
+    stated = None
+    if any(v is not None for v in (mean, std, input_size)) or bgr or raw_pixels or classes is not None:
+        size = _floats(input_size.replace("x", ","), "--input-size") if input_size else None
+        if size is not None and (len(size) not in (1, 2) or any(v != int(v) for v in size)):
+            raise OptionError(f"--input-size takes H or HxW in pixels, not {input_size!r}")
+        stated = C.from_options(_floats(mean, "--mean"), _floats(std, "--std"),
+                                [int(v) for v in size] if size else None, bgr=bgr,
+                                scale=1.0 if raw_pixels else 1 / 255, classes=classes)
+    if not Path(model).is_file():
+        raise OptionError(f"--model {model}: no such file (--source makes a set for your own model file; a zoo "
+                          "model takes --calib SET)")
+    _refuse_int8(model)
+    try:
+        the_contract = C.resolve(Path(model), stated, card)
+        checked = foreign.check(foreign.open_model(Path(model)), the_contract)
+    except OptionError:
+        raise
+    except CalibError as e:
+        raise OptionError(str(e)) from None
+    if engine not in (None, "openvino", "onnxruntime") or (engine == "onnxruntime" and checked.kind == "openvino"):
+        raise OptionError(f"--engine {engine} cannot quantize {model}; leave --engine out")
+    engine_name = engine or ("onnxruntime" if checked.kind == "onnx" else "openvino")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise OptionError(f"--data-dir {data_dir}: no such folder")
+    out = out or Path("runs/quantize") / f"own-{Path(model).stem}-{engine_name}-{source}-{images}-s{seed}"
+    if out.exists() and not overwrite:
+        raise OptionError(f"--out {out} exists; pass --overwrite to replace what calib wrote there")
+    made = not out.exists()
+    req = OwnRequest(Path(model), the_contract, source, images, seed, engine_name, folder, data_dir)
+    try:
+        with progress(f"quantize {Path(model).name} ({engine_name}, {source})", None, _quiet()):
+            row = quantize_own(req, out, record_path)
+    except BaseException:
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+    def text() -> None:
+        say(f"{Path(model).name} INT8 ({engine_name}, {images} {source} images at "
+            f"{the_contract.input_size[0]}x{the_contract.input_size[1]}, seed {seed}): {row['int8_path']}")
+        say(f"  contract: {the_contract.describe()}")
+        say(f"  size {row['fp32_bytes'] / 1e6:.2f} MB FP32 -> {row['int8_bytes'] / 1e6:.2f} MB INT8; "
+            f"{_accuracy_text(row) if row['int8_accuracy'] is not None else 'no test data (--data-dir ROOT)'}")
+
+    emit(row, format, text)
+
+
+def _own_contract(model: str, card: Path | None):
+    """The contract of a model file that states one (--contract, a card beside it, or calib's metadata inside
+    it); None for a zoo name or a file without one, which keep the CIFAR-10 path."""
+    from calibration import contract as C
+
+    try:
+        if card is not None:
+            return C.from_card(card)
+        if not Path(model).is_file():
+            return None
+        if C.card_path(Path(model)).is_file():
+            return C.from_card(C.card_path(Path(model)))
+        return C.read_from_model(Path(model))
+    except OptionError:
+        raise
+    except CalibError as e:
+        raise OptionError(str(e)) from None
+
+
 @app.command("evaluate")
 def evaluate_cmd(name: ModelArg = None,
                  model: Annotated[str | None, typer.Option(help="Model file (.xml, .onnx, .pt2; its suffix picks "
@@ -780,14 +920,29 @@ def evaluate_cmd(name: ModelArg = None,
                  engine: Annotated[Engine | None, typer.Option(help="For a zoo name: the engine it is exported to "
                                                                     "(default openvino).")] = None,
                  data_dir: DataDir = None, record_path: RecordPath = DEFAULT_RECORD,
-                 format: OutputFormat = Format.text) -> None:
+                 format: OutputFormat = Format.text,
+                 contract: Annotated[Path | None, typer.Option(help="Your own model: its input contract card "
+                                                                    "(TOML); a card beside the file or a contract "
+                                                                    "inside it is used without this.")] = None,
+                 ) -> None:
     """Top-1 accuracy on the CIFAR-10 test split with the engine that reads the file (OpenVINO: all requests of
-    an AsyncInferQueue kept busy)."""
+    an AsyncInferQueue kept busy); your own model's file, with its contract, on --data-dir ROOT/test."""
     from calibration.pipeline import run_evaluate
     from calibration.progress import progress
 
     model = _one_model(name, model)
     engine_name = _model_engine(model, engine.value if engine else None)
+    own_contract = _own_contract(model, contract)
+    if own_contract is not None:
+        from calibration.own import evaluate_own
+
+        if data_dir is None:
+            raise OptionError("your own model is evaluated on --data-dir ROOT (ROOT/test/<class>/*)")
+        with progress(f"evaluate {Path(model).name} ({engine_name})", None, _quiet()):
+            row = evaluate_own(Path(model), own_contract, data_dir, batch, record_path)
+        emit(row, format, lambda: say(f"{model}: accuracy {row['accuracy']:.4f} on {row['images']} test images "
+                                      f"({row['eval_fps']:.0f} images/s, engine {row['engine']})"))
+        return
     with progress(f"evaluate {Path(model).name} ({engine_name})", None, _quiet()):
         row = run_evaluate(model, batch=batch, weights=weights, data_dir=data_dir, record_path=record_path,
                            engine=engine_name)
@@ -1176,7 +1331,7 @@ def study_check(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study r
         say(f"{len(table) - bad} of {len(table)} cells within {tolerance}; largest |difference| "
             f"{table.abs_difference.max():.4f}; written to {out or run / 'check.csv'}")
 
-    emit(json.loads(table.to_json(orient="records")), format, text)
+    emit(_records(table), format, text)
     if bad:
         err_console.print(f"[red]error:[/red] {bad} cells differ by more than {tolerance}", highlight=False)
         raise typer.Exit(1)
@@ -1234,7 +1389,7 @@ def study_report(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study 
         if screenshot:
             lines.append(f"wrote {shoot(page, page.with_suffix('.png'))}")
     longs = [pd.read_csv(p) for p in written if p.name.startswith("long_") and p.suffix == ".csv"]
-    rows = json.loads(pd.concat(longs).to_json(orient="records")) if longs else []
+    rows = _records(pd.concat(longs)) if longs else []
     emit(rows, format, lambda: [say(line) for line in lines])
 
 

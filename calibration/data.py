@@ -232,15 +232,16 @@ def cut_test_slice(labels: np.ndarray, cfg: SliceConfig = TEST_SLICE) -> dict[st
     return {"validation": val_idx, "final_test": np.setdiff1d(np.arange(len(labels)), val_idx)}
 
 
-def train_split_indices(labels: np.ndarray, cfg: SplitConfig = SPLIT) -> dict[str, np.ndarray]:
+def train_split_indices(labels: np.ndarray, cfg: SplitConfig = SPLIT,
+                        classes: tuple[str, ...] = CLASSES) -> dict[str, np.ndarray]:
     """Seeded, disjoint index sets of train: `validation` takes `validation_per_class` of every class (whatever
-    its count), `calibration_pool` the rest."""
+    its count), `calibration_pool` the rest; `classes` names label 0, 1, ... (CIFAR-10's by default)."""
     rng = np.random.default_rng(cfg.seed)
     pool, val = [], []
-    for c in range(len(CLASSES)):
+    for c in range(len(classes)):
         idx = np.flatnonzero(labels == c)
         if len(idx) <= cfg.validation_per_class:
-            raise CalibError(f"class {CLASSES[c]} has {len(idx)} train images; need > {cfg.validation_per_class} "
+            raise CalibError(f"class {classes[c]} has {len(idx)} train images; need > {cfg.validation_per_class} "
                              f"(the validation split takes {cfg.validation_per_class} per class)")
         idx = rng.permutation(idx)
         val.append(idx[: cfg.validation_per_class])

@@ -1,9 +1,12 @@
-"""One self-contained HTML page for a study run: every table, every plot, sample grids, diagnosis, provenance.
+"""One self-contained HTML page for a study run, in the order a reader needs it: the verdict table (as the README
+states results: points with two decimals, paired interval, verdict, flips), heatmaps per engine (and machine), the
+reference study side by side, sample grids and diagnosis, then every detail table folded in <details>.
 
-Images are embedded as data URIs, so the file opens anywhere with no network and no folder beside it. The page
-is a Jinja2 template (`templates/report.html.j2`) filled with pandas' HTML tables; a short inline script makes
-tables sortable and, once the page has loaded, writes on <body> how many images failed to decode (the browser
-test reads it).
+Images are embedded as data URIs, so the file opens anywhere with no network and no folder beside it; every one
+has a caption and alt text. Numbers are formatted for people (`for_people`: no e-notation, differences in points).
+The page is a Jinja2 template (`templates/report.html.j2`); a short inline script makes tables sortable and, once
+the page has loaded, writes on <body> how many images failed to decode, the page's scroll width and where the
+verdict table starts (the browser test reads them at 1280 px).
 """
 
 from __future__ import annotations
@@ -190,6 +193,7 @@ _TITLES = {"engines_side_by_side": "Engines side by side (same model, source and
            "not_ok": "Cells not run (skipped or failed, with the reason)"}
 _PREFIXES = (("table1_", "Table 1: default INT8, accuracy and speed ({})"),
              ("table2_", "Table 2: accuracy-aware INT8 ({})"),
+             ("accuracy_aware_", "Did accuracy-aware INT8 keep max_drop on the test images? ({})"),
              ("long_", "Every condition, with the change to FP32 ({})"),
              ("cells_", "Every cell (one seed each) ({})"),
              ("speed_", "Speed of every timed model ({})"))
@@ -204,7 +208,8 @@ def _title(name: str) -> str:
 
 def _order(name: str) -> tuple:
     base, machine = split_name(name)
-    rank = {"table1_": 0, "table2_": 1, "engines_side_by_side": 2, "reference_side_by_side": 3, "long_": 4,
+    rank = {"table1_": 0, "table2_": 1, "accuracy_aware_": 1.5, "engines_side_by_side": 2,
+            "reference_side_by_side": 3, "long_": 4,
             "speed_": 5, "cells_": 6, "isa_side_by_side": 7, "not_ok": 9}
     return machine, next((r for k, r in rank.items() if base.startswith(k)), 8), base
 

@@ -35,6 +35,9 @@ from experiments.grid import Cell
 CONDITION = [*(f for f in Cell.__dataclass_fields__ if f not in ("kind", "seed")), "weights_id"]
 FACETS = [f for f in CONDITION if f not in ("model", "engine", "source", "algo")]  # axes besides the main four
 BASELINE_KEY = ["model", "engine", "fuse", "isa", "weights_id"]  # within one machine: what INT8 is paired with
+# what accuracy-aware cells record about their validation (see calibration.data.Evaluation and the engines)
+AA_FIELDS = ["validation_source", "validation_images", "aa_fp32_validation_accuracy", "aa_int8_validation_accuracy",
+             "aa_kept_fp32_count"]
 DIRTY = " †"  # after a value from a dirty tree
 UNRECORDED = "unrecorded"
 REFERENCE = Path(__file__).with_name("reference_study.csv")
@@ -242,8 +245,30 @@ def cell_table(df: pd.DataFrame, labels: np.ndarray | None = None, subsets: dict
     cols = [*CONDITION, "seed", "subset_size_images", "fp32_accuracy", "int8_accuracy", "delta_to_fp32",
             "ci_low", "ci_high", "flips_to_wrong", "flips_to_right", "mcnemar_p", "verdict", "int8_fps",
             "int8_fps_spread", "fp32_fps", "fp32_fps_spread", "speedup", "pytorch_accuracy", "pytorch_fps",
-            "dirty", "git_sha", "hardware_key", "test_indices_sha256", "fp32_predictions", "int8_predictions"]
-    return q[cols].reset_index(drop=True)
+            "dirty", "git_sha", "hardware_key", "test_indices_sha256", *AA_FIELDS, "fp32_predictions",
+            "int8_predictions"]
+    return q.reindex(columns=cols).reset_index(drop=True)
+
+
+def accuracy_aware_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Whether each accuracy-aware cell kept its promise on the test images: NNCF's validation accuracies (on
+    images the model never saw), the layers it kept in FP32, and the test drop against `max_drop`. A drop above
+    `max_drop` by less than 1.96 standard errors of the validation accuracy (sqrt(p(1-p)/n) over the validation
+    images) is within the sampling error of the validation images; above that, the promise is broken."""
+    aa = cells[(cells.algo == "accuracy-aware") & cells.aa_fp32_validation_accuracy.notna()].copy()
+    if aa.empty:
+        return pd.DataFrame()
+    p = aa.aa_fp32_validation_accuracy.astype(float)
+    aa["validation_se"] = np.sqrt(p * (1 - p) / aa.validation_images.astype(float))
+    aa["test_drop"] = aa.fp32_accuracy.astype(float) - aa.int8_accuracy.astype(float)
+    limit = aa.max_drop.astype(float)
+    aa["max_drop_kept"] = np.where(aa.test_drop <= limit + 1e-9, "yes",  # a drop equal to max_drop keeps it
+                                   np.where(aa.test_drop <= limit + 1.96 * aa.validation_se,
+                                            "within validation sampling error", "no"))
+    cols = ["model", "source", "isa", "seed", "max_drop", "validation_source", "validation_images",
+            "aa_fp32_validation_accuracy", "aa_int8_validation_accuracy", "aa_kept_fp32_count", "validation_se",
+            "fp32_accuracy", "int8_accuracy", "test_drop", "max_drop_kept"]
+    return aa[cols].sort_values(["model", "source", "isa", "seed"]).reset_index(drop=True)
 
 
 def long_table(cells: pd.DataFrame, labels: np.ndarray | None = None, subsets: dict | None = None) -> pd.DataFrame:
@@ -488,9 +513,12 @@ def _machine_tables(df: pd.DataFrame, labels: np.ndarray | None, subsets: dict |
         out[f"table1_{engine}"] = _wide(long, "default", _baseline_columns(df, engine))
         if (long.algo == "accuracy-aware").any():
             out[f"table2_{engine}"] = _wide(long, "accuracy-aware", None)
+            promise = accuracy_aware_table(c)
+            if not promise.empty:
+                out[f"accuracy_aware_{engine}"] = promise
         out[f"long_{engine}"] = long
         out[f"cells_{engine}"] = c.drop(columns=["fp32_predictions", "int8_predictions", "hardware_key",
-                                                 "test_indices_sha256"]).reset_index(drop=True)
+                                                 "test_indices_sha256", *AA_FIELDS]).reset_index(drop=True)
         speed = speed_table(df, engine)
         if not speed.empty:
             out[f"speed_{engine}"] = speed

@@ -23,17 +23,19 @@ UNEVEN_TEST = (5, 3, 9, 4, 12, 6, 7, 3, 10, 8)
 REAL_DOWNLOAD = torch.hub.download_url_to_file  # the real function, for tests that serve file:// URLs
 
 
-def write_tree(root: Path, per_class: dict[str, int | Sequence[int]], seed: int = 0) -> Path:
+def write_tree(root: Path, per_class: dict[str, int | Sequence[int]], seed: int = 0, noise: int = 60,
+               step: int = 20) -> Path:
     """Class-dependent colour blobs so that even a tiny model can learn something from them; a split's count is
-    one number for every class or one number per class."""
+    one number for every class or one number per class. Class c adds `step * c` grey levels to channel c % 3 of
+    noise below `noise`: a small step under heavy noise makes classes a tiny model learns only in part."""
     rng = np.random.default_rng(seed)
     for split, counts in per_class.items():
         counts = [counts] * len(CLASSES) if isinstance(counts, int) else list(counts)
         for c, (name, n) in enumerate(zip(CLASSES, counts, strict=True)):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                img = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
-                img[..., c % 3] += np.uint8(20 * c)
+                img = rng.integers(0, noise, (32, 32, 3), dtype=np.uint8)
+                img[..., c % 3] += np.uint8(step * c)
                 Image.fromarray(img).save(root / split / name / f"{i:04d}.png")
     return root
 

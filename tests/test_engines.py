@@ -217,9 +217,10 @@ def test_fp32_only_engines_refuse_quantization_in_one_line(name, tmp_path, cifar
 def test_evaluate_a_malformed_model_file_is_one_line(tmp_path, suffix, content):
     bad = tmp_path / f"bad{suffix}"
     bad.write_text(content)
-    result = runner.invoke(app, ["evaluate", str(bad), "--record", str(tmp_path / "r.jsonl")])
+    result = runner.invoke(app, ["evaluate", "--model", str(bad), "--record", str(tmp_path / "r.jsonl")])
     text = result.output.strip()
-    assert result.exit_code == 1 and "Traceback" not in text and len(text.splitlines()) == 1, text
+    # an unreadable --model is bad input, refused before any work: one line, exit code 2
+    assert result.exit_code == 2 and "Traceback" not in text and len(text.splitlines()) == 1, text
     assert "not a readable" in text
 
 

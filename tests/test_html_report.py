@@ -165,7 +165,9 @@ def test_cli_study_report_json_is_the_condition_rows_on_disk(run, tmp_path):
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
     on_disk = pd.concat([pd.read_csv(p) for p in sorted((tmp_path / "rep").glob("long_*.csv"))])
-    assert rows == json.loads(on_disk.to_json(orient="records")) and {"model", "source", "verdict"} <= set(rows[0])
+    expected = on_disk.astype(object).where(on_disk.notna(), None).to_dict("records")
+    assert rows == json.loads(json.dumps(expected, default=lambda v: v.item()))
+    assert {"model", "source", "verdict"} <= set(rows[0])
 
 
 def test_html_errors_are_one_line(run, tmp_path):

@@ -74,7 +74,10 @@ def test_official_grids_expand():
                         (("default", "openvino"), ("accuracy-aware", "openvino"), ("default", "onnxruntime"))}
     assert {c.source for c in cells if c.model == "resnet32" and c.kind == "quantize"} == {"cifar10", "fractal"}
     timed = [c for c in cells if official.times(c) and c.kind == "quantize"]
-    assert {(c.seed, c.source) for c in timed} == {(0, "cifar10")} and len(timed) == 5 * 2 + 3
+    # per model: NNCF default (native and AVX2-capped) and ONNX Runtime; accuracy-aware for three of them
+    assert {(c.seed, c.source) for c in timed} == {(0, "cifar10")} and len(timed) == 5 * 3 + 3
+    assert {c.isa for c in cells if c.engine == "openvino"} == {"native", "avx2"}
+    assert {c.isa for c in cells if c.algo == "accuracy-aware" or c.engine == "onnxruntime"} == {"native"}
     full = expand(load_grid(REPO / "experiments" / "official-full.toml"))
     assert {c.model for c in full if c.source == "inversion"} == five and len(full) > len(cells)
     assert (official.calibration_batch, official.ranking_subset_size) == (30, 300)

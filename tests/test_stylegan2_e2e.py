@@ -41,7 +41,7 @@ def test_snapshot_to_distylegan_calibration_set(tmp_path):
     assert np.array_equal(again, ts.images) and ts.images.std() > 10
 
     calib("distylegan", "train", "--out", run, "--teacher-set", ts_dir, "--no-real", "--network", "tiny",
-          "--steps", 3, "--batch-size", 8, "--snapshot-every", 3, "--device", "cpu")
+          "--steps", 3, "--batch", 8, "--snapshot-every", 3, "--device", "cpu")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics][-1] == 3 and all(np.isfinite(m["loss_pixel"]) for m in metrics)
     g = load_generator(run / "generator.pt")

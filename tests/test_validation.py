@@ -14,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from calibration.data import (
-    CLASSES,
     SPLIT,
     TEST_SLICE,
     SliceConfig,
@@ -37,7 +35,7 @@ from calibration.quantize import calibration_items, select_calibration
 from calibration.sets import check_calibration_set, read_set, write_set
 from calibration.sources import generate_set
 from calibration.weights import TRAINED_ON_ALL, TRAINED_ON_POOL, trained_on, weight_card, weights_trained_on
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, shared_path, write_tree
 from tests.test_engines import train_tiny
 
 
@@ -224,15 +222,7 @@ def test_accuracy_aware_validates_only_on_images_the_model_never_saw(tmp_path, c
 def _hard_tree(root: Path, counts: dict[str, int], seed: int = 3) -> Path:
     """Classes that differ by a few grey levels in one channel under heavy noise: a tiny model learns them
     only in part, so INT8 rounding flips some predictions and NNCF has layers to restore."""
-    rng = np.random.default_rng(seed)
-    for split, n in counts.items():
-        for c, name in enumerate(CLASSES):
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
-                img[..., c % 3] += np.uint8(3 * c)
-                Image.fromarray(img).save(root / split / name / f"{i:04d}.png")
-    return root
+    return write_tree(root, counts, seed, noise=120, step=3)
 
 
 @pytest.fixture(scope="module")

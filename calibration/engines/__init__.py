@@ -195,8 +195,18 @@ def engine_for_file(path: str | Path) -> Engine:
     raise CalibError(f"no engine reads {path}; model files are {known}")
 
 
-def random_input(batch: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((batch, *IMAGE_SHAPE)).astype(np.float32)
+def random_input(batch: int, seed: int = 0, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Random normal inputs of `shape` (C, H, W; None: the zoo's `IMAGE_SHAPE`)."""
+    return np.random.default_rng(seed).standard_normal((batch, *(shape or IMAGE_SHAPE))).astype(np.float32)
+
+
+def static_chw(dims) -> tuple[int, ...] | None:
+    """(C, H, W) from a model's declared input dimensions (ints, with None, 0, -1 or strings where open);
+    None unless all three are fixed numbers, in which case callers fall back to `IMAGE_SHAPE`."""
+    dims = list(dims)
+    if len(dims) != 4 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        return None
+    return tuple(dims[1:])
 
 
 def _summary(values: list[float], unit: str) -> dict:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calibration.engines import Engine, Protocol, Runner, ThreadPoolRunner, random_input, register_engine
+from calibration.engines import Engine, Protocol, Runner, ThreadPoolRunner, random_input, register_engine, static_chw
 from calibration.errors import CalibError, OptionError
 
 if TYPE_CHECKING:
@@ -170,12 +170,12 @@ class OnnxRuntimeEngine(Engine):
         calls = []
         for i in range(protocol.n_requests):
             sess = session(model, protocol.threads_per_request)
-            feed = {sess.get_inputs()[0].name: random_input(protocol.batch, i)}
+            feed = {sess.get_inputs()[0].name: random_input(protocol.batch, i, static_chw(sess.get_inputs()[0].shape))}
             calls.append(lambda sess=sess, feed=feed: sess.run(None, feed))
         return ThreadPoolRunner(calls, {"sessions": protocol.n_requests,
                                         "threads_per_session": protocol.threads_per_request})
 
     def latency_step(self, model, protocol: Protocol) -> Callable[[], Any]:
         sess = session(model, protocol.n_threads)
-        feed = {sess.get_inputs()[0].name: random_input(1)}
+        feed = {sess.get_inputs()[0].name: random_input(1, 0, static_chw(sess.get_inputs()[0].shape))}
         return lambda: sess.run(None, feed)

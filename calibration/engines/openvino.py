@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calibration.engines import IMAGE_SHAPE, Engine, Protocol, Runner, random_input, register_engine
+from calibration.engines import IMAGE_SHAPE, Engine, Protocol, Runner, random_input, register_engine, static_chw
 from calibration.errors import CalibError, OptionError
 
 if TYPE_CHECKING:
@@ -45,6 +45,14 @@ def read_model(model):
         raise CalibError(f"{model} is not a readable OpenVINO IR ({first[:200]})") from None
 
 
+def input_chw(model) -> tuple[int, ...]:
+    """(C, H, W) of an `ov.Model`'s or compiled model's input where it is fixed; else the zoo's `IMAGE_SHAPE`."""
+    shape = model.input(0).get_partial_shape()
+    if shape.rank.is_dynamic:
+        return IMAGE_SHAPE
+    return static_chw([-1 if d.is_dynamic else d.get_length() for d in shape]) or IMAGE_SHAPE
+
+
 def compile_model(model, precision: str = "f32", hint: str = "THROUGHPUT", batch: int | None = None,
                   threads: int | None = None, streams: int | None = None):
     """Compile an `ov.Model` or `.xml` for CPU; `batch` reshapes the input to a static batch first."""
@@ -52,7 +60,7 @@ def compile_model(model, precision: str = "f32", hint: str = "THROUGHPUT", batch
 
     model = read_model(model)
     if batch is not None:
-        model.reshape({model.input(0).get_any_name(): [batch, *IMAGE_SHAPE]})
+        model.reshape({model.input(0).get_any_name(): [batch, *input_chw(model)]})
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
@@ -135,7 +143,7 @@ class QueueRunner(Runner):
 
         self.queue = ov.AsyncInferQueue(compiled, requests)
         for i, req in enumerate(self.queue):
-            req.set_input_tensor(ov.Tensor(random_input(batch, i)))
+            req.set_input_tensor(ov.Tensor(random_input(batch, i, input_chw(compiled))))
         self.info = {"device_config": device_config(compiled)}
 
     def start(self) -> None:
@@ -189,7 +197,7 @@ def _any_batch(model):
     if shape.rank.is_dynamic or shape[0].is_dynamic:
         return model
     try:
-        model.reshape({model.input(0).get_any_name(): PartialShape([-1, *IMAGE_SHAPE])})
+        model.reshape({model.input(0).get_any_name(): PartialShape([-1, *input_chw(model)])})
     except RuntimeError as e:
         raise CalibError(f"this IR takes batch {shape[0]} only, so calibrate with batch 1 "
                          f"({str(e).strip().splitlines()[0][:120]})") from None
@@ -374,7 +382,7 @@ class OpenVINOEngine(Engine):
 
         compiled = compile_model(model, "f32", "LATENCY", 1, protocol.n_threads)
         req = compiled.create_infer_request()
-        req.set_input_tensor(ov.Tensor(random_input(1)))
+        req.set_input_tensor(ov.Tensor(random_input(1, 0, input_chw(compiled))))
         return req.infer
 
 

@@ -93,6 +93,46 @@ def batch_plan(per_class: int, batch_size: int, num_classes: int = 10) -> list[n
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+def optimize_inputs(model: nn.Module, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, seed: int,
+                    iterations: int, lr: float, w_bn: float, w_tv: float, w_l2: float, jitter: int = 2,
+                    labels: np.ndarray | None = None, w_ce: float = 0.0) -> tuple[torch.Tensor, float, float]:
+    """Adam on the normalized inputs `x` (a leaf that requires grad) toward the BatchNorm statistics of `model`,
+    with total-variation and L2 priors, cross-entropy toward `labels` where given, jitter and flips drawn from
+    `seed`; `x` stays inside [lo, hi] (the valid pixel range) at every step. Returns (x, BN loss at the first
+    step, BN loss of the final float inputs)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.from_numpy(labels) if labels is not None else None
+    opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+    hooks = BNStatsLoss(model)
+    first_bn = None
+    try:
+        for _ in range(iterations):
+            dx, dy = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
+            inp = torch.roll(x, (dx, dy), (2, 3))
+            if torch.rand(1, generator=gen).item() < 0.5:
+                inp = inp.flip(3)
+            logits = model(inp)
+            bn = hooks.value()
+            first_bn = bn.item() if first_bn is None else first_bn
+            loss = w_bn * bn
+            if y is not None:
+                loss = loss + w_ce * nn.functional.cross_entropy(logits, y)
+            loss = loss + w_tv * total_variation(x) + w_l2 * x.pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():  # stay inside the valid pixel range, so that saving loses only rounding
+                x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+        with torch.no_grad():
+            model(x)
+            last_bn = float(hooks.value())
+    finally:
+        hooks.remove()
+    return x, first_bn, last_bn
+
+
 def invert_batch(model: nn.Module, labels: np.ndarray, seeds: list[int], iterations: int, lr: float,
                  w_bn: float, w_ce: float, w_tv: float, w_l2: float, jitter: int = 2,
                  start: np.ndarray | None = None, channels_last: bool = False) -> tuple[np.ndarray, dict]:
@@ -109,35 +149,9 @@ def invert_batch(model: nn.Module, labels: np.ndarray, seeds: list[int], iterati
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     x = x.contiguous(memory_format=fmt).requires_grad_(True)
-    gen = torch.Generator().manual_seed(seeds[0])
-    y = torch.from_numpy(labels)
-    opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
     lo, hi = to_normalized(torch.zeros(1, 3, 1, 1)), to_normalized(torch.ones(1, 3, 1, 1))
-    hooks = BNStatsLoss(model)
-    first_bn = None
-    try:
-        for _ in range(iterations):
-            dx, dy = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
-            inp = torch.roll(x, (dx, dy), (2, 3))
-            if torch.rand(1, generator=gen).item() < 0.5:
-                inp = inp.flip(3)
-            logits = model(inp)
-            bn = hooks.value()
-            first_bn = bn.item() if first_bn is None else first_bn
-            loss = (w_bn * bn + w_ce * nn.functional.cross_entropy(logits, y) + w_tv * total_variation(x)
-                    + w_l2 * x.pow(2).mean())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():  # stay inside the valid pixel range, so that saving loses only rounding
-                x.copy_(torch.maximum(torch.minimum(x, hi), lo))
-        with torch.no_grad():
-            model(x)
-            last_bn = float(hooks.value())
-    finally:
-        hooks.remove()
+    x, first_bn, last_bn = optimize_inputs(model, x, lo, hi, seeds[0], iterations, lr, w_bn, w_tv, w_l2, jitter,
+                                           labels=labels, w_ce=w_ce)
     pixels = from_model_input(x.detach()).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     images = np.rint(pixels * 255).astype(np.uint8)
     return images, {"bn_loss_start": first_bn, "bn_loss_float": last_bn, "bn_loss_uint8": bn_loss_of(model, images)}
