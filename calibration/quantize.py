@@ -80,12 +80,17 @@ class QuantizeConfig:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
 
+def option_value(option: object) -> str:
+    """An option's value as typed (an Enum's value, else the value itself), never a Python repr."""
+    return str(getattr(option, "value", option))
+
+
 def option_text(name: str, value: object) -> str:
     """An option as a user types it on the command line: `--no-fast-bias-correction`, `--algo accuracy-aware`."""
     flag = name.replace("_", "-")
     if isinstance(value, bool):
         return f"--{flag}" if value else f"--no-{flag}"
-    return f"--{flag} {getattr(value, 'value', value)}"
+    return f"--{flag} {option_value(value)}"
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,6 @@ def git_sha(root: Path | None = None) -> str:
     return git_state(root)["git_sha"]
 
 
-cpu_model = hardware.cpu_model  # the one definition; kept here for older imports
 
 
 def versions() -> dict[str, str]:

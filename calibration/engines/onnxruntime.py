@@ -28,6 +28,7 @@ import numpy as np
 
 from calibration.engines import Engine, Protocol, Runner, ThreadPoolRunner, random_input, register_engine, static_chw
 from calibration.errors import CalibError, OptionError
+from calibration.quantize import option_value
 
 if TYPE_CHECKING:
     from calibration.data import LabeledImages
@@ -73,10 +74,6 @@ def session(path: Path | str, threads: int | None = None):
         raise CalibError(f"{path} is not a readable ONNX model ({first})") from None
 
 
-def _value(option) -> str:
-    return str(getattr(option, "value", option))
-
-
 def reduce_range_choice(option: bool | None) -> tuple[bool, str]:
     """7-bit weights or not, and why: the option if given, else ONNX Runtime's guidance for this CPU."""
     from calibration.hardware import has_vnni
@@ -118,7 +115,7 @@ class OnnxRuntimeEngine(Engine):
 
     def check_options(self, cfg: QuantizeConfig) -> None:
         super().check_options(cfg)
-        method = _value(cfg.calibrate_method or "minmax")
+        method = option_value(cfg.calibrate_method or "minmax")
         if method not in METHODS:
             raise OptionError(f"ONNX Runtime has no --calibrate-method {method}: it calibrates with "
                              f"{', '.join(METHODS)}")
@@ -129,8 +126,8 @@ class OnnxRuntimeEngine(Engine):
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         self.check_options(cfg)
-        method = _value(cfg.calibrate_method or "minmax")
-        preset = _value(cfg.preset or "mixed")
+        method = option_value(cfg.calibrate_method or "minmax")
+        preset = option_value(cfg.preset or "mixed")
         symmetric = preset == "performance"
         reduce_range, reason = reduce_range_choice(cfg.reduce_range)
         methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

@@ -20,6 +20,7 @@ import numpy as np
 
 from calibration.engines import IMAGE_SHAPE, Engine, Protocol, Runner, random_input, register_engine, static_chw
 from calibration.errors import CalibError, OptionError
+from calibration.quantize import option_value
 
 if TYPE_CHECKING:
     from calibration.data import LabeledImages
@@ -88,10 +89,6 @@ def _precision_name(text: str) -> str:
 
 def _classes(compiled) -> int:
     return compiled.output(0).get_partial_shape()[1].get_length()
-
-
-def _value(option) -> str:
-    return str(getattr(option, "value", option))
 
 
 def run_queue(compiled, inputs: list, outputs: list, requests: int) -> float:
@@ -301,7 +298,7 @@ class OpenVINOEngine(Engine):
 
     def check_options(self, cfg: QuantizeConfig) -> None:
         super().check_options(cfg)
-        method = _value(cfg.calibrate_method or "nncf")
+        method = option_value(cfg.calibrate_method or "nncf")
         if method not in RANGE_ESTIMATORS:
             raise OptionError(f"OpenVINO (NNCF) has no --calibrate-method {method}: it calibrates with "
                              f"{', '.join(RANGE_ESTIMATORS)}")
@@ -321,9 +318,9 @@ class OpenVINOEngine(Engine):
             )
             from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-            preset = _value(cfg.preset or "performance")
-            estimator = _value(cfg.calibrate_method or "nncf")
-            overflow = _value(cfg.overflow_fix or "first_layer_only")  # NNCF's defaults, from here on
+            preset = option_value(cfg.preset or "performance")
+            estimator = option_value(cfg.calibrate_method or "nncf")
+            overflow = option_value(cfg.overflow_fix or "first_layer_only")  # NNCF's defaults, from here on
             fast_bc = True if cfg.fast_bias_correction is None else bool(cfg.fast_bias_correction)
             batch = int(items[0].shape[0])
             advanced = AdvancedQuantizationParameters(
@@ -333,7 +330,7 @@ class OpenVINOEngine(Engine):
                 batchwise_statistics=True if batch > 1 else None)  # NNCF: keep the batch axis, per-image statistics
             common = dict(preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
                           subset_size=len(items), fast_bias_correction=fast_bc)
-            record = {"algo": _value(cfg.algo), "preset": preset,
+            record = {"algo": option_value(cfg.algo), "preset": preset,
                       "activations": "symmetric" if preset == "performance" else "asymmetric",
                       "calibrate_method": estimator, "overflow_fix": overflow, "fast_bias_correction": fast_bc,
                       "target_device": "CPU", "calibration_batch": batch, "nncf": nncf.__version__,
@@ -351,7 +348,7 @@ class OpenVINOEngine(Engine):
                 ranking = min(cfg.ranking_subset_size or len(validation), len(validation))
                 val_items = validation_items(validation)
                 max_drop = 0.01 if cfg.max_drop is None else float(cfg.max_drop)
-                drop_type = _value(cfg.drop_type or "absolute")
+                drop_type = option_value(cfg.drop_type or "absolute")
                 q = nncf.quantize_with_accuracy_control(
                     model, nncf.Dataset(items), nncf.Dataset(val_items), _validation_fn, max_drop=max_drop,
                     drop_type=nncf.DropType(drop_type), advanced_quantization_parameters=advanced,
