@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from calibration.runs import record
-from calibration.sources.inversion import BNStatsLoss, _load, total_variation
+from calib.core.runs import record
+from calib.core.sources.inversion import BNStatsLoss, _load, total_variation
 
 
 class VarMeanBNStatsLoss(BNStatsLoss):

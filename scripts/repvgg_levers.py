@@ -150,14 +150,14 @@ def main() -> None:
     import nncf
     import openvino as ov
 
-    from calibration.data import load_split, to_model_input, train_splits
-    from calibration.diagnose import measure, rank
-    from calibration.export import to_openvino
-    from calibration.hardware import hardware
-    from calibration.quantize import balanced_indices
-    from calibration.runs import append_jsonl, git_sha, sha256_file, versions
-    from calibration.sources import generate
-    from calibration.weights import load_model
+    from calib.core.data import load_split, to_model_input, train_splits
+    from calib.core.diagnose import measure_quantizers, rank
+    from calib.core.export import to_openvino
+    from calib.core.hardware import hardware
+    from calib.core.quantize import balanced_indices
+    from calib.core.runs import append_jsonl, git_sha, sha256_file, versions
+    from calib.core.sources import generate
+    from calib.core.weights import load_model
 
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "levers.jsonl"
@@ -229,7 +229,7 @@ def main() -> None:
                    "agreement": float((pred == fp32_pred).mean()), "quantize_seconds": round(seconds, 1),
                    "fq_nodes": fq_count(q), **throughput(xml)}
             if lever == "default":
-                diag = rank(measure(fp32, q, validation))
+                diag = rank(measure_quantizers(fp32, q, validation))
                 (args.out / f"diagnose-{fuse}.json").write_text(json.dumps(diag, indent=1, default=str))
                 worst = [r for r in diag if r["op_type"] != "Parameter"][: args.worst]
                 worst_scope = consumers(fp32, [r["node"] for r in worst])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from calibration.data import CLASSES
+from calib.core.data import CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(__import__("os").environ.get("CALIB_SHARED", REPO.parent / "shared"))
@@ -55,7 +55,7 @@ def uneven_dir(tmp_path_factory) -> Path:
 def fake_torchvision(monkeypatch, cifar_dir):
     """The torchvision path without the network: no CALIB_CIFAR10_DIR, and torchvision's CIFAR10 serves the tiny
     tree's arrays (as uint8 HWC `data` and a `targets` list, like the real class)."""
-    from calibration.data import load_split
+    from calib.core.data import load_split
 
     arrays = {split: load_split(split, cifar_dir) for split in ("train", "test")}
 
@@ -70,7 +70,7 @@ def fake_torchvision(monkeypatch, cifar_dir):
 
 
 def save_weights(model_name: str, folder: Path, seed: int = 0) -> Path:
-    from calibration.zoo import create_model
+    from calib.core.zoo import create_model
 
     torch.manual_seed(seed)
     model = create_model(model_name)

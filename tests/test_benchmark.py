@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from calibration.benchmark import Protocol
-from calibration.cli import app
-from calibration.engines import list_engines
-from calibration.pipeline import (
-    benchmark_models,
-    benchmark_sources,
-    compare_engines,
-    evaluate_vs_benchmark_app,
-    predictions_from_str,
-)
-from calibration.runs import read_jsonl
-from calibration.sources import generate_set
+from calib.cli import app
+from calib.core.benchmark import benchmark_models, benchmark_sources, compare_engines, evaluate_vs_benchmark_app
+from calib.core.engines import Protocol, list_engines
+from calib.core.runs import predictions_from_str, read_jsonl
+from calib.core.sources import generate_set
 
 runner = CliRunner()
 FAST = Protocol(warmup_s=0.05, duration_s=0.1, repeats=3)
@@ -40,7 +33,7 @@ def test_compare_engines_puts_every_engine_in_one_table_under_one_protocol(tmp_p
     # the same FP32 weights under every engine: identical test accuracy
     assert len({round(r["fp32_accuracy"], 6) for r in rows}) == 1
     for r in rows:
-        assert r["fp32_fps"] > 0 and r["fp32_latency_fps"] > 0 and len(r["fp32_runs"]) == 3
+        assert r["fp32_fps"] > 0 and r["fp32_latency_fps"] > 0 and len(r["fp32_fps_runs"]) == 3
         if r["engine"] in list_engines(int8=True):
             assert r["int8_fps"] > 0 and r["int8_latency_fps"] > 0 and 0 <= r["int8_agreement"] <= 1
             assert r["speedup"] == pytest.approx(r["int8_fps"] / r["fp32_fps"]) and r["subset_size_images"] == 20
@@ -53,7 +46,7 @@ def test_benchmark_models_times_pytorch_under_the_same_protocol(tmp_path):
     rows = benchmark_models(["tiny_cnn"], list_engines(), FAST, tmp_path, record_path=tmp_path / "r.jsonl")
     assert {r["engine"] for r in rows} == set(list_engines())
     for r in rows:
-        assert r["protocol"]["repeats"] == 3 and len(r["fp32_runs"]) == 3 and r["fp32_fps"] > 0
+        assert r["protocol"]["repeats"] == 3 and len(r["fp32_fps_runs"]) == 3 and r["fp32_fps"] > 0
         assert r["pytorch_fps"] > 0 and r["pytorch_latency_fps"] > 0
         if r["engine"] in list_engines(int8=True):
             assert r["int8_fps"] > 0 and r["int8_bytes"] > 0
@@ -92,14 +85,14 @@ def test_benchmark_engines_command_states_which_number_is_which(tmp_path, noise_
 
 def quick_speed(monkeypatch):
     """Let a test grid time in 5 x 0.05 s (committed grids keep to the 5 x 1 s floor)."""
-    import experiments.grid
+    import calib.study.grid
 
-    monkeypatch.setattr(experiments.grid, "MIN_BENCHMARK_SECONDS", 0.05)
+    monkeypatch.setattr(calib.study.grid, "MIN_BENCHMARK_SECONDS", 0.05)
 
 
 def test_study_rows_carry_per_image_predictions(tmp_path, cifar_dir, monkeypatch):
-    from calibration.data import load_split
-    from experiments.runner import run_study
+    from calib.core.data import load_split
+    from calib.study.runner import run_study
 
     quick_speed(monkeypatch)
     grid = tmp_path / "grid.toml"
@@ -128,8 +121,8 @@ def test_equal_models_share_one_timing_taken_alone(tmp_path, monkeypatch):
     timing runs."""
     import time
 
-    import experiments.runner as runner
-    from experiments.report import load_rows, tables
+    import calib.study.runner as runner
+    from calib.study.report import load_rows, tables
 
     quick_speed(monkeypatch)
     samples = []

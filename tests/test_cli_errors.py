@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from calibration.cli import app
+from calib.cli import app
 
 runner = CliRunner()
 
@@ -131,7 +131,7 @@ def test_every_option_is_validated_before_any_work(path, option, value, tmp_path
 
 
 def _noise_set(path):
-    from calibration.sources import generate_set
+    from calib.core.sources import generate_set
 
     return generate_set("noise", 1, 0, path)
 

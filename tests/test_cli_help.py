@@ -4,7 +4,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from calibration.cli import app
+from calib.cli import app
 
 runner = CliRunner()
 

@@ -18,15 +18,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from calibration.runs import read_jsonl
+from calib.cli import app
+from calib.core.runs import read_jsonl
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def noise_set(tmp_path):
-    from calibration.sources import generate_set
+    from calib.core.sources import generate_set
 
     return generate_set("noise", 2, 0, tmp_path / "noise-set")
 
@@ -37,7 +37,7 @@ def invoke(*args: str):
 
 # ---------------------------------------------------------------- stdout is the result
 def test_zoo_list_is_whole_in_a_pipe_in_every_format():
-    from calibration.zoo import list_models
+    from calib.core.zoo import list_models
 
     names = list_models()
     text = invoke("zoo", "list")
@@ -108,7 +108,7 @@ def test_help_never_cuts_option_names():
 
 # ---------------------------------------------------------------- progress
 def test_progress_prints_a_line_every_few_seconds_off_a_terminal(monkeypatch, capsys):
-    from calibration import progress
+    from calib.core import progress
 
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.05)
     with progress.progress("work", 10) as advance:
@@ -135,15 +135,15 @@ benchmark = false
 
 
 def test_study_run_shows_counts_one_line_per_error_and_a_summary(tmp_path, monkeypatch):
-    import experiments.runner as runner_module
+    import calib.study.cells as study_cells
 
     def boom(grid, cell, *rest):
         if cell.seed == 1:
             raise RuntimeError("boom in seed 1")
         return real(grid, cell, *rest)
 
-    real = runner_module._quantize_cell
-    monkeypatch.setattr(runner_module, "_quantize_cell", boom)
+    real = study_cells.quantize_cell
+    monkeypatch.setattr(study_cells, "quantize_cell", boom)
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID)
     result = invoke("study", "run", grid, "--out", tmp_path / "run")
@@ -196,7 +196,7 @@ def test_overwrite_replaces_only_what_calib_wrote(tmp_path, noise_set):
 
 
 def test_a_failed_overwrite_gives_the_earlier_run_back(tmp_path, noise_set):
-    from calibration.folders import run_folder
+    from calib.core.folders import run_folder
 
     out = tmp_path / "run"
     with run_folder(out) as folder:
@@ -222,13 +222,13 @@ def test_generate_overwrite_keeps_user_files_and_inversion_clash_is_found_before
     assert refused.exit_code == 2 and "README.txt" in refused.stderr
     assert (tmp_path / "s" / "README.txt").read_text() == "mine"
 
-    from calibration.sources import default_set_folder
+    from calib.core.sources import default_set_folder
 
     folder = default_set_folder("inversion", 1, 0, model="tiny_cnn", iterations=2)
     assert folder.name.startswith("inversion-tiny_cnn-1pc-s0-")
     assert default_set_folder("inversion", 1, 0).name == "inversion-resnet20-1pc-s0"
     folder.mkdir(parents=True)
-    monkeypatch.setattr("calibration.sources.inversion.invert_batch",
+    monkeypatch.setattr("calib.core.sources.inversion.invert_batch",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("images were made")))
     clash = invoke("generate", "--source", "inversion", "--per-class", "1", "--model", "tiny_cnn", "--iterations",
                    "2")
@@ -236,7 +236,7 @@ def test_generate_overwrite_keeps_user_files_and_inversion_clash_is_found_before
 
 
 def test_show_has_a_default_out_and_no_padding_tiles(tmp_path, monkeypatch):
-    from calibration.sets import write_set
+    from calib.core.sets import write_set
 
     monkeypatch.chdir(tmp_path)
     images = np.zeros((3, 32, 32, 3), np.uint8)  # black images: padding would be indistinguishable from them
@@ -247,7 +247,7 @@ def test_show_has_a_default_out_and_no_padding_tiles(tmp_path, monkeypatch):
     assert png.is_file() and str(png.relative_to(tmp_path)) in result.stdout
     with Image.open(png) as im:
         grid = np.asarray(im.convert("L"))
-    from calibration.show import GAP, HEADER, MARGIN
+    from calib.core.show import GAP, HEADER, MARGIN
 
     step = 64 + 2 * GAP
     tile = lambda row, col: grid[HEADER + row * step: HEADER + row * step + 64,  # noqa: E731

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from calibration.data import (
+from calib.core.data import (
     CLASSES,
     SPLIT,
     LabeledImages,
@@ -16,7 +16,7 @@ from calibration.data import (
     train_split_indices,
     train_splits,
 )
-from calibration.errors import CalibError
+from calib.core.errors import CalibError
 from tests.conftest import TEST_PER_CLASS, TRAIN_PER_CLASS, UNEVEN_TEST, UNEVEN_TRAIN, write_tree
 
 # per-class counts of the shared lossless subset, as its README states them
@@ -71,7 +71,7 @@ def test_normalization_matches_torchvision():
     import torch
     from torchvision.transforms import v2
 
-    from calibration.data import MEAN, STD
+    from calib.core.data import MEAN, STD
 
     img = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     tv = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
@@ -126,7 +126,7 @@ def test_too_few_images_for_the_validation_cut_is_a_clear_error(tmp_path):
 def test_one_split_definition_for_the_source_and_validation(cifar_dir):
     """The cifar10 source cannot move the cut: with an option to, its pool overlapped the validation split that
     accuracy-aware quantization always takes."""
-    from calibration.sources import generate, source_info
+    from calib.core.sources import generate, source_info
 
     assert "validation_per_class" not in source_info("cifar10").options
     with pytest.raises(CalibError, match="does not take"):

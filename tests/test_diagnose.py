@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from calibration.data import LabeledImages, to_model_input, train_splits
-from calibration.diagnose import RankBy, layer_accuracy, plot_heatmaps, rank, run_diagnose
-from calibration.errors import CalibError
-from calibration.sets import write_set
-from calibration.weights import load_model
+from calib.cli import app
+from calib.core.data import LabeledImages, to_model_input, train_splits
+from calib.core.diagnose import RankBy, layer_accuracy, plot_heatmaps, rank, run_diagnose
+from calib.core.errors import CalibError
+from calib.core.sets import write_set
+from calib.core.weights import load_model
 from tests.conftest import use_test_data
 
 runner = CliRunner()
@@ -42,7 +42,7 @@ def env(tmp_path_factory, cifar_dir, weights_dir):
 @pytest.fixture(scope="module")
 def sets(env, cifar_dir):
     """A real set from the calibration pool, 20 copies of one pool image, and 20 flat grey images."""
-    from calibration.sources import generate_set
+    from calib.core.sources import generate_set
 
     pool = generate_set("cifar10", 2, 0, env / "pool", data_dir=cifar_dir)
     img = train_splits(cifar_dir)["calibration_pool"].images[3]
@@ -131,7 +131,7 @@ def test_input_quantizer_error_matches_the_fakequantize_formula(diagnosed, cifar
 
 def test_per_channel_ranges_count_each_channel_against_its_own_range():
     """NNCF gives some activations (inputs of depthwise convolutions) one range per channel."""
-    from calibration.diagnose import Quantizer, _Stats
+    from calib.core.diagnose import Quantizer, _Stats
 
     rng = np.random.default_rng(0)
     low = np.zeros((1, 3, 1, 1))
@@ -180,11 +180,12 @@ def test_keeping_the_clipped_input_in_fp32_restores_accuracy(tmp_path, cifar_dir
     apart; removing that one quantizer brings the validation accuracy most of the way back."""
     import openvino as ov
 
-    from calibration.data import load_split
-    from calibration.diagnose import activation_quantizers
-    from calibration.pipeline import QuantizeRequest, quantize_with
-    from calibration.sets import read_set
-    from calibration.zoo import create_model
+    from calib.core.data import load_split
+    from calib.core.diagnose import activation_quantizers
+    from calib.core.pipeline import quantize_with
+    from calib.core.sets import read_set
+    from calib.core.spec import QuantizeSpec
+    from calib.core.zoo import create_model
 
     train = load_split("train", cifar_dir)
     x, y = torch.from_numpy(to_model_input(train.images)), torch.from_numpy(train.labels)
@@ -198,7 +199,7 @@ def test_keeping_the_clipped_input_in_fp32_restores_accuracy(tmp_path, cifar_dir
         loss.backward()
         opt.step()
     torch.save(model.state_dict(), tmp_path / "tiny.pt")
-    req = QuantizeRequest(model="tiny_cnn", calib=sets["grey"], weights=tmp_path / "tiny.pt", data_dir=cifar_dir)
+    req = QuantizeSpec(model="tiny_cnn", calib=sets["grey"], weights=tmp_path / "tiny.pt", data_dir=cifar_dir)
     q = quantize_with(req, read_set(sets["grey"]), tmp_path / "q")
     val = train_splits(cifar_dir)["validation"]
     fqs = {fq.layer: fq.fq_name for fq in activation_quantizers(ov.Core().read_model(q["int8_path"]))}
@@ -254,7 +255,7 @@ def test_cli_diagnose_refusals(tmp_path, sets, args, message):
 
 
 def test_reference_inside_the_test_folder_is_refused(tmp_path, cifar_dir, sets):
-    from calibration.sets import import_set
+    from calib.core.sets import import_set
 
     imported = import_set(cifar_dir / "test", tmp_path / "imported", "imagenet")
     r = runner.invoke(app, ["diagnose", "--model", "tiny_cnn", "--calib", str(sets["pool"]), "--reference",
@@ -268,7 +269,7 @@ def test_missing_set_is_one_error_line(tmp_path):
 
 
 def test_generate_set_reports_progress(tmp_path):
-    from calibration.sources import _SOURCES, Generated, generate_set, register_source, source_info
+    from calib.core.sources import _SOURCES, Generated, generate_set, register_source, source_info
 
     calls = []
     generate_set("noise", 2, 0, tmp_path / "n", progress=lambda done, total: calls.append((done, total)))
@@ -301,8 +302,8 @@ def test_cli_generate_quiet(tmp_path):
 
 def test_grid_option_diagnoses_every_openvino_quantize_cell(tmp_path, cifar_dir, weights_dir):
     """`diagnose = true` in a grid: one file of per-quantizer rows per OpenVINO quantize cell, none for others."""
-    from calibration.runs import read_jsonl
-    from experiments.runner import run_study
+    from calib.core.runs import read_jsonl
+    from calib.study.runner import run_study
 
     grid = tmp_path / "grid.toml"
     grid.write_text(f'name = "d"\nmodels = ["tiny_cnn"]\nsources = ["noise", "fractal"]\nper_class = 2\n'

@@ -5,12 +5,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from distylegan.networks import CONFIGS, Discriminator, Generator, count_parameters, load_generator, save_generator
-from distylegan.sample import DEFAULT_CHECKPOINT, sample_images
-from distylegan.teacher_set import build_teacher_set, latents_for_seeds, load_teacher_set
-from distylegan.teachers import build_teacher, tiny_teacher
-from distylegan.train import DistillConfig, distill
+from calib.cli import app
+from calib.distylegan.networks import (
+    CONFIGS,
+    Discriminator,
+    Generator,
+    count_parameters,
+    load_generator,
+    save_generator,
+)
+from calib.distylegan.sample import DEFAULT_CHECKPOINT, sample_images
+from calib.distylegan.teacher_set import build_teacher_set, latents_for_seeds, load_teacher_set
+from calib.distylegan.teachers import build_teacher, tiny_teacher
+from calib.distylegan.train import DistillConfig, distill
 
 
 def test_full_size_parameter_counts_are_within_one_percent_of_the_reference():
@@ -40,7 +47,7 @@ def test_teacher_set_pairs_each_image_with_its_latent(teacher_set):
     assert len(ts) == 120 and np.bincount(ts.labels).tolist() == [12] * 10
     assert np.array_equal(ts.seeds, np.arange(5, 125))
     again = tiny_teacher(0)(torch.from_numpy(ts.latents[:4]), torch.from_numpy(ts.labels[:4]))
-    from distylegan.teacher_set import to_uint8
+    from calib.distylegan.teacher_set import to_uint8
 
     assert np.array_equal(to_uint8(again), ts.images[:4])
     # the same distribution as sampling: standard normal latents from the per-image seeds
@@ -73,7 +80,7 @@ def test_tiny_distillation_pixel_loss_falls(teacher_set, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_a_kill_matches_an_uninterrupted_run(teacher_set, tmp_path, cifar_dir):
-    from calibration.data import train_splits
+    from calib.core.data import train_splits
 
     ts, real = load_teacher_set(teacher_set), train_splits(cifar_dir)["calibration_pool"]
     full = distill(_cfg(), tmp_path / "full", ts, real, progress=False)
@@ -87,7 +94,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(teacher_set, tmp_path,
 
 
 def test_a_run_folder_is_not_overwritten(teacher_set, tmp_path):
-    from calibration.errors import CalibError
+    from calib.core.errors import CalibError
 
     distill(_cfg(steps=10), tmp_path / "r", load_teacher_set(teacher_set), progress=False)
     with pytest.raises(CalibError, match="already holds a run"):
@@ -117,7 +124,7 @@ def test_generator_checkpoint_rebuilds_its_own_model(tmp_path):
 
 
 def test_teacher_specs():
-    from calibration.errors import CalibError
+    from calib.core.errors import CalibError
 
     assert build_teacher("tiny:1").name == "tiny:1"
     with pytest.raises(CalibError, match="unknown teacher spec"):

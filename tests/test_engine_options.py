@@ -2,25 +2,34 @@
 trace in any record, and what an engine records is what it used (ONNX Runtime's reduce_range by the CPU's
 VNNI, as its documentation advises; entropy ranges that really are entropy's)."""
 
-import dataclasses
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from calibration.engines import get_engine, list_engines
-from calibration.errors import CalibError, OptionError
-from calibration.pipeline import QuantizeRequest, quantize_with, run_quantize
-from calibration.quantize import Algo, CalibMethod, DropType, OverflowFix, Preset, QuantizeConfig, option_text
-from calibration.sets import read_set
-from calibration.sources import generate_set
+from calib.cli import app
+from calib.core.engines import get_engine, list_engines
+from calib.core.errors import CalibError, OptionError
+from calib.core.pipeline import quantize_with, run_quantize
+from calib.core.sets import read_set
+from calib.core.sources import generate_set
+from calib.core.spec import (
+    QUANTIZATION_OPTIONS,
+    Algo,
+    CalibMethod,
+    DropType,
+    OverflowFix,
+    Preset,
+    QuantizeSpec,
+    option_text,
+)
 
 runner = CliRunner()
 
-# a value other than "not given" for every QuantizeConfig field, and how a user types it
+# a value other than "not given" for every quantization option, and how a user types it
 GIVEN = {"algo": Algo.accuracy_aware, "subset_size": 7, "preset": Preset.mixed, "fast_bias_correction": False,
          "max_drop": 0.05, "drop_type": DropType.relative, "seed": 3, "calibrate_method": CalibMethod.minmax,
          "ranking_subset_size": 9, "overflow_fix": OverflowFix.enable, "reduce_range": True, "calibration_batch": 4}
@@ -35,8 +44,8 @@ def noise_set(tmp_path_factory):
 
 
 def test_every_field_has_a_given_value_here():
-    assert set(GIVEN) == {f.name for f in dataclasses.fields(QuantizeConfig)}
-    assert QuantizeConfig().given() == {}
+    assert set(GIVEN) == set(QUANTIZATION_OPTIONS)
+    assert QuantizeSpec("tiny_cnn", Path(".")).given() == {}
 
 
 @pytest.mark.parametrize("engine", list_engines(int8=True))
@@ -45,12 +54,15 @@ def test_an_option_the_engine_lacks_is_refused_in_its_own_words(engine, field):
     """Every engine, every field: accepted where the engine declares it, else one line naming the option as
     typed (never a Python repr such as `<DropType.relative: 'relative'>`)."""
     e = get_engine(engine)
-    cfg = QuantizeConfig(**{field: GIVEN[field]})
+
+    def spec():
+        return QuantizeSpec("tiny_cnn", Path("."), engine=engine, **{field: GIVEN[field]})
+
     if field in e.options:
-        e.check_options(cfg)
+        e.check_options(spec())
         return
-    with pytest.raises(OptionError) as err:
-        e.check_options(cfg)
+    with pytest.raises(OptionError) as err:  # refused when the spec is made, before any work
+        spec()
     text = str(err.value)
     assert option_text(field, GIVEN[field]) in text and len(text.splitlines()) == 1
     assert TYPED.get(field, "--") in text and "<" not in text and "Enum" not in text
@@ -65,7 +77,7 @@ def test_onnx_runtime_has_none_of_nncfs_options_and_nncf_none_of_onnx_runtimes()
     for engine, method, others in ((ort, "nncf", "minmax, entropy, percentile"), (ov, "entropy", "nncf, minmax"),
                                    (ov, "percentile", "nncf, minmax")):
         with pytest.raises(OptionError, match=f"no --calibrate-method {method}: it calibrates with {others}$"):
-            engine.check_options(QuantizeConfig(calibrate_method=CalibMethod(method)))
+            QuantizeSpec("tiny_cnn", Path("."), engine=engine.name, calibrate_method=CalibMethod(method))
 
 
 @pytest.mark.parametrize("args", [["--no-fast-bias-correction"], ["--max-drop", "0.05"], ["--drop-type", "relative"],
@@ -81,7 +93,7 @@ def test_cli_refuses_nncf_options_for_onnx_runtime_before_any_work(tmp_path, noi
 
 
 def test_onnx_runtime_row_records_what_it_used_and_nothing_it_lacks(tmp_path, noise_set):
-    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine="onnxruntime"), tmp_path / "q",
+    row = run_quantize(QuantizeSpec(model="tiny_cnn", calib=noise_set, engine="onnxruntime"), tmp_path / "q",
                        record_path=tmp_path / "r.jsonl")
     for key in ("fast_bias_correction", "max_drop", "drop_type", "overflow_fix", "ranking_subset_images"):
         assert key not in row
@@ -101,13 +113,13 @@ def _int8_weights(onnx_path) -> list[np.ndarray]:
 def test_reduce_range_follows_the_cpus_vnni_unless_given(tmp_path, noise_set, monkeypatch, vnni):
     """ONNX Runtime's guidance for x86 CPUs: reduce_range without VNNI, not with it; checked in the weights
     ONNX Runtime wrote (7-bit: |w| <= 64) and in the row; the option overrides either way."""
-    import calibration.hardware
+    import calib.core.hardware
 
-    monkeypatch.setattr(calibration.hardware, "has_vnni", lambda flags=None: vnni)
+    monkeypatch.setattr(calib.core.hardware, "has_vnni", lambda flags=None: vnni)
     cset = read_set(noise_set)
 
     def run(name, **kw):
-        q = quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine="onnxruntime", pretrained=False,
+        q = quantize_with(QuantizeSpec(model="tiny_cnn", calib=noise_set, engine="onnxruntime", pretrained=False,
                                           **kw), cset, tmp_path / name)
         return q, max(int(np.abs(w.astype(int)).max()) for w in _int8_weights(q["int8_path"]))
 
@@ -132,11 +144,11 @@ def test_onnx_runtime_entropy_searches_its_thresholds_and_records_its_bins(tmp_p
     """Entropy's KL search (ONNX Runtime's own calibrator) clips where min-max does not: narrower ranges on some
     activations, none wider; the bins it searched are recorded. (A smaller histogram than the default keeps
     this quick; the row states the one used.)"""
-    from calibration.engines import onnxruntime as ort_engine
+    from calib.core.engines import onnxruntime as ort_engine
 
     monkeypatch.setitem(ort_engine.HISTOGRAM, "entropy", {"num_bins": 512, "num_quantized_bins": 128})
     cset = read_set(noise_set)
-    runs = {m: quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine="onnxruntime",
+    runs = {m: quantize_with(QuantizeSpec(model="tiny_cnn", calib=noise_set, engine="onnxruntime",
                                              calibrate_method=m, pretrained=False), cset, tmp_path / m)
             for m in ("minmax", "entropy")}
     minmax, entropy = (_activation_scales(runs[m]["int8_path"]) for m in ("minmax", "entropy"))
@@ -149,5 +161,7 @@ def test_onnx_runtime_entropy_searches_its_thresholds_and_records_its_bins(tmp_p
 
 
 def test_an_invalid_value_is_one_clear_line():
-    with pytest.raises(CalibError, match="invalid quantization option"):
-        QuantizeRequest(model="tiny_cnn", calib=".", drop_type="sideways").config()
+    with pytest.raises(CalibError, match="^--drop-type must be one of absolute, relative, not sideways$"):
+        QuantizeSpec(model="tiny_cnn", calib=".", drop_type="sideways")
+    with pytest.raises(CalibError, match="^--subset-size must be at least 1, not 0$"):
+        QuantizeSpec(model="tiny_cnn", calib=".", subset_size=0)

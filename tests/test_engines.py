@@ -16,19 +16,18 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from calibration.data import MEAN, STD
-from calibration.engines import (
+from calib.cli import app
+from calib.core.data import MEAN, STD
+from calib.core.engines import (
     Protocol,
     ThreadPoolRunner,
-    _throughput_run,
     engine_for_file,
     get_engine,
     list_engines,
-    measure,
 )
-from calibration.errors import CalibError
-from calibration.quantize import QuantizeConfig
+from calib.core.errors import CalibError
+from calib.core.spec import QuantizeSpec
+from calib.core.speed import _throughput_run, time_model
 from tests.conftest import REPO
 
 runner = CliRunner()
@@ -57,7 +56,7 @@ def train_tiny(cifar_dir: Path, folder: Path) -> Path:
     saved under the zoo's file naming; once per tree and process, on one thread so it stays quick."""
     if cifar_dir in _TRAINED:
         return _TRAINED[cifar_dir]
-    from calibration.zoo import create_model
+    from calib.core.zoo import create_model
 
     images, labels = read_tree(cifar_dir / "train")
     x, y = torch.from_numpy(torchvision_input(images)), torch.from_numpy(labels)
@@ -90,7 +89,7 @@ def trained_tiny(tmp_path_factory, cifar_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(trained_tiny):
-    from calibration.weights import load_model
+    from calib.core.weights import load_model
 
     return load_model("tiny_cnn", trained_tiny)
 
@@ -132,7 +131,7 @@ def test_openvino_padded_batches_equal_plain_synchronous_inference(exported, ran
     synchronous call, one image at a time, logits included."""
     import openvino as ov
 
-    from calibration.engines.openvino import predict_ov
+    from calib.core.engines.openvino import predict_ov
 
     xml = exported["openvino"]
     x = torchvision_input(random_images)
@@ -145,7 +144,7 @@ def test_openvino_padded_batches_equal_plain_synchronous_inference(exported, ran
 @pytest.mark.parametrize("name", ENGINES)
 def test_every_engine_is_timed_under_the_same_protocol(name, exported):
     protocol = Protocol(warmup_s=0.05, duration_s=0.15, repeats=3, threads=2, batch=4, requests=2)
-    r = measure(name, exported[name], protocol)
+    r = time_model(name, exported[name], protocol)
     assert len(r["fps_throughput_runs"]) == len(r["fps_latency_runs"]) == 3
     assert r["fps_throughput_median"] > 0 and r["fps_latency_median"] > 0
     assert (r["throughput_batch"], r["throughput_requests"], r["threads"], r["latency_batch"]) == (4, 2, 2, 1)
@@ -153,7 +152,7 @@ def test_every_engine_is_timed_under_the_same_protocol(name, exported):
 
 
 def test_openvino_runs_the_protocols_streams_and_threads(exported):
-    r = measure("openvino", exported["openvino"], Protocol(0.05, 0.1, 3, threads=2, requests=2, batch=3))
+    r = time_model("openvino", exported["openvino"], Protocol(0.05, 0.1, 3, threads=2, requests=2, batch=3))
     assert r["device_config"]["NUM_STREAMS"] == "2" and r["device_config"]["INFERENCE_NUM_THREADS"] == "2"
     assert r["device_config"]["INFERENCE_PRECISION_HINT"] == "f32"
 
@@ -186,7 +185,7 @@ def test_openvino_timing_uses_the_queue_without_waiting_each_round(exported, mon
             return super().wait_all()
 
     monkeypatch.setattr(ov, "AsyncInferQueue", SpyQueue)
-    measure("openvino", exported["openvino"], Protocol(0.05, 0.2, 2, threads=2, requests=2))
+    time_model("openvino", exported["openvino"], Protocol(0.05, 0.2, 2, threads=2, requests=2))
     assert calls["wait_all"] == 1 + 2 and calls["start_async"] > 20
 
 
@@ -203,14 +202,14 @@ def test_thread_pool_runner_reraises_a_failed_request():
 
 @pytest.mark.parametrize("name", FP32_ONLY)
 def test_fp32_only_engines_refuse_quantization_in_one_line(name, tmp_path, cifar_dir):
-    from calibration.sources import generate_set
+    from calib.core.sources import generate_set
 
     cset = generate_set("noise", 1, 0, tmp_path / "set")
     result = runner.invoke(app, ["quantize", "--model", "tiny_cnn", "--calib", str(cset), "--engine", name,
                                  "--out", str(tmp_path / "q"), "--record", str(tmp_path / "r.jsonl")])
     assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1 and name in result.output
     with pytest.raises(CalibError, match="no INT8"):  # and the engine itself, whatever calls it
-        get_engine(name).check_options(QuantizeConfig())
+        QuantizeSpec("tiny_cnn", Path("."), engine=name)
 
 
 @pytest.mark.parametrize("suffix,content", [(".xml", "<net name='x'><layers><layer id='0'"), (".onnx", "not onnx")])
@@ -227,7 +226,7 @@ def test_evaluate_a_malformed_model_file_is_one_line(tmp_path, suffix, content):
 def test_export_to_openvino_emits_no_torch_jit_warning(tiny):
     import warnings
 
-    from calibration.export import to_openvino
+    from calib.core.export import to_openvino
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -243,10 +242,10 @@ def test_quantize_command_prints_no_library_noise(tmp_path):
     import subprocess
     import sys
 
-    from calibration.sources import generate_set
+    from calib.core.sources import generate_set
 
     cset = generate_set("noise", 1, 0, tmp_path / "set")
-    cmd = [sys.executable, "-m", "calibration.cli", "quantize", "--model", "tiny_cnn", "--calib", str(cset),
+    cmd = [sys.executable, "-m", "calib.cli", "quantize", "--model", "tiny_cnn", "--calib", str(cset),
            "--out", str(tmp_path / "q"), "--record", str(tmp_path / "r.jsonl")]
     run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert run.returncode == 0, run.stderr
@@ -269,26 +268,27 @@ def _engine_name_comparisons(tree: ast.AST) -> list[str]:
 
 
 def test_pipeline_benchmark_and_study_never_branch_on_an_engine_name():
-    runner_src = ast.parse((REPO / "experiments" / "runner.py").read_text())
-    mine = [n for n in runner_src.body if isinstance(n, ast.FunctionDef)
-            and n.name in ("_baseline", "_quantize_cell", "_speed_only_cell")]
+    cells_src = ast.parse((REPO / "calib" / "study" / "cells.py").read_text())
+    mine = [n for n in cells_src.body if isinstance(n, ast.FunctionDef)
+            and n.name in ("baseline_cell", "quantize_cell", "speed_only_cell")]
     assert len(mine) == 3
-    found = {name: _engine_name_comparisons(ast.parse((REPO / "calibration" / name).read_text()))
+    found = {name: _engine_name_comparisons(ast.parse((REPO / "calib" / "core" / name).read_text()))
              for name in ("pipeline.py", "benchmark.py", "evaluate.py")}
-    found["runner.py"] = [f for fn in mine for f in _engine_name_comparisons(fn)]
+    found["cells.py"] = [f for fn in mine for f in _engine_name_comparisons(fn)]
     assert not any(found.values()), found
 
 
 def test_no_engine_reaches_back_into_benchmark_or_pipeline():
     """No import circle: engines import only the registry; nothing imports another module's private helpers."""
-    files = [*sorted((REPO / "calibration" / "engines").glob("*.py"))]
-    files += [REPO / "calibration" / f for f in ("benchmark.py", "pipeline.py", "evaluate.py", "quantize.py",
-                                                 "export.py", "ort.py")]
+    files = [*sorted((REPO / "calib" / "core" / "engines").glob("*.py"))]
+    files += [REPO / "calib" / "core" / f for f in ("benchmark.py", "pipeline.py", "evaluate.py", "quantize.py",
+                                                 "export.py", "speed.py", "spec.py")]
     for file in files:
         for node in ast.walk(ast.parse(file.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("calibration"):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("calib.core"):
                 if file.parent.name == "engines":
-                    assert node.module not in ("calibration.benchmark", "calibration.pipeline"), (file, node.module)
+                    assert node.module not in ("calib.core.benchmark", "calib.core.pipeline", "calib.core.speed"), \
+                        (file, node.module)
                 private = [a.name for a in node.names if a.name.startswith("_")]
-                same_package = file.parent.name == "engines" and node.module == "calibration.engines"
+                same_package = file.parent.name == "engines" and node.module == "calib.core.engines"
                 assert not private or same_package, (file.name, node.module, private)

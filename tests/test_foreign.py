@@ -9,10 +9,10 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from calibration import contract as C
-from calibration import foreign
-from calibration.data import to_model_input as zoo_input
-from calibration.errors import CalibError, OptionError
+from calib.core import contract as C
+from calib.core import foreign
+from calib.core.data import to_model_input as zoo_input
+from calib.core.errors import CalibError, OptionError
 
 SIZE = 64
 CLASSES = ("cat", "dog", "fox", "owl", "yak")
@@ -165,7 +165,7 @@ def test_torchscript_to_ir_and_onnx_follow_the_model_forward(mobilenet, tmp_path
     np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], truth, atol=1e-4, rtol=1e-4)
 
     # the engines' own predict, at the model's input size (not the zoo's 32x32)
-    from calibration.engines import get_engine
+    from calib.core.engines import get_engine
 
     for engine, file in (("openvino", xml), ("onnxruntime", onnx_path)):
         preds, _ = get_engine(engine).predict(file, x, batch=5)
@@ -173,15 +173,15 @@ def test_torchscript_to_ir_and_onnx_follow_the_model_forward(mobilenet, tmp_path
 
 
 def test_int8_agrees_with_fp32(mobilenet, tmp_path):
-    from calibration.engines import get_engine
-    from calibration.quantize import QuantizeConfig
+    from calib.core.engines import get_engine
+    from calib.core.spec import QuantizeSpec
 
     _, path = mobilenet
     model = foreign.check(foreign.open_model(path), BGR_IMAGENET)
     xml = foreign.to_ir(model, BGR_IMAGENET, tmp_path / "fp32.xml")
     calib = C.to_model_input(images(32, 40, 40, seed=5), BGR_IMAGENET)
     engine = get_engine("openvino")
-    int8, record = engine.quantize(xml, [calib[i : i + 1] for i in range(len(calib))], QuantizeConfig(),
+    int8, record = engine.quantize(xml, [calib[i : i + 1] for i in range(len(calib))], QuantizeSpec(str(xml), tmp_path),
                                    tmp_path / "int8")
     x = C.to_model_input(images(100, SIZE, SIZE, seed=6), BGR_IMAGENET)
     fp32_preds, _ = engine.predict(xml, x)
@@ -233,8 +233,8 @@ def write_own_tree(root, train: int = 8, test: int = 4, size: tuple[int, int] = 
 
 
 def test_own_folder_splits_keep_calibration_validation_and_test_apart(tmp_path):
-    from calibration import own
-    from calibration.data import SplitConfig
+    from calib.core import own
+    from calib.core.data import SplitConfig
 
     root = write_own_tree(tmp_path / "data")
     parts = own.folder_splits(root, BGR_IMAGENET, SplitConfig(validation_per_class=3))
@@ -253,7 +253,7 @@ def test_own_folder_splits_keep_calibration_validation_and_test_apart(tmp_path):
 def test_folder_source_refuses_test_and_validation_images(tmp_path):
     import shutil
 
-    from calibration import own
+    from calib.core import own
 
     root = write_own_tree(tmp_path / "data", train=120)  # 100 per class go to validation by default
     pool = tmp_path / "unlabeled"
@@ -273,14 +273,14 @@ def test_folder_source_refuses_test_and_validation_images(tmp_path):
 
 @pytest.mark.parametrize("source", ["noise", "fractal", "distylegan"])
 def test_sources_at_the_model_input_size(source):
-    from calibration import own
+    from calib.core import own
 
     c = C.InputContract(C.IMAGENET_MEAN[::-1], C.IMAGENET_STD[::-1], (48, 40), channel_order="BGR")
     a = own.make_images(source, 4, 3, c)
     assert a.shape == (4, 48, 40, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, own.make_images(source, 4, 3, c))  # seeded
     if source == "distylegan":  # its 32x32 images, one per class in turn, resized as the contract says
-        from calibration.sources import generate
+        from calib.core.sources import generate
 
         np.testing.assert_array_equal(a, C.resize(generate("distylegan", 1, 3).images[:4], (48, 40)))
     if source == "noise":  # N(0, 1) in the model's own normalized space, clipping aside
@@ -292,7 +292,7 @@ def test_sources_at_the_model_input_size(source):
 def test_quantize_own_model_with_no_data_then_evaluate(mobilenet, tmp_path):
     import json
 
-    from calibration import own
+    from calib.core import own
 
     _, path = mobilenet
     root = write_own_tree(tmp_path / "data")
@@ -312,7 +312,7 @@ def test_cli_quantize_own_model_in_one_command(mobilenet, tmp_path):
 
     from typer.testing import CliRunner
 
-    from calibration.cli import app
+    from calib.cli import app
 
     _, path = mobilenet
     root = write_own_tree(tmp_path / "data")
@@ -340,7 +340,7 @@ def test_cli_quantize_own_model_in_one_command(mobilenet, tmp_path):
 def test_cli_own_model_refusals_exit_2_in_one_line(mobilenet, tmp_path):
     from typer.testing import CliRunner
 
-    from calibration.cli import app
+    from calib.cli import app
 
     _, path = mobilenet
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
@@ -369,7 +369,7 @@ def test_cli_own_model_refusals_exit_2_in_one_line(mobilenet, tmp_path):
 
 
 def test_inversion_of_any_model_with_batchnorm(mobilenet):
-    from calibration import own
+    from calib.core import own
 
     net, path = mobilenet
     a, info = own.invert(net, BGR_IMAGENET, 6, seed=1, iterations=8, batch_size=6)
@@ -385,7 +385,8 @@ def test_inversion_of_any_model_with_batchnorm(mobilenet):
 
 
 def test_engines_time_a_model_at_its_own_input_size(tmp_path):
-    from calibration.engines import Protocol, measure
+    from calib.core.engines import Protocol
+    from calib.core.speed import time_model
 
     # a flatten-and-linear head takes 64x64 only (MobileNet's adaptive pooling would take the zoo's 32x32 too)
     torch.manual_seed(0)
@@ -396,5 +397,5 @@ def test_engines_time_a_model_at_its_own_input_size(tmp_path):
     quick = Protocol(warmup_s=0.05, duration_s=0.1, repeats=1, threads=1)
     for engine, file in (("openvino", foreign.to_ir(model, BGR_IMAGENET, tmp_path / "m.xml")),
                          ("onnxruntime", foreign.to_onnx(model, BGR_IMAGENET, tmp_path / "m.onnx"))):
-        row = measure(engine, file, quick)  # random inputs at 64x64: the zoo's 32x32 would not match a fixed IR
+        row = time_model(engine, file, quick)  # random inputs at 64x64: the zoo's 32x32 would not match a fixed IR
         assert row["fps_throughput_median"] > 0 and row["fps_latency_median"] > 0

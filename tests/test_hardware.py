@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from calibration import hardware
-from calibration.runs import git_state, provenance, read_jsonl, record
+from calib.core import hardware
+from calib.core.runs import git_state, provenance, read_jsonl, record
 
 
 def git(root: Path, *args: str) -> None:
@@ -18,8 +18,8 @@ def git(root: Path, *args: str) -> None:
 
 
 def test_git_state_counts_untracked_files_in_the_packages_as_dirty(tmp_path):
-    (tmp_path / "calibration").mkdir()
-    (tmp_path / "calibration" / "a.py").write_text("x = 1\n")
+    (tmp_path / "calib").mkdir()
+    (tmp_path / "calib" / "a.py").write_text("x = 1\n")
     (tmp_path / ".gitignore").write_text("*.pyc\n")
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", ".")
@@ -27,13 +27,13 @@ def test_git_state_counts_untracked_files_in_the_packages_as_dirty(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     assert git_state(tmp_path) == {"git_sha": head, "dirty": False}
     (tmp_path / "notes.txt").write_text("outside the packages\n")
-    (tmp_path / "calibration" / "cache.pyc").write_bytes(b"ignored")
+    (tmp_path / "calib" / "cache.pyc").write_bytes(b"ignored")
     assert git_state(tmp_path)["dirty"] is False  # untracked outside the packages, or ignored: clean
-    (tmp_path / "calibration" / "new").mkdir()
-    (tmp_path / "calibration" / "new" / "b.py").write_text("y = 2\n")  # a new module runs as much as a changed one
+    (tmp_path / "calib" / "new").mkdir()
+    (tmp_path / "calib" / "new" / "b.py").write_text("y = 2\n")  # a new module runs as much as a changed one
     assert git_state(tmp_path) == {"git_sha": head + "-dirty", "dirty": True}
-    (tmp_path / "calibration" / "new" / "b.py").unlink()
-    (tmp_path / "calibration" / "a.py").write_text("x = 2\n")
+    (tmp_path / "calib" / "new" / "b.py").unlink()
+    (tmp_path / "calib" / "a.py").write_text("x = 2\n")
     assert git_state(tmp_path)["dirty"] is True
 
 

@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from experiments.html import build_html, write_html
-from experiments.report import load_rows, tables
+from calib.cli import app
+from calib.study.html import build_html, write_html
+from calib.study.report import load_rows, tables
 from tests.conftest import use_test_data
 
 GRID = """
@@ -61,8 +61,8 @@ class Page(HTMLParser):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, cifar_dir, weights_dir):
     """A finished tiny study with diagnose rows of one of its sets."""
-    from calibration.diagnose import run_diagnose
-    from experiments.runner import run_study
+    from calib.core.diagnose import run_diagnose
+    from calib.study.runner import run_study
 
     with pytest.MonkeyPatch.context() as mp:
         use_test_data(mp, tmp_path_factory, cifar_dir, weights_dir)
@@ -213,7 +213,7 @@ def test_page_leads_with_the_verdict_then_heatmaps_then_the_reference_then_folde
 
 
 def test_numbers_are_for_people():
-    from experiments.html import for_people
+    from calib.study.html import for_people
 
     df = pd.DataFrame({"delta_to_fp32": [-0.0003333, 1.36e-16], "int8_accuracy": [0.92133333, 0.9],
                        "int8_fps": [12345.6, float("nan")], "mcnemar_p": [0.0123456, 1e-9], "speedup": [1.8512, 2]})

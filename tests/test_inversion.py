@@ -10,17 +10,17 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from calibration.errors import CalibError
-from calibration.sets import read_set
-from calibration.sources import generate, generate_set
+from calib.core.errors import CalibError
+from calib.core.sets import read_set
+from calib.core.sources import generate, generate_set
 from tests.conftest import save_weights
 
 TINY = {"model": "tiny_cnn", "iterations": 4, "batch_size": 6}
 
 
 def test_inversion_lowers_bn_loss_and_rechecks_uint8():
-    from calibration.sources.inversion import bn_loss_of
-    from calibration.weights import load_model
+    from calib.core.sources.inversion import bn_loss_of
+    from calib.core.weights import load_model
 
     g = generate("inversion", 2, 0, model="tiny_cnn", iterations=60, batch_size=20, lr=0.1)
     stats = g.extra["batches"][0]
@@ -35,7 +35,7 @@ def test_inversion_lowers_bn_loss_and_rechecks_uint8():
 def test_bn_loss_matches_batchnorm_own_batch_statistics(memory_format):
     """The hook's statistics are the ones BatchNorm itself computes in training mode (torch as the outside truth),
     in both memory layouts (channels-last takes another reduction path)."""
-    from calibration.sources.inversion import BNStatsLoss
+    from calib.core.sources.inversion import BNStatsLoss
 
     bn = torch.nn.BatchNorm2d(4, momentum=1.0)  # momentum 1: running stats become the batch's own
     x = (torch.randn(8, 4, 5, 5) * 3 + 1).contiguous(memory_format=memory_format)
@@ -51,8 +51,8 @@ def test_bn_loss_matches_batchnorm_own_batch_statistics(memory_format):
 
 
 def test_inversion_hooks_repvgg_identity_branches():
-    from calibration.sources.inversion import BNStatsLoss
-    from calibration.zoo import create_model
+    from calib.core.sources.inversion import BNStatsLoss
+    from calib.core.zoo import create_model
 
     model = create_model("tiny_repvgg")
     hooks = BNStatsLoss(model)
@@ -63,8 +63,8 @@ def test_inversion_hooks_repvgg_identity_branches():
 
 
 def test_batch_plan_mixes_classes_and_covers_every_image_once():
-    from calibration.sources import balanced_labels
-    from calibration.sources.inversion import batch_plan
+    from calib.core.sources import balanced_labels
+    from calib.core.sources.inversion import batch_plan
 
     plan = batch_plan(3, 7)
     flat = np.concatenate(plan)
@@ -77,7 +77,7 @@ def png_pixels(path):
 
 
 def test_any_image_regenerates_byte_for_byte_from_its_manifest(tmp_path):
-    from calibration.sources.inversion import regenerate, verify_regeneration
+    from calib.core.sources.inversion import regenerate, verify_regeneration
 
     weights = save_weights("tiny_cnn", tmp_path / "w", seed=3)
     out = generate_set("inversion", 2, 5, tmp_path / "set", model="tiny_cnn", weights=weights, iterations=4,
@@ -107,7 +107,7 @@ def test_any_image_regenerates_byte_for_byte_from_its_manifest(tmp_path):
 
 
 def test_inversion_started_from_fractals_regenerates_too(tmp_path):
-    from calibration.sources.inversion import verify_regeneration
+    from calib.core.sources.inversion import verify_regeneration
 
     out = generate_set("inversion", 1, 2, tmp_path / "set", **{**TINY, "batch_size": 5}, init="fractal")
     cset = read_set(out)
@@ -121,7 +121,7 @@ def test_inversion_started_from_fractals_regenerates_too(tmp_path):
 
 
 def test_regenerate_refuses_other_weights_and_unknown_ids(tmp_path):
-    from calibration.sources.inversion import regenerate
+    from calib.core.sources.inversion import regenerate
 
     weights = save_weights("tiny_cnn", tmp_path / "w", seed=3)
     out = generate_set("inversion", 1, 0, tmp_path / "set", **{**TINY, "weights": weights})
@@ -133,8 +133,8 @@ def test_regenerate_refuses_other_weights_and_unknown_ids(tmp_path):
 
 
 def test_mct_methods_parse_and_bad_ones_are_refused():
-    from calibration.peers.inversion_bench import parse_method
-    from calibration.sources.inversion import DEFAULTS, OLD_DEFAULTS
+    from calib.core.peers.inversion_bench import parse_method
+    from calib.core.sources.inversion import DEFAULTS, OLD_DEFAULTS
 
     assert parse_method("calib") == ("calib", {})
     assert parse_method("calib-old") == ("calib", OLD_DEFAULTS)
@@ -147,7 +147,7 @@ def test_mct_methods_parse_and_bad_ones_are_refused():
 
 
 def test_missing_mct_venv_is_one_clear_error(tmp_path, monkeypatch):
-    from calibration.cli import app
+    from calib.cli import app
 
     monkeypatch.setenv("CALIB_MCT_PYTHON", str(tmp_path / "nope" / "python"))
     r = CliRunner().invoke(app, ["benchmark", "inversion", "--models", "tiny_cnn", "--methods", "mct",
@@ -158,7 +158,7 @@ def test_missing_mct_venv_is_one_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_benchmark_inversion_records_rows_and_resumes(tmp_path):
-    from calibration.cli import app
+    from calib.cli import app
 
     rec = tmp_path / "rows.jsonl"
     args = ["benchmark", "inversion", "--models", "tiny_cnn", "--methods", "calib:iterations=3,batch_size=10",
@@ -176,7 +176,7 @@ def test_benchmark_inversion_records_rows_and_resumes(tmp_path):
 
 
 def test_inversion_speed_records_each_variant_and_their_ratio(tmp_path):
-    from calibration.peers.inversion_bench import inversion_speed
+    from calib.core.peers.inversion_bench import inversion_speed
 
     r = inversion_speed("tiny_cnn", 10, variants={"old": "calib:iterations=6,batch_size=10",
                                                   "new": "calib:iterations=2,batch_size=10"},
@@ -187,7 +187,7 @@ def test_inversion_speed_records_each_variant_and_their_ratio(tmp_path):
 
 @pytest.mark.slow
 def test_inversion_speed_prints_old_and_new_and_records_their_ratio(tmp_path):
-    from calibration.cli import app
+    from calib.cli import app
 
     rec = tmp_path / "r.jsonl"
     r = CliRunner().invoke(app, ["benchmark", "inversion-speed", "--model", "tiny_cnn", "--images", "10",
@@ -203,7 +203,7 @@ def test_inversion_speed_prints_old_and_new_and_records_their_ratio(tmp_path):
 @pytest.mark.slow
 def test_mct_generate_script_in_its_venv(tmp_path):
     """Runs only where MCT's venv exists (scripts/mct-venv.sh): MCT's images come back as uint8 with labels."""
-    from calibration.peers.mct import mct_generate, mct_python
+    from calib.core.peers.mct import mct_generate, mct_python
 
     try:
         mct_python()

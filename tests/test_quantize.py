@@ -9,21 +9,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from calibration.data import load_split, train_splits
-from calibration.engines import get_engine, list_engines
-from calibration.errors import CalibError
-from calibration.pipeline import (
-    QuantizeRequest,
-    accuracy_of,
-    predictions_from_str,
-    predictions_to_str,
-    quantize_with,
-    run_quantize,
-)
-from calibration.quantize import QuantizeConfig, calibration_items, select_calibration
-from calibration.sets import import_set, read_set, write_set
-from calibration.sources import generate_set
+from calib.cli import app
+from calib.core.data import load_split, train_splits
+from calib.core.engines import get_engine, list_engines
+from calib.core.errors import CalibError
+from calib.core.evaluate import evaluate
+from calib.core.pipeline import quantize_with, run_quantize
+from calib.core.quantize import calibration_items, select_calibration
+from calib.core.runs import predictions_from_str, predictions_to_str
+from calib.core.sets import import_set, read_set, write_set
+from calib.core.sources import generate_set
+from calib.core.spec import QuantizeSpec
 from tests.test_engines import torchvision_input, train_tiny
 
 runner = CliRunner()
@@ -71,8 +67,8 @@ def test_default_int8_keeps_fp32_accuracy_and_is_really_quantized(tmp_path, real
     """Trained tiny model, real calibration images: INT8 within 5 points of FP32 on the same test images and
     the same class for >= 90% of them; the IR holds FakeQuantize nodes whose input range is NNCF's default
     estimator (mean over images of the per-image min and max), made symmetric (performance preset)."""
-    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=real_set, weights=trained_tiny), tmp_path / "q",
-                       evaluate=True, record_path=tmp_path / "records.jsonl")
+    row = run_quantize(QuantizeSpec(model="tiny_cnn", calib=real_set, weights=trained_tiny), tmp_path / "q",
+                       test=True, record_path=tmp_path / "records.jsonl")
     assert row["fp32_accuracy"] >= 0.5, "the fixture model should be well above chance"
     assert abs(row["int8_accuracy"] - row["fp32_accuracy"]) <= 0.05 and row["int8_agreement"] >= 0.9
     assert row["subset_size_images"] == 30 and row["preset"] == "performance" and row["calibrate_method"] == "nncf"
@@ -88,12 +84,12 @@ def test_default_int8_keeps_fp32_accuracy_and_is_really_quantized(tmp_path, real
 
 @pytest.mark.parametrize("preset,method", [("performance", "minmax"), ("mixed", "minmax"), ("mixed", None)])
 def test_nncf_preset_and_range_estimator_are_applied(tmp_path, preset, method, trained_tiny):
-    from calibration.weights import load_model
+    from calib.core.weights import load_model
 
     engine = get_engine("openvino")
     fp32 = engine.export(load_model("tiny_cnn", trained_tiny), tmp_path)
     x = torchvision_input(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
-    cfg = QuantizeConfig(preset=preset, calibrate_method=method)
+    cfg = QuantizeSpec("tiny_cnn", tmp_path, preset=preset, calibrate_method=method)
     xml, rec = engine.quantize(fp32, [x[i : i + 1] for i in range(len(x))], cfg, tmp_path)
     low, high = _input_fake_quantize(xml)
     lo_ref, hi_ref = (float(x.min()), float(x.max())) if method == "minmax" else \
@@ -110,8 +106,8 @@ def test_nncf_preset_and_range_estimator_are_applied(tmp_path, preset, method, t
 def test_onnxruntime_end_to_end_keeps_fp32_accuracy_with_minmax_qdq(tmp_path, real_set, trained_tiny):
     """QDQ nodes present; the input's scale and zero point are min-max's (asymmetric UINT8) over exactly the
     calibration images; INT8 within 5 points of FP32."""
-    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=real_set, engine="onnxruntime", weights=trained_tiny),
-                       tmp_path / "o", evaluate=True, record_path=tmp_path / "r.jsonl")
+    row = run_quantize(QuantizeSpec(model="tiny_cnn", calib=real_set, engine="onnxruntime", weights=trained_tiny),
+                       tmp_path / "o", test=True, record_path=tmp_path / "r.jsonl")
     assert row["engine"] == "onnxruntime" and row["int8_path"].endswith(".onnx") and row["calibrate_method"] == "minmax"
     assert abs(row["int8_accuracy"] - row["fp32_accuracy"]) <= 0.05 and row["int8_agreement"] >= 0.9
     nodes, init = _qdq(row["int8_path"])
@@ -129,7 +125,7 @@ def test_onnxruntime_calibration_method_and_preset_are_applied(tmp_path, noise_s
     cset = read_set(noise_set)
 
     def scales(**kw):
-        q = quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine="onnxruntime", **kw), cset,
+        q = quantize_with(QuantizeSpec(model="tiny_cnn", calib=noise_set, engine="onnxruntime", **kw), cset,
                           tmp_path / "-".join(f"{v}" for v in kw.values()))
         nodes, init = _qdq(q["int8_path"])
         qs = [n for n in nodes if n.op_type == "QuantizeLinear"]
@@ -167,7 +163,7 @@ def test_overflow_fix_puts_weights_on_half_the_int8_range(tmp_path, noise_set, e
     the full 8-bit range is used."""
     cset = read_set(noise_set)
     option = next(k for k in HALF_RANGE if k in get_engine(engine).options)
-    full, half = (_int8_weights(quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine=engine,
+    full, half = (_int8_weights(quantize_with(QuantizeSpec(model="tiny_cnn", calib=noise_set, engine=engine,
                                                               **{option: value}), cset,
                                               tmp_path / str(value))["int8_path"])
                   for value in HALF_RANGE[option])
@@ -192,7 +188,7 @@ def test_calibration_in_batches_keeps_per_image_statistics(tmp_path, noise_set, 
     """Items of 8 images (the last one of 6) give the ranges of batch-1 calibration: statistics stay per image.
     (Pooled over the batch, NNCF's mean of per-image minima and maxima would widen.)"""
     cset = read_set(noise_set)
-    one, eight = (_ranges(quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, engine=engine,
+    one, eight = (_ranges(quantize_with(QuantizeSpec(model="tiny_cnn", calib=noise_set, engine=engine,
                                                         calibration_batch=b), cset, tmp_path / str(b))["int8_path"])
                   for b in (1, 8))
     assert len(one) == len(eight) >= 6
@@ -202,7 +198,7 @@ def test_calibration_in_batches_keeps_per_image_statistics(tmp_path, noise_set, 
 
 
 def test_nncf_default_overflow_fix_is_the_first_layer_only(tmp_path, noise_set):
-    q = quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set), read_set(noise_set), tmp_path)
+    q = quantize_with(QuantizeSpec(model="tiny_cnn", calib=noise_set), read_set(noise_set), tmp_path)
     first, *rest = (np.abs(w.astype(int)).max() for w in _int8_weights(q["int8_path"]))
     assert q["overflow_fix"] == "first_layer_only" and first <= 64 and all(m > 100 for m in rest)
 
@@ -210,8 +206,8 @@ def test_nncf_default_overflow_fix_is_the_first_layer_only(tmp_path, noise_set):
 def test_validation_fn_on_the_async_queue_matches_synchronous_inference(tmp_path, trained_tiny, cifar_dir):
     import openvino as ov
 
-    from calibration.engines.openvino import _validation_fn
-    from calibration.weights import load_model
+    from calib.core.engines.openvino import _validation_fn
+    from calib.core.weights import load_model
 
     xml = get_engine("openvino").export(load_model("tiny_cnn", trained_tiny), tmp_path)
     compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -253,19 +249,20 @@ def test_importing_the_test_folder_keeps_it_marked_and_refused(tmp_path, cifar_d
 
 
 def test_validation_must_be_the_validation_split(tmp_path, noise_set, cifar_dir):
-    from calibration.weights import load_model
+    from calib.core.weights import load_model
 
     engine = get_engine("openvino")
     fp32 = engine.export(load_model("tiny_cnn"), tmp_path)
     items = calibration_items(read_set(noise_set).images[:4])
     with pytest.raises(CalibError, match="not the test split"):
-        engine.quantize(fp32, items, QuantizeConfig(algo="accuracy-aware"), tmp_path, load_split("test", cifar_dir))
+        engine.quantize(fp32, items, QuantizeSpec("tiny_cnn", noise_set, algo="accuracy-aware"), tmp_path,
+                        load_split("test", cifar_dir))
 
 
 def test_final_accuracy_only_on_the_test_split(tmp_path, noise_set, cifar_dir):
-    q = quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set), read_set(noise_set), tmp_path)
+    q = quantize_with(QuantizeSpec(model="tiny_cnn", calib=noise_set), read_set(noise_set), tmp_path)
     with pytest.raises(CalibError, match="final accuracy"):
-        accuracy_of(q["int8_path"], train_splits(cifar_dir)["validation"])
+        evaluate(q["int8_path"], train_splits(cifar_dir)["validation"])
 
 
 def test_subset_is_class_balanced_seeded_and_recorded(tmp_path, noise_set):
@@ -279,7 +276,7 @@ def test_subset_is_class_balanced_seeded_and_recorded(tmp_path, noise_set):
     assert all(item.shape == (1, 3, 32, 32) for item in calibration_items(a.images))
     with pytest.raises(CalibError, match="exceeds"):
         select_calibration(cset, 31, 0)
-    q = quantize_with(QuantizeRequest(model="tiny_cnn", calib=noise_set, subset_size=20), cset, tmp_path)
+    q = quantize_with(QuantizeSpec(model="tiny_cnn", calib=noise_set, subset_size=20), cset, tmp_path)
     assert q["calib_per_class"] == a.per_class
 
 
@@ -310,7 +307,7 @@ def test_both_engines_receive_byte_identical_calibration_tensors(tmp_path, real_
     monkeypatch.setattr(ortq, "quantize_static", spy_ort)
     cset = read_set(real_set)
     for engine in list_engines(int8=True):
-        quantize_with(QuantizeRequest(model="tiny_cnn", calib=real_set, engine=engine, subset_size=12, seed=4),
+        quantize_with(QuantizeSpec(model="tiny_cnn", calib=real_set, engine=engine, subset_size=12, seed=4),
                       cset, tmp_path / engine)
     ov_items, ort_items = fed["openvino"], fed["onnxruntime"]
     assert len(ov_items) == fed["nncf_subset_size"] == 12
@@ -321,12 +318,12 @@ def test_both_engines_receive_byte_identical_calibration_tensors(tmp_path, real_
     assert len(set(matched)) == 12 and set(np.bincount(cset.labels[matched], minlength=10)) == {1, 2}
 
 
-def test_accuracy_of_returns_per_image_predictions_in_test_order(tmp_path, trained_tiny, cifar_dir):
-    from calibration.weights import load_model
+def test_evaluate_returns_per_image_predictions_in_test_order(tmp_path, trained_tiny, cifar_dir):
+    from calib.core.weights import load_model
 
     model = load_model("tiny_cnn", trained_tiny)
     test = load_split("test", cifar_dir)
-    result = accuracy_of(get_engine("openvino").export(model, tmp_path), test, batch=7)
+    result = evaluate(get_engine("openvino").export(model, tmp_path), test, batch=7)
     with torch.no_grad():
         expected = model(torch.from_numpy(torchvision_input(test.images))).argmax(1).numpy()
     assert result["predictions"].dtype == np.int64 and np.array_equal(result["predictions"], expected)
@@ -337,7 +334,7 @@ def test_accuracy_of_returns_per_image_predictions_in_test_order(tmp_path, train
 
 def test_speed_runs_need_no_data(tmp_path, monkeypatch):
     """An in-memory noise set made for timing holds no file that could be a held-out image: no data needed."""
-    from calibration.pipeline import memory_set, quantize_for_speed
+    from calib.core.benchmark import memory_set, quantize_for_speed
 
     monkeypatch.delenv("CALIB_CIFAR10_DIR", raising=False)
     monkeypatch.setenv("CALIB_HOME", str(tmp_path / "home"))  # no CIFAR-10 cached: a lookup would fail offline

@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from calibration.runs import read_jsonl
-from experiments.runner import newest_rows, run_study
+from calib.core.runs import read_jsonl
+from calib.study.rows import newest_rows
+from calib.study.runner import run_study
 
 GRID = """
 name = "parallel"
@@ -49,9 +50,9 @@ def assert_speed_was_timed_alone(rows):
 @pytest.mark.slow
 def test_ray_and_worker_processes_give_the_same_rows_as_one_process(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
-    import experiments.grid
+    import calib.study.grid
 
-    monkeypatch.setattr(experiments.grid, "MIN_BENCHMARK_SECONDS", 0.1)  # committed grids: 5 x 1 s at least
+    monkeypatch.setattr(calib.study.grid, "MIN_BENCHMARK_SECONDS", 0.1)  # committed grids: 5 x 1 s at least
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID)
     local = run_study(grid, tmp_path / "local", progress=False)

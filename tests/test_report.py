@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.report import (
+from calib.study.report import (
     NO_CHANGE,
     load_reference,
     load_rows,
@@ -182,7 +182,7 @@ def test_the_newest_row_of_a_cell_counts(tmp_path):
 def test_write_plots_panels_per_condition(tmp_path):
     from PIL import Image
 
-    from experiments.plot import heatmap_panels, write_plots
+    from calib.study.plot import heatmap_panels, write_plots
 
     run = tmp_path / "run"
     run.mkdir()
@@ -204,7 +204,7 @@ A, B = "AMD EPYC | avx2", "Intel Xeon | avx512_core_amx"
 
 
 def test_rows_are_never_paired_or_pooled_across_machines():
-    from experiments.report import _markdown
+    from calib.study.report import _markdown
 
     rows = [base(hardware_key=A), quant(hardware_key=A, correct=flip(FP32, 3, 0)),
             quant(hardware_key=B, correct=flip(FP32, 1, 0)), quant(hardware_key=B, seed=1, correct=FP32)]
@@ -244,7 +244,7 @@ def test_speed_only_rows_are_not_accuracy_seeds():
 
 
 def test_rows_from_a_dirty_tree_are_marked():
-    from experiments.report import _markdown
+    from calib.study.report import _markdown
 
     rows = [base(hardware_key=A), quant(hardware_key=A, dirty=True, git_sha="abc-dirty"),
             quant(hardware_key=A, source="noise")]

@@ -1,7 +1,7 @@
 import os
 import stat
 
-from calibration.runs import atomic_write_bytes
+from calib.core.runs import atomic_write_bytes
 
 
 def test_atomic_write_gives_the_usual_file_mode(tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration.errors import CalibError
-from calibration.sets import datumaro_dataset, export_set, import_set, read_set, write_set
+from calib.core.errors import CalibError
+from calib.core.sets import datumaro_dataset, export_set, import_set, read_set, write_set
 
 
 def make_set(path, per_class=3, seed=0, **kw):
@@ -57,7 +57,7 @@ def test_overwrite_swaps_whole_sets_with_plain_permissions(tmp_path, monkeypatch
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
-    monkeypatch.setattr("calibration.sets.atomic_write_json", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr("calib.core.sets.atomic_write_json", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         make_set(tmp_path / "s", seed=2, overwrite=True)
     assert read_set(tmp_path / "s").content_hash == new.content_hash
@@ -113,7 +113,7 @@ def test_damaged_sets_are_clear_errors(tmp_path, damage, message):
 def test_cli_validate_and_show(tmp_path):
     from typer.testing import CliRunner
 
-    from calibration.cli import app
+    from calib.cli import app
 
     path = make_set(tmp_path / "s")
     runner = CliRunner()
@@ -127,7 +127,7 @@ def test_cli_validate_and_show(tmp_path):
 
 # ---------------------------------------------------------------- the held-out guard, by content
 def _check(path, data_dir=None):
-    from calibration.sets import check_calibration_set
+    from calib.core.sets import check_calibration_set
 
     cset = read_set(path, allow_unbalanced=True)
     check_calibration_set(cset, data_dir) if data_dir else check_calibration_set(cset)
@@ -142,7 +142,7 @@ def test_a_copied_test_tree_imports_as_imported_and_is_refused_by_content(tmp_pa
 
 
 def test_one_test_image_among_many_is_refused(tmp_path, cifar_dir):
-    from calibration.data import load_split
+    from calib.core.data import load_split
 
     rng = np.random.default_rng(5)
     images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
@@ -154,7 +154,7 @@ def test_one_test_image_among_many_is_refused(tmp_path, cifar_dir):
 
 
 def test_validation_images_under_a_false_manifest_are_refused(tmp_path, cifar_dir):
-    from calibration.data import train_splits
+    from calib.core.data import train_splits
 
     val = train_splits(cifar_dir)["validation"]
     path = write_set(tmp_path / "s", val.images[:30], val.labels[:30], [f"{i:04d}" for i in range(30)], "fractal", {},
@@ -164,7 +164,7 @@ def test_validation_images_under_a_false_manifest_are_refused(tmp_path, cifar_di
 
 
 def test_pool_and_synthetic_sets_pass(tmp_path):
-    from calibration.sources import generate_set
+    from calib.core.sources import generate_set
 
     _check(generate_set("cifar10", 3, 0, tmp_path / "real"))
     _check(make_set(tmp_path / "noise"))
@@ -190,8 +190,8 @@ def test_the_guard_holds_on_the_torchvision_path(tmp_path, cifar_dir, fake_torch
 
 
 def test_the_guard_is_cached_per_tree(tmp_path, uneven_dir, monkeypatch):
-    import calibration.data as data
-    from calibration.data import heldout_hashes
+    import calib.core.data as data
+    from calib.core.data import heldout_hashes
 
     tree = shutil.copytree(uneven_dir, tmp_path / "tree")
     first = heldout_hashes(tree)
@@ -206,7 +206,7 @@ def test_the_guard_is_cached_per_tree(tmp_path, uneven_dir, monkeypatch):
 def test_quantize_refuses_a_copied_test_tree(tmp_path, cifar_dir):
     from typer.testing import CliRunner
 
-    from calibration.cli import app
+    from calib.cli import app
 
     imported = import_set(shutil.copytree(cifar_dir / "test", tmp_path / "copy"), tmp_path / "imp", fmt="imagenet")
     result = CliRunner().invoke(app, ["quantize", "--model", "tiny_cnn", "--calib", str(imported),

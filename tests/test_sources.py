@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.errors import CalibError
-from calibration.sets import read_set
-from calibration.sources import generate, generate_set, list_sources
+from calib.core.errors import CalibError
+from calib.core.sets import read_set
+from calib.core.sources import generate, generate_set, list_sources
 from tests.conftest import save_weights
 
 # Small options so that each source runs in seconds; a new source needs no entry here.
@@ -20,7 +20,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def native_teacher(tmp_path_factory):
-    from distylegan.stylegan2 import CONFIGS, StyleGAN2Generator, save_native
+    from calib.distylegan.stylegan2 import CONFIGS, StyleGAN2Generator, save_native
 
     torch.manual_seed(0)
     return save_native(StyleGAN2Generator(CONFIGS["tiny"]).eval(), tmp_path_factory.mktemp("t") / "native.pt")
@@ -56,7 +56,7 @@ def test_unknown_source_option_is_refused():
 
 
 def test_cifar10_source_draws_from_the_calibration_pool_only(cifar_dir):
-    from calibration.data import SplitConfig, load_split, train_split_indices
+    from calib.core.data import SplitConfig, load_split, train_split_indices
 
     g = generate("cifar10", 5, 0)
     train = load_split("train", cifar_dir)
@@ -72,7 +72,7 @@ def test_synthetic_file_names_carry_the_image_seed():
 
 
 def test_registry_grows_without_other_edits(tmp_path):
-    from calibration.sources import _SOURCES, Generated, balanced_labels, register_source
+    from calib.core.sources import _SOURCES, Generated, balanced_labels, register_source
 
     @register_source("constant-test")
     def constant(per_class: int, seed: int, value: int = 7) -> Generated:

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from calibration.errors import CalibError
-from calibration.runs import read_jsonl
-from experiments.grid import expand, load_grid
-from experiments.report import write_report
-from experiments.runner import newest_rows, run_study
+from calib.cli import app
+from calib.core.errors import CalibError
+from calib.core.runs import read_jsonl
+from calib.study.grid import expand, load_grid
+from calib.study.report import write_report
+from calib.study.rows import newest_rows
+from calib.study.runner import run_study
 from tests.conftest import REPO
 
 GRID = """
@@ -38,9 +39,9 @@ QUICK_SPEED = "benchmark = true\nbenchmark_seconds = 0.05\nbenchmark_repeats = 5
 
 def quick_speed(monkeypatch):
     """Let a test grid time in 5 x 0.05 s (committed grids keep to the 5 x 1 s floor)."""
-    import experiments.grid
+    import calib.study.grid
 
-    monkeypatch.setattr(experiments.grid, "MIN_BENCHMARK_SECONDS", 0.05)
+    monkeypatch.setattr(calib.study.grid, "MIN_BENCHMARK_SECONDS", 0.05)
 
 
 def write_grid(tmp_path, text=GRID):
@@ -84,8 +85,8 @@ def test_official_grids_expand():
 
 
 def test_pool_starts_the_long_cells_first():
-    from experiments.grid import Cell
-    from experiments.runner import longest_first
+    from calib.study.grid import Cell
+    from calib.study.schedule import longest_first
 
     cells = [Cell("baseline", "resnet56"), Cell("quantize", "resnet20", "onnxruntime", "noise"),
              Cell("quantize", "resnet20", source="noise"), Cell("quantize", "resnet56", source="noise"),
@@ -171,7 +172,7 @@ def test_cells_without_weights_run_once_weights_appear(tmp_path, monkeypatch, we
     second = run_study(grid, tmp_path / "run", progress=False)
     # the baseline's weights changed (random -> trained): it is another condition and runs again
     assert second["ran"] == 3 and second["ok"] == 3 and second["skipped"] == 0
-    from experiments.report import load_rows, tables
+    from calib.study.report import load_rows, tables
 
     df = load_rows(tmp_path / "run")  # the newest row of each cell per weights counts
     assert len(df) == 4 and (df.status == "ok").all()
@@ -184,27 +185,27 @@ def test_set_generation_is_collision_free(tmp_path):
     """Several workers making the same set at once: one complete set, nothing removed under anyone."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from calibration.sets import read_set
-    from experiments.runner import _generate_once
+    from calib.core.sets import read_set
+    from calib.study.artifacts import generate_once
 
     folder = tmp_path / "sets" / "noise-2pc-s0-x"
     with ThreadPoolExecutor(4) as pool:
-        made = list(pool.map(lambda _: _generate_once(folder, "noise", 2, 0, {}), range(4)))
+        made = list(pool.map(lambda _: generate_once(folder, "noise", 2, 0, {}), range(4)))
     assert made == [folder] * 4 and len(read_set(folder)) == 20
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no staging folder left behind
 
 
 def test_failing_cell_records_an_error_row_and_the_run_goes_on(tmp_path, monkeypatch):
-    import experiments.runner as runner
+    import calib.study.cells as study_cells
 
-    real = runner._quantize_cell
+    real = study_cells.quantize_cell
 
     def flaky(grid, cell, *a, **k):
         if cell.source == "fractal":
             raise RuntimeError("boom")
         return real(grid, cell, *a, **k)
 
-    monkeypatch.setattr(runner, "_quantize_cell", flaky)
+    monkeypatch.setattr(study_cells, "quantize_cell", flaky)
     summary = run_study(write_grid(tmp_path), tmp_path / "run", progress=False)
     rows = read_jsonl(tmp_path / "run" / "rows.jsonl")
     errors = [r for r in rows if r["status"] == "error"]
@@ -216,7 +217,7 @@ def test_failing_cell_records_an_error_row_and_the_run_goes_on(tmp_path, monkeyp
 def test_sigkill_mid_run_resumes_to_the_same_table(tmp_path):
     grid = write_grid(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "calibration.cli", "study", "run", str(grid), "--out", str(tmp_path / "killed")]
+    cmd = [sys.executable, "-m", "calib.cli", "study", "run", str(grid), "--out", str(tmp_path / "killed")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows_file = tmp_path / "killed" / "rows.jsonl"
     ok = lambda: [r for r in read_jsonl(rows_file) if r["status"] == "ok"]  # noqa: E731
@@ -250,7 +251,7 @@ def test_each_models_fp32_file_is_exported_once_and_shared(tmp_path):
 
 
 def test_torn_last_line_is_repaired(tmp_path):
-    from experiments.runner import repair_rows
+    from calib.study.rows import repair_rows
 
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps({"cell": "a"}) + "\n" + '{"cell": "b", "sta')
@@ -261,7 +262,7 @@ def test_torn_last_line_is_repaired(tmp_path):
 def test_report_of_a_run_without_failures(tmp_path):
     import pandas as pd
 
-    from experiments.report import tables
+    from calib.study.report import tables
 
     rows = [dict(kind="baseline", status="ok", model="m", engine="openvino", fp32_accuracy=0.9, fp32_fps=100.0),
             dict(kind="quantize", status="ok", model="m", engine="openvino", source="noise", algo="default",
@@ -339,7 +340,7 @@ def test_a_bad_grid_is_one_line_before_any_work(tmp_path, change, message):
 
 
 def test_an_isa_above_this_cpu_is_refused_before_any_work(tmp_path, monkeypatch):
-    from calibration import hardware
+    from calib.core import hardware
 
     def grid_with(isas: str):
         return write_grid(tmp_path, GRID.replace("benchmark = false", f"benchmark = false\nisas = {isas}"))
@@ -361,7 +362,7 @@ def test_an_isa_above_this_cpu_is_refused_before_any_work(tmp_path, monkeypatch)
 
 
 def test_onnxruntime_cells_run_natively_only():
-    from experiments.grid import Grid
+    from calib.study.grid import Grid
 
     grid = Grid("g", ("tiny_cnn",), ("noise",), engines=("openvino", "onnxruntime"), isas=("native", "avx2"))
     cells = expand(grid)
@@ -376,7 +377,7 @@ BY_HAND = """
 import json, sys
 import numpy as np
 import openvino as ov
-from calibration.data import load_split
+from calib.core.data import load_split
 
 test = load_split("test")
 x = (test.images.astype(np.float32) / 255.0 - np.array([0.4914, 0.4822, 0.4465], np.float32)) \\
@@ -433,8 +434,8 @@ def test_a_capped_isa_cell_computes_what_openvino_computes_with_the_cap_set_by_h
 def test_other_weights_rerun_every_cell_and_nothing_is_paired_across_weights(tmp_path, monkeypatch, weights_dir):
     import hashlib
 
-    import experiments.runner as runner
-    from experiments.report import cell_table, load_rows, tables
+    import calib.study.cells as study_cells
+    from calib.study.report import cell_table, load_rows, tables
     from tests.conftest import save_weights
 
     grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]'))
@@ -442,8 +443,8 @@ def test_other_weights_rerun_every_cell_and_nothing_is_paired_across_weights(tmp
     assert first["ok"] == first["cells"] == 3
     new = save_weights("tiny_cnn", tmp_path / "other-weights", seed=1)
     monkeypatch.setenv("CALIB_WEIGHTS_DIR", str(new.parent))
-    real = runner._quantize_cell
-    monkeypatch.setattr(runner, "_quantize_cell", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    real = study_cells.quantize_cell
+    monkeypatch.setattr(study_cells, "quantize_cell", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     second = run_study(grid, tmp_path / "run", progress=False)
     assert second["ran"] == 3  # no ok row of the old weights counts as done
     assert (second["ok"], second["errors"]) == (1, 2)  # only the new baseline is in; the INT8 rows are the old ones
@@ -457,7 +458,7 @@ def test_other_weights_rerun_every_cell_and_nothing_is_paired_across_weights(tmp
     for c in cells.to_dict("records"):
         old = next(b for sha, b in base.items() if sha.startswith(c["weights_id"]))
         assert c["fp32_predictions"] == old["fp32_predictions"] and c["fp32_accuracy"] == old["fp32_accuracy"]
-    monkeypatch.setattr(runner, "_quantize_cell", real)
+    monkeypatch.setattr(study_cells, "quantize_cell", real)
     third = run_study(grid, tmp_path / "run", progress=False)
     assert (third["ran"], third["ok"]) == (2, 3)  # the new baseline is done
     long = tables(load_rows(tmp_path / "run"))["long_openvino"]
@@ -474,6 +475,6 @@ def row_test_indices(run, row) -> list[int]:
 
 
 def LABELS_OF(run):  # noqa: N802 - reads like the constant it stands for
-    from experiments.report import load_test_labels
+    from calib.study.report import load_test_labels
 
     return load_test_labels(run)

@@ -14,8 +14,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from calibration.errors import CalibError
-from distylegan.stylegan2 import CONFIGS, StyleGAN2Config, StyleGAN2Generator, load_stylegan2_ada, read_snapshot
+from calib.core.errors import CalibError
+from calib.distylegan.stylegan2 import CONFIGS, StyleGAN2Config, StyleGAN2Generator, load_stylegan2_ada, read_snapshot
 
 RAN = []
 
@@ -89,7 +89,7 @@ def test_safe_loader_reads_g_ema_without_running_embedded_code(tmp_path, monkeyp
 
 
 def test_unconditional_snapshots_load_but_do_not_make_class_sets(tmp_path, monkeypatch):
-    from distylegan.teachers import build_teacher
+    from calib.distylegan.teachers import build_teacher
 
     cfg = replace(CONFIGS["tiny"], c_dim=0)
     g = build_pickle(tmp_path / "uncond.pkl", monkeypatch, cfg)
@@ -148,7 +148,7 @@ def test_native_forward_is_deterministic_per_noise_mode():
 def test_stylegan2_source_via_cli_requires_trust(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from calibration.cli import app
+    from calib.cli import app
 
     build_pickle(tmp_path / "p.pkl", monkeypatch)
     runner = CliRunner()

@@ -7,11 +7,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from calibration.sets import read_set
-from distylegan.networks import load_generator
-from distylegan.teacher_set import latents_for_seeds, load_teacher_set, to_uint8
-from distylegan.teachers import build_teacher
+from calib.cli import app
+from calib.core.sets import read_set
+from calib.distylegan.networks import load_generator
+from calib.distylegan.teacher_set import latents_for_seeds, load_teacher_set, to_uint8
+from calib.distylegan.teachers import build_teacher
 from tests.conftest import SHARED
 
 PKL = SHARED / "reference" / "stylegan2-ada" / "network-snapshot-small.pkl"

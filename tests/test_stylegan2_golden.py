@@ -15,9 +15,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from calibration.errors import CalibError
-from distylegan.stylegan2 import (
+from calib.cli import app
+from calib.core.errors import CalibError
+from calib.distylegan.stylegan2 import (
     CONFIGS,
     GOLDEN_ARRAYS,
     SafeUnpickler,
@@ -79,7 +79,7 @@ def test_native_generator_matches_nvidia_golden_outputs(parity, name):
 
 def test_the_upsampling_convolution_is_what_the_golden_images_check(snapshot, monkeypatch):
     """The earlier port (image-style up-sampling, then a same-size correlation) misses by more than 1."""
-    import distylegan.stylegan2 as sg
+    import calib.distylegan.stylegan2 as sg
 
     g = native_from_state(*g_ema_from_snapshot(snapshot))
     with np.load(GOLDEN) as f:
@@ -227,7 +227,7 @@ def test_parity_command_prints_the_differences(tmp_path):
 
 
 def test_generate_from_the_snapshot_needs_trust_and_writes_a_valid_set(tmp_path):
-    from calibration.sets import read_set
+    from calib.core.sets import read_set
 
     runner = CliRunner()
     args = ["generate", "--source", "stylegan2-ada", "--teacher", str(PKL), "--per-class", "2", "--seed", "0"]

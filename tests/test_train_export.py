@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.data import LabeledImages, load_split
-from calibration.export import to_onnx, to_openvino
-from calibration.train import TrainConfig, train_model
-from calibration.zoo import create_model, list_models, study_models
+from calib.core.data import LabeledImages, load_split
+from calib.core.export import to_onnx, to_openvino
+from calib.core.train import TrainConfig, train_model
+from calib.core.zoo import create_model, list_models, study_models
 
 
 def test_tiny_training_lowers_the_loss(tmp_path, cifar_dir):
@@ -37,7 +37,7 @@ def test_training_resumes_from_its_last_checkpoint(tmp_path, cifar_dir):
 
 def test_training_refuses_test_data():
     data = LabeledImages(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64), "test")
-    from calibration.errors import CalibError
+    from calib.core.errors import CalibError
 
     with pytest.raises(CalibError):
         train_model(TrainConfig("tiny_cnn"), data, None)
@@ -68,7 +68,7 @@ def test_openvino_export_matches_pytorch(name, dynamic):
 
 @pytest.mark.parametrize("name", ["tiny_cnn", "tiny_repvgg", "resnet20"])
 def test_onnx_export_matches_pytorch(name, tmp_path):
-    from calibration.ort import session
+    from calib.core.ort import session
 
     torch.manual_seed(0)
     model = create_model(name).eval()

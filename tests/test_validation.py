@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.data import (
+from calib.core.data import (
     SPLIT,
     TEST_SLICE,
     SliceConfig,
@@ -29,12 +29,14 @@ from calibration.data import (
     to_model_input,
     train_splits,
 )
-from calibration.errors import CalibError
-from calibration.pipeline import QuantizeRequest, accuracy_of, run_quantize
-from calibration.quantize import calibration_items, select_calibration
-from calibration.sets import check_calibration_set, read_set, write_set
-from calibration.sources import generate_set
-from calibration.weights import TRAINED_ON_ALL, TRAINED_ON_POOL, trained_on, weight_card, weights_trained_on
+from calib.core.errors import CalibError
+from calib.core.evaluate import evaluate
+from calib.core.pipeline import run_quantize
+from calib.core.quantize import calibration_items, select_calibration
+from calib.core.sets import check_calibration_set, read_set, write_set
+from calib.core.sources import generate_set
+from calib.core.spec import QuantizeSpec
+from calib.core.weights import TRAINED_ON_ALL, TRAINED_ON_POOL, trained_on, weight_card, weights_trained_on
 from tests.conftest import REPO, shared_path, write_tree
 from tests.test_engines import train_tiny
 
@@ -73,7 +75,7 @@ def test_the_shared_cards_decide_what_validates(tree, official_dir):
 
 
 HELD_OUT = ("/data/tree/train minus the validation split: the calibration pool, 1,000 images "
-            "(calibration.data.SPLIT: validation_per_class={vpc}, seed={seed}, held out and never seen in training)")
+            "(calib.core.data.SPLIT: validation_per_class={vpc}, seed={seed}, held out and never seen in training)")
 
 
 @pytest.mark.parametrize("card,expected", [
@@ -96,7 +98,7 @@ def test_only_a_card_that_holds_out_this_trees_split_means_the_pool(card, expect
 def test_cards_written_by_training_say_what_they_trained_on(cifar_dir, trained_tiny, tmp_path):
     """The card text `calib zoo train` writes, round trip: the pool means the validation split is unseen,
     the whole train split means it is not; no card at all is all of train."""
-    from calibration.train import describe_train_data
+    from calib.core.train import describe_train_data
 
     root = load_split("test", cifar_dir).provenance["data_root"]
     pool = describe_train_data(train_splits(cifar_dir)["calibration_pool"])
@@ -146,7 +148,7 @@ def test_a_model_that_saw_all_of_train_validates_on_test_images_never_tested(tre
 
 def test_a_model_that_held_out_the_validation_split_validates_there_and_tests_on_all_of_test(cifar_dir, tmp_path,
                                                                                             weights_dir):
-    from calibration.train import describe_train_data
+    from calib.core.train import describe_train_data
 
     pool = train_splits(cifar_dir)["calibration_pool"]
     weights = _card(tmp_path / "w", next(weights_dir.glob("cifar10_tiny_cnn-*.pt")), describe_train_data(pool))
@@ -184,7 +186,7 @@ def test_accuracy_aware_validates_only_on_images_the_model_never_saw(tmp_path, c
     the ranking subset explicit (all validation images) and recorded."""
     import nncf
 
-    from calibration.train import describe_train_data
+    from calib.core.train import describe_train_data
 
     weights = trained_tiny if card == "none" else _card(
         tmp_path / "w", trained_tiny, describe_train_data(train_splits(cifar_dir)["calibration_pool"]))
@@ -204,8 +206,8 @@ def test_accuracy_aware_validates_only_on_images_the_model_never_saw(tmp_path, c
         return real(model, calibration_dataset, validation_dataset, watched, **kw)
 
     monkeypatch.setattr(nncf, "quantize_with_accuracy_control", spy)
-    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=calib, algo="accuracy-aware", max_drop=0.0,
-                                       weights=weights, data_dir=cifar_dir), tmp_path / "aa", evaluate=True,
+    row = run_quantize(QuantizeSpec(model="tiny_cnn", calib=calib, algo="accuracy-aware", max_drop=0.0,
+                                       weights=weights, data_dir=cifar_dir), tmp_path / "aa", test=True,
                        record_path=tmp_path / "r.jsonl")
     validation, test = aa_validation(cifar_dir, weights), final_test(cifar_dir, weights)
     assert seen == _hashes(x[None] for x in to_model_input(validation.images)) and not seen & calib_fed
@@ -233,7 +235,7 @@ def restored(tmp_path_factory):
     tree = _hard_tree(base / "tree", {"train": 110, "test": 30})
     weights = train_tiny(tree, base)
     calib = generate_set("cifar10", 3, 0, base / "set", data_dir=tree)
-    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=calib, algo="accuracy-aware", max_drop=0.0,
+    row = run_quantize(QuantizeSpec(model="tiny_cnn", calib=calib, algo="accuracy-aware", max_drop=0.0,
                                        weights=weights, data_dir=tree), base / "aa", record_path=base / "r.jsonl")
     return {"base": base, "tree": tree, "weights": weights, "calib": calib, "row": row}
 
@@ -312,7 +314,7 @@ def test_accuracy_aware_equals_nncf_called_directly_in_another_process(restored)
                           str(base / "direct")], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     direct = json.loads(run.stdout.strip().splitlines()[-1])
-    ours = accuracy_of(r["int8_path"], test)
+    ours = evaluate(r["int8_path"], test)
     assert ours["predictions"].tolist() == direct["aa_test_predictions"]
     assert (r["aa_fp32_validation_accuracy"], r["aa_int8_validation_accuracy"]) == \
         (direct["fp32_validation"], direct["aa_validation"])
@@ -337,7 +339,7 @@ def test_accuracy_aware_result_is_in_the_row_and_nncf_logs_in_the_run_folder(res
 
 def test_nncf_logs_into_the_run_folder_not_onto_stdout(tmp_path, cifar_dir, trained_tiny, capfd):
     calib = generate_set("cifar10", 1, 0, tmp_path / "set", data_dir=cifar_dir)
-    row = run_quantize(QuantizeRequest(model="tiny_cnn", calib=calib, algo="accuracy-aware", weights=trained_tiny,
+    row = run_quantize(QuantizeSpec(model="tiny_cnn", calib=calib, algo="accuracy-aware", weights=trained_tiny,
                                        data_dir=cifar_dir), tmp_path / "aa", record_path=tmp_path / "r.jsonl")
     out = capfd.readouterr().out
     assert "nncf:" not in out and "Metric of" not in out

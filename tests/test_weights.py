@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from calibration.cli import app
-from calibration.errors import CalibError
-from calibration.paths import calib_home
-from calibration.weights import (
+from calib.cli import app
+from calib.core.errors import CalibError
+from calib.core.paths import calib_home
+from calib.core.weights import (
     load_model,
     load_state_dict,
     resolve_weights,
@@ -21,7 +21,7 @@ from calibration.weights import (
     weights_provenance,
     zoo_test_accuracy,
 )
-from calibration.zoo import model_info
+from calib.core.zoo import model_info
 from tests.conftest import REAL_DOWNLOAD, save_weights
 
 runner = CliRunner()
@@ -91,7 +91,7 @@ def test_altered_copy_given_by_name_is_refused(official_dir, tmp_path):
 def release_mirror(tmp_path, monkeypatch):
     """The release layout `<family>/<file>` served by file:// URLs through torch.hub's real download code."""
     mirror = tmp_path / "mirror"
-    monkeypatch.setattr("calibration.zoo.RELEASES", mirror.as_uri())
+    monkeypatch.setattr("calib.core.zoo.RELEASES", mirror.as_uri())
     urls = []
 
     def download(url, dst, *args, **kwargs):

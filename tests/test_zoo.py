@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from calibration.zoo import create_model, list_models, model_complexity, model_info, study_models
-from calibration.zoo.repvgg import reparameterize
+from calib.core.zoo import create_model, list_models, model_complexity, model_info, study_models
+from calib.core.zoo.repvgg import reparameterize
 from tests.conftest import REPO, reference_file
 
 FULL = list_models()
@@ -108,7 +108,7 @@ def test_forward_shapes(name):
 def test_zoo_list_shows_parameters_madds_and_published_top1():
     from typer.testing import CliRunner
 
-    from calibration.cli import app
+    from calib.cli import app
 
     result = CliRunner().invoke(app, ["zoo", "list"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

@@ -1,0 +1,72 @@
+"""Options several commands take, and the checks of `--model` that quantize, evaluate and diagnose share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from calib.core.errors import OptionError
+
+DataDir = Annotated[Path | None, typer.Option(help="CIFAR-10 image-folder root <root>/{train,test}/<class>/*; "
+                                                   "default $CALIB_CIFAR10_DIR, else torchvision's download.")]
+WeightsPath = Annotated[Path | None, typer.Option("--weights", help="Weight file; default: the first folder of "
+                                                                    "$CALIB_WEIGHTS_DIR (folders joined by os.pathsep, "
+                                                                    "earlier wins) that holds one, then the official "
+                                                                    "release (hash-checked).")]
+RecordPath = Annotated[Path, typer.Option("--record", help="JSON-lines file that gets one row per run.",
+                                          envvar="CALIB_RECORDS")]
+DEFAULT_RECORD = Path("runs/records.jsonl")
+Seed = Annotated[int, typer.Option(min=0, help="Seed of every random choice.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what calib wrote in an existing --out "
+                                                            "(only a folder calib made; other files stay).")]
+ModelArg = Annotated[str | None, typer.Argument(metavar="MODEL", hidden=True, show_default=False,
+                                                help="The same as --model.")]
+
+
+def one_model(positional: str | None, option: str | None) -> str:
+    """The model named by --model or, as older scripts do, by position."""
+    if positional and option and positional != option:
+        raise OptionError(f"two models given: {positional} and --model {option}; give one, with --model")
+    model = option or positional
+    if not model:
+        raise OptionError("no model given: pass --model NAME (a zoo name or, where a file is read, its path)")
+    return model
+
+
+def model_engine(model: str, engine: str | None, default: str = "openvino") -> str:
+    """The engine for `--model`: the one that reads the file (by suffix), else `--engine`, else `default`; a
+    file that the given --engine does not read, or one that does not exist, is refused."""
+    from calib.core.engines import get_engine, list_engines
+
+    owner = next((e for e in list_engines() if get_engine(e).owns(model)), None)
+    if owner is None:
+        return engine or default
+    if engine and engine != owner:
+        raise OptionError(f"--model {model} is a {get_engine(owner).suffix} file, which {owner} reads, not "
+                          f"--engine {engine}; leave --engine out")
+    if not Path(model).is_file():
+        raise OptionError(f"--model {model}: no such file")
+    return owner
+
+
+def refuse_int8(model: str) -> None:
+    """An FP32 model is needed: refuse an IR with FakeQuantize nodes or an ONNX file with QuantizeLinear nodes."""
+    path = Path(model)
+    if not path.is_file():
+        return
+    if path.suffix == ".xml":
+        quantized = 'type="FakeQuantize"' in path.read_text(errors="ignore")
+    elif path.suffix == ".onnx":
+        import onnx
+
+        try:
+            graph = onnx.load(str(path), load_external_data=False).graph
+        except Exception:  # noqa: BLE001 - a damaged file is reported where it is read
+            return
+        quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in graph.node)
+    else:
+        return
+    if quantized:
+        raise OptionError(f"--model {model} is already INT8 (quantized nodes inside); give the FP32 model")

@@ -1,0 +1,187 @@
+"""`calib quantize` (a zoo model, a model file, or your own model with its contract) and `calib evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from calib.cli.app import Format, OutputFormat, emit, is_quiet, keep_log, say
+from calib.cli.choices import Engine, QuantEngine
+from calib.cli.options import (
+    DEFAULT_RECORD,
+    DataDir,
+    ModelArg,
+    Overwrite,
+    RecordPath,
+    Seed,
+    WeightsPath,
+    model_engine,
+    one_model,
+    refuse_int8,
+)
+from calib.cli.own import accuracy_text, own_contract, quantize_own_model
+from calib.core.errors import CalibError, OptionError
+from calib.core.spec import Algo, CalibMethod, DropType, OverflowFix, Preset
+
+
+def quantize_cmd(
+    model: Annotated[str, typer.Option(help="Zoo name (trained weights) or an FP32 model file: .xml (openvino) or "
+                                            ".onnx (onnxruntime); a file's engine follows from its suffix.")],
+    calib: Annotated[Path | None, typer.Option(help="Calibration set folder (your own model: --source makes "
+                                                    "one instead).")] = None,
+    algo: Annotated[Algo, typer.Option(help="NNCF's default algorithm, or accuracy-aware (openvino).")]
+    = Algo.default,
+    engine: Annotated[QuantEngine | None, typer.Option(help="Engine for a zoo name (default openvino); a model "
+                                                            "file's suffix decides for it.")] = None,
+    subset_size: Annotated[int | None, typer.Option(min=1, help="Calibration images, drawn class-balanced "
+                                                                "with --seed (default: all).")] = None,
+    preset: Annotated[Preset | None, typer.Option(help="Activations symmetric (performance) or asymmetric (mixed); "
+                                                       "default: the engine's own (openvino performance, "
+                                                       "onnxruntime mixed).")] = None,
+    fast_bias_correction: Annotated[bool | None, typer.Option(
+        "--fast-bias-correction/--no-fast-bias-correction", help="openvino only (default: on).")] = None,
+    max_drop: Annotated[float | None, typer.Option(min=0.0, help="--algo accuracy-aware only: largest accuracy "
+                                                                 "drop allowed (default 0.01).")] = None,
+    drop_type: Annotated[DropType | None, typer.Option(help="--algo accuracy-aware only (default: absolute).")]
+    = None,
+    calibrate_method: Annotated[CalibMethod | None, typer.Option(help="Activation ranges; onnxruntime: minmax "
+                                                                      "(default), entropy, percentile; openvino: "
+                                                                      "nncf (default) or minmax.")] = None,
+    ranking_subset_size: Annotated[int | None, typer.Option(min=1, help="--algo accuracy-aware only: validation "
+                                                                        "images NNCF ranks layers on (default: "
+                                                                        "all).")] = None,
+    overflow_fix: Annotated[OverflowFix | None, typer.Option(help="openvino: weights on half the INT8 range against "
+                                                                  "8-bit saturation on CPUs without VNNI (default "
+                                                                  "first_layer_only).")] = None,
+    reduce_range: Annotated[bool | None, typer.Option("--reduce-range/--no-reduce-range", help="onnxruntime: 7-bit "
+                                                      "weights everywhere (default: on where the CPU has no "
+                                                      "VNNI).")] = None,
+    calibration_batch: Annotated[int, typer.Option("--batch", min=1, help="Images per calibration item; "
+                                                   "statistics stay per image, so the result equals batch 1 up "
+                                                   "to float rounding, sooner.")] = 1,
+    seed: Seed = 0,
+    out: Annotated[Path | None, typer.Option(help="Output folder; default runs/quantize/<model>-<engine>-<algo>-"
+                                                  "<set>-<subset>-s<seed>-<digest of every option>.")] = None,
+    overwrite: Overwrite = False,
+    evaluate: Annotated[bool, typer.Option(help="Also measure FP32 and INT8 test accuracy.")] = False,
+    weights: WeightsPath = None,
+    data_dir: DataDir = None,
+    record_path: RecordPath = DEFAULT_RECORD,
+    format: OutputFormat = Format.text,
+    source: Annotated[str | None, typer.Option(help="Your own model: make the calibration set at its input size "
+                                                    "from noise, fractal, folder (--folder DIR) or distylegan "
+                                                    "(32x32, resized).")] = None,
+    images: Annotated[int, typer.Option(min=1, help="Your own model: calibration images --source makes.")] = 300,
+    folder: Annotated[Path | None, typer.Option(help="--source folder: any folder of unlabeled images.")] = None,
+    contract: Annotated[Path | None, typer.Option(help="Your own model: its input contract card (TOML); default "
+                                                       "<model>.calib.toml beside it, else what the model file "
+                                                       "carries.")] = None,
+    mean: Annotated[str | None, typer.Option(help="Your own model: mean per channel in its channel order, e.g. "
+                                                  "0.485,0.456,0.406.")] = None,
+    std: Annotated[str | None, typer.Option(help="Your own model: std per channel, e.g. 0.229,0.224,0.225.")]
+    = None,
+    input_size: Annotated[str | None, typer.Option(help="Your own model: input size, 64 or 64x48 (H x W).")]
+    = None,
+    bgr: Annotated[bool, typer.Option("--bgr", help="Your own model takes BGR channels (default RGB).")] = False,
+    raw_pixels: Annotated[bool, typer.Option("--raw-pixels", help="Your own model: mean/std are in 0..255 pixel "
+                                                                  "units (pixel scale 1, not 1/255).")] = False,
+    classes: Annotated[Path | None, typer.Option(help="Your own model: class names, one a line, in output "
+                                                      "order.")] = None,
+) -> None:
+    """Quantize to INT8 with any engine that quantizes: NNCF (default or accuracy-aware), ONNX Runtime (static QDQ).
+    Your own model (ONNX, IR or TorchScript) with its input contract: --source makes the set, --data-dir (with
+    your class folders) evaluates."""
+    from calib.core.export import fixed_batch
+    from calib.core.foreign import TORCHSCRIPT_SUFFIXES
+    from calib.core.pipeline import run_quantize
+    from calib.core.progress import progress
+    from calib.core.spec import QuantizeSpec
+
+    stated = {"--mean": mean, "--std": std, "--input-size": input_size, "--contract": contract,
+              "--classes": classes, "--bgr": bgr or None, "--raw-pixels": raw_pixels or None, "--source": source,
+              "--folder": folder}
+    if any(v is not None for v in stated.values()) or Path(model).suffix.lower() in TORCHSCRIPT_SUFFIXES:
+        zoo_only = {"--calib": calib, "--algo": None if algo == Algo.default else algo.value,
+                    "--subset-size": subset_size, "--preset": preset, "--fast-bias-correction": fast_bias_correction,
+                    "--max-drop": max_drop, "--drop-type": drop_type, "--calibrate-method": calibrate_method,
+                    "--ranking-subset-size": ranking_subset_size, "--overflow-fix": overflow_fix,
+                    "--reduce-range": reduce_range, "--batch": None if calibration_batch == 1 else calibration_batch,
+                    "--weights": weights, "--evaluate": evaluate or None}
+        given = [k for k, v in zoo_only.items() if v is not None]
+        if given:
+            raise OptionError(f"{', '.join(given)} is not available with your own model's contract and --source; "
+                              "leave it out")
+        quantize_own_model(model, source, images, folder, contract, mean, std, input_size, bgr, raw_pixels,
+                           classes, engine.value if engine else None, seed, out, overwrite, data_dir, record_path,
+                           format)
+        return
+    if calib is None:
+        raise OptionError("give --calib SET (or, for your own model, --source to make the set)")
+    engine_name = model_engine(model, engine.value if engine else None)
+    refuse_int8(model)
+    if fixed_batch(model) not in (None, calibration_batch):
+        raise OptionError(f"--model {model} takes batch {fixed_batch(model)} only; pass --batch "
+                          f"{fixed_batch(model)}, or export it with a dynamic batch (calib zoo export does)")
+    try:  # the spec checks itself, the engine's options included: refused before any work, exit code 2
+        spec = QuantizeSpec(model=model, calib=calib, algo=algo, engine=engine_name, subset_size=subset_size,
+                            preset=preset, fast_bias_correction=fast_bias_correction, max_drop=max_drop,
+                            drop_type=drop_type, calibrate_method=calibrate_method,
+                            ranking_subset_size=ranking_subset_size, overflow_fix=overflow_fix,
+                            reduce_range=reduce_range, seed=seed, weights=weights, data_dir=data_dir,
+                            calibration_batch=calibration_batch)
+    except OptionError:
+        raise
+    except CalibError as e:
+        raise OptionError(str(e)) from None
+    with progress(f"quantize {Path(model).name} ({engine_name}, {algo.value})", None, is_quiet()):
+        row = run_quantize(spec, out, test=evaluate, record_path=record_path, overwrite=overwrite)
+    keep_log(Path(row["out"]))
+
+    def text() -> None:
+        say(f"{row['model']} INT8 ({row['engine']}, {algo.value}, {row['subset_size_images']} images of "
+            f"{row['calib_source']} set {Path(row['calib_set']).name}, seed {seed}): {row['int8_path']}")
+        say(f"  size {row['fp32_bytes'] / 1e6:.2f} MB FP32 -> {row['int8_bytes'] / 1e6:.2f} MB INT8; "
+            f"{accuracy_text(row)}")
+        say(f"  everything: {Path(row['out']) / 'quantize.json'} (--format json prints it)")
+
+    emit(row, format, text)
+
+
+def evaluate_cmd(name: ModelArg = None,
+                 model: Annotated[str | None, typer.Option(help="Model file (.xml, .onnx, .pt2; its suffix picks "
+                                                                "the engine) or zoo name.")] = None,
+                 batch: Annotated[int, typer.Option(min=1, help="Images per inference request.")] = 50,
+                 weights: WeightsPath = None,
+                 engine: Annotated[Engine | None, typer.Option(help="For a zoo name: the engine it is exported to "
+                                                                    "(default openvino).")] = None,
+                 data_dir: DataDir = None, record_path: RecordPath = DEFAULT_RECORD,
+                 format: OutputFormat = Format.text,
+                 contract: Annotated[Path | None, typer.Option(help="Your own model: its input contract card "
+                                                                    "(TOML); a card beside the file or a contract "
+                                                                    "inside it is used without this.")] = None,
+                 ) -> None:
+    """Top-1 accuracy on the CIFAR-10 test split with the engine that reads the file (OpenVINO: all requests of
+    an AsyncInferQueue kept busy); your own model's file, with its contract, on --data-dir ROOT/test."""
+    from calib.core.pipeline import run_evaluate
+    from calib.core.progress import progress
+
+    model = one_model(name, model)
+    engine_name = model_engine(model, engine.value if engine else None)
+    stated = own_contract(model, contract)
+    if stated is not None:
+        from calib.core.own import evaluate_own
+
+        if data_dir is None:
+            raise OptionError("your own model is evaluated on --data-dir ROOT (ROOT/test/<class>/*)")
+        with progress(f"evaluate {Path(model).name} ({engine_name})", None, is_quiet()):
+            row = evaluate_own(Path(model), stated, data_dir, batch, record_path)
+        emit(row, format, lambda: say(f"{model}: accuracy {row['accuracy']:.4f} on {row['images']} test images "
+                                      f"({row['eval_fps']:.0f} images/s, engine {row['engine']})"))
+        return
+    with progress(f"evaluate {Path(model).name} ({engine_name})", None, is_quiet()):
+        row = run_evaluate(model, batch=batch, weights=weights, data_dir=data_dir, record_path=record_path,
+                           engine=engine_name)
+    emit(row, format, lambda: say(f"{model}: accuracy {row['accuracy']:.4f} on {row['images']} test images "
+                                  f"({row['eval_fps']:.0f} images/s, engine {row['engine']})"))

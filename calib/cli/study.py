@@ -1,0 +1,186 @@
+"""`calib study`: run a grid (resumable), check cells against NNCF and OpenVINO, report, plot."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from calib.cli.app import App, Format, OutputFormat, Quiet, emit, err_console, records, run_log, say, spinner
+from calib.cli.options import DataDir
+from calib.core.errors import CalibError, OptionError
+
+app = App(help="Study grids: run (resumable), check, report tables, plot heatmaps.")
+
+
+class Executor(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command("run")
+def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
+              out: Annotated[Path | None, typer.Option(help="Run folder; default runs/study/<grid name>. A rerun "
+                                                            "into it runs only the cells without an ok row.")]
+              = None,
+              executor: Annotated[Executor, typer.Option()] = Executor.local,
+              address: Annotated[str | None, typer.Option(help="Ray cluster address (ray executor).")] = None,
+              models: Annotated[str | None, typer.Option(help="Only these models (comma-separated).")] = None,
+              sources: Annotated[str | None, typer.Option(help="Only these sources (comma-separated).")] = None,
+              data_dir: DataDir = None,
+              jobs: Annotated[int, typer.Option(min=1, help="Local worker processes for cells that time nothing; "
+                                                            "timed cells always run alone.")] = 1,
+              quiet: Quiet = False) -> None:
+    """Run a grid; a rerun runs every cell without an ok row (so a killed run resumes, skipped cells retry).
+
+    One progress bar (cells done of all, ok / skipped / errors, time left), one line per error, a summary."""
+    from calib.core.progress import duration, fd_stdout, progress
+    from calib.study.grid import load_grid, select
+    from calib.study.runner import run_study
+
+    if not grid.is_file():
+        raise OptionError(f"grid file {grid} does not exist")
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    try:  # the grid's fields and --models/--sources are options too: refused before any work, exit code 2
+        g = load_grid(grid)
+        total = len(select(g, split(models), split(sources)))
+    except OptionError:
+        raise
+    except CalibError as e:
+        raise OptionError(str(e)) from None
+    out = out or Path("runs/study") / g.name
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out} is a file; give a folder for the run")
+    counts = {"ok": 0, "skipped": 0, "error": 0}
+    log = run_log()
+    with progress(f"study {g.name}", total, quiet) as advance:
+
+        def on_row(row: dict) -> None:  # every cell's row: those done before first, then each as it is written
+            status = row.get("status", "error")
+            counts[status] = counts.get(status, 0) + 1
+            advance(description=f"study {g.name}: {counts['ok']} ok, {counts['skipped']} skipped, "
+                                f"{counts['error']} errors")
+            if status == "error":
+                what = " ".join(str(row.get(k)) for k in ("kind", "model", "engine", "source", "algo")
+                                if row.get(k) not in (None, ""))
+                advance.note(f"error: cell {row.get('cell')} ({what}): {row.get('reason', '')}")
+
+        with fd_stdout(log.stream if log is not None else sys.stderr):
+            s = run_study(grid, out, executor.value, address, data_dir, split(models), split(sources), jobs=jobs,
+                          progress=False, on_row=on_row)
+    if log is not None:
+        log.save(out / "calib.log")
+    say(f"{out}: {s['cells']} cells ({s['ran']} run now, {s['skipped_done']} already done); "
+        f"{s['ok']} ok, {s['skipped']} skipped, {s['errors']} errors")
+    say(f"wall time {duration(s['wall_seconds'])}; peak resident memory {s['peak_rss_mib'] / 1024:.2f} GiB, all "
+        "processes together")
+    if s["errors"]:
+        say(f"the errors, one row each: {out / 'rows.jsonl'} (status error, with the reason)")
+
+
+@app.command("check")
+def study_check(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study run folder.")],
+                cells: Annotated[int, typer.Option(min=0, help="How many OpenVINO cells to recheck, drawn at "
+                                                               "random; 0: all.")] = 5,
+                seed: Annotated[int, typer.Option(min=0, help="Seed of the draw.")] = 0,
+                tolerance: Annotated[float, typer.Option(min=0.0, help="Largest accepted |difference| in "
+                                                                       "accuracy.")] = 0.003,
+                out: Annotated[Path | None, typer.Option(help="CSV of the comparison; default <run>/check.csv.")]
+                = None,
+                models: Annotated[str | None, typer.Option(help="Only cells of these models (comma-separated).")]
+                = None,
+                sources: Annotated[str | None, typer.Option(help="Only cells of these sources (comma-separated).")]
+                = None,
+                batch_1: Annotated[bool, typer.Option("--batch-1/--as-run", help="Calibrate with batch-1 items, "
+                                                      "or with the cell's calibration batch.")] = False,
+                format: OutputFormat = Format.text) -> None:
+    """Redo cells with NNCF and OpenVINO called directly (same set, subset, seed, options) and compare."""
+    from calib.study.check import check_run
+
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    with spinner(f"study check {run.name}"):
+        table = check_run(run, cells, seed, tolerance, out, split(models), split(sources), batch_1)
+    bad = int((~table.within_tolerance).sum())
+
+    def text() -> None:
+        say(table.drop(columns=["cell", "calib_hash"]).to_string(index=False))
+        say(f"{len(table) - bad} of {len(table)} cells within {tolerance}; largest |difference| "
+            f"{table.abs_difference.max():.4f}; written to {out or run / 'check.csv'}")
+
+    emit(records(table), format, text)
+    if bad:
+        err_console.print(f"[red]error:[/red] {bad} cells differ by more than {tolerance}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _run_folder(run: Path) -> None:
+    if not run.is_dir():
+        raise OptionError(f"run folder {run} does not exist")
+    if not (run / "rows.jsonl").is_file():
+        raise OptionError(f"{run} is not a study run folder (no rows.jsonl)")
+
+
+def _out_folder(out: Path | None) -> None:
+    if out is not None and out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out} is a file; give a folder")
+
+
+@app.command("report")
+def study_report(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study run folder.")],
+                 out: Annotated[Path | None, typer.Option(help="Default <run>/report.")] = None,
+                 html: Annotated[bool, typer.Option("--html", help="Also write report.html: one self-contained "
+                                                              "page with every table, plot and grid.")] = False,
+                 grids: Annotated[Path | None, typer.Option(help="--html: folder of <source>.png sample grids, "
+                                                                 "for runs without their sets/ folder.")] = None,
+                 quality: Annotated[Path | None, typer.Option(help="--html: `calib inspect` rows (JSON lines); "
+                                                                   "default <run>/inspect.jsonl.")] = None,
+                 diagnose: Annotated[Path | None, typer.Option(help="--html: folder of `calib diagnose` outputs; "
+                                                                    "default <run>/diagnose.")] = None,
+                 screenshot: Annotated[bool, typer.Option(help="--html: also report.png, the page's top as "
+                                                               "headless Chromium renders it at 1280 px.")] = False,
+                 quiet: Quiet = False, format: OutputFormat = Format.text) -> None:
+    """Write the tables (CSV and Markdown) of a run folder; with --html, one HTML page of it all. The result rows
+    (--format json|csv) are the run's conditions, one per engine, model, source and algorithm (long_*.csv)."""
+    import pandas as pd
+
+    from calib.study.report import write_report
+
+    _run_folder(run)
+    _out_folder(out)
+    for option, path in (("--grids", grids), ("--diagnose", diagnose)):
+        if path is not None and not path.is_dir():
+            raise OptionError(f"{option} {path} is not a folder")
+    if quality is not None and not quality.is_file():
+        raise OptionError(f"--quality {quality} does not exist")
+    with spinner(f"report {run.name}"):
+        written = write_report(run, out)
+    folder = written[0].parent if written else (out or run / "report")
+    lines = [f"wrote {len(written)} table files (CSV and Markdown) to {folder}"]
+    if html:
+        from calib.study.html import screenshot as shoot
+        from calib.study.html import write_html
+
+        page = write_html(run, out, grids, quality, diagnose, quiet)
+        lines.append(f"wrote {page}")
+        if screenshot:
+            lines.append(f"wrote {shoot(page, page.with_suffix('.png'))}")
+    longs = [pd.read_csv(p) for p in written if p.name.startswith("long_") and p.suffix == ".csv"]
+    rows = records(pd.concat(longs)) if longs else []
+    emit(rows, format, lambda: [say(line) for line in lines])
+
+
+@app.command("plot")
+def study_plot(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study run folder.")],
+               out: Annotated[Path | None, typer.Option(help="Default <run>/plots.")] = None) -> None:
+    """Write seaborn heatmaps from a run folder."""
+    from calib.study.plot import write_plots
+
+    _run_folder(run)
+    _out_folder(out)
+    with spinner(f"plots {run.name}"):
+        written = write_plots(run, out)
+    for p in written:
+        say(f"wrote {p}")

@@ -1,0 +1,269 @@
+"""Data-free images inverted from the target model's own BatchNorm statistics (DeepInversion-style).
+
+Images are optimized in normalized space so that the mean and variance of every BatchNorm layer's *input*
+match that layer's running statistics (inputs, not conv outputs, so RepVGG's identity-branch BNs count),
+with cross-entropy toward each image's class, total-variation and L2 priors, random jitter and flips.
+Images are kept inside the valid pixel range at every step; the result is de-normalized and rounded
+to uint8, and the BN loss is measured again on those uint8 images, since that is what calibration sees.
+
+The batch is the unit of generation: a batch is optimized jointly against its own statistics, so an image
+depends on its batch-mates. Batches follow from `(per_class, batch_size)` alone (`batch_plan`); a batch's
+initial noise comes from its images' seeds and its jitter stream from its first image's seed. The set's
+manifest records every effective option, the batches and the weights' sha256, which is all `regenerate`
+needs to remake any image, byte for byte, from the seed in its file name (same torch build and CPU kernels,
+also recorded; the thread count does not matter).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from calib.core.data import MEAN, STD, from_model_input, to_model_input
+from calib.core.errors import CalibError
+from calib.core.sources import Generated, balanced_labels, image_seed, register_source
+
+# Settings before the speed-up (issue: 1.01 s/image measured at 400 iterations, batch 20); kept for benchmarks.
+OLD_DEFAULTS = {"iterations": 1000, "batch_size": 100, "lr": 0.1, "channels_last": False}
+DEFAULTS = {"iterations": 100, "batch_size": 100, "lr": 0.25}
+INITS = ("noise", "fractal", "distylegan")  # what the images start from
+
+
+class BNStatsLoss:
+    """Hooks every BatchNorm2d input; `value()` is the summed mean/variance mismatch of the last forward."""
+
+    def __init__(self, model: nn.Module):
+        self.terms: list[torch.Tensor] = []
+        self.handles = [m.register_forward_pre_hook(self._hook) for m in model.modules()
+                        if isinstance(m, nn.BatchNorm2d)]
+        if not self.handles:
+            raise CalibError("model has no BatchNorm2d layers to invert")
+
+    def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
+        x = inputs[0]
+        if x.is_contiguous(memory_format=torch.channels_last):  # (N*H*W, C) is a view: reduce along rows
+            x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            mean, mean_sq = x.mean(0), (x * x).mean(0)
+        else:
+            mean, mean_sq = x.mean((0, 2, 3)), (x * x).mean((0, 2, 3))
+        var = mean_sq - mean * mean  # E[x^2] - E[x]^2: half the backward cost of torch.var_mean here
+        self.terms.append(torch.linalg.vector_norm(mean - module.running_mean)
+                          + torch.linalg.vector_norm(var - module.running_var))
+
+    def value(self) -> torch.Tensor:
+        total = torch.stack(self.terms).sum()
+        self.terms.clear()
+        return total
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def to_normalized(pixels: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+@torch.no_grad()
+def bn_loss_of(model: nn.Module, images_u8: np.ndarray) -> float:
+    """BN-statistics distance of a batch of uint8 images under `model` (eval mode)."""
+    hooks = BNStatsLoss(model)
+    try:
+        model(torch.from_numpy(to_model_input(images_u8)))
+        return float(hooks.value())
+    finally:
+        hooks.remove()
+
+
+def batch_plan(per_class: int, batch_size: int, num_classes: int = 10) -> list[np.ndarray]:
+    """Image indices of each batch. Classes are interleaved so that every batch mixes them, as the BN
+    statistics were gathered on mixed batches; the plan depends on nothing but its arguments."""
+    order = np.argsort(np.arange(per_class * num_classes) % per_class, kind="stable")
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def optimize_inputs(model: nn.Module, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, seed: int,
+                    iterations: int, lr: float, w_bn: float, w_tv: float, w_l2: float, jitter: int = 2,
+                    labels: np.ndarray | None = None, w_ce: float = 0.0) -> tuple[torch.Tensor, float, float]:
+    """Adam on the normalized inputs `x` (a leaf that requires grad) toward the BatchNorm statistics of `model`,
+    with total-variation and L2 priors, cross-entropy toward `labels` where given, jitter and flips drawn from
+    `seed`; `x` stays inside [lo, hi] (the valid pixel range) at every step. Returns (x, BN loss at the first
+    step, BN loss of the final float inputs)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.from_numpy(labels) if labels is not None else None
+    opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+    hooks = BNStatsLoss(model)
+    first_bn = None
+    try:
+        for _ in range(iterations):
+            dx, dy = torch.randint(-jitter, jitter + 1, (2,), generator=gen).tolist()
+            inp = torch.roll(x, (dx, dy), (2, 3))
+            if torch.rand(1, generator=gen).item() < 0.5:
+                inp = inp.flip(3)
+            logits = model(inp)
+            bn = hooks.value()
+            first_bn = bn.item() if first_bn is None else first_bn
+            loss = w_bn * bn
+            if y is not None:
+                loss = loss + w_ce * nn.functional.cross_entropy(logits, y)
+            loss = loss + w_tv * total_variation(x) + w_l2 * x.pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():  # stay inside the valid pixel range, so that saving loses only rounding
+                x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+        with torch.no_grad():
+            model(x)
+            last_bn = float(hooks.value())
+    finally:
+        hooks.remove()
+    return x, first_bn, last_bn
+
+
+def invert_batch(model: nn.Module, labels: np.ndarray, seeds: list[int], iterations: int, lr: float,
+                 w_bn: float, w_ce: float, w_tv: float, w_l2: float, jitter: int = 2,
+                 start: np.ndarray | None = None, channels_last: bool = False) -> tuple[np.ndarray, dict]:
+    """One batch, optimized jointly: initial noise from each image's seed (or `start`, uint8 images), jitter and
+    flips from `seeds[0]`. `channels_last` makes the BN-statistics reductions contiguous (ResNet20: 1.6x
+    faster per step on 2 cores)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if start is None:
+        x = torch.stack([torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    else:
+        x = torch.from_numpy(to_model_input(start))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    x = x.contiguous(memory_format=fmt).requires_grad_(True)
+    lo, hi = to_normalized(torch.zeros(1, 3, 1, 1)), to_normalized(torch.ones(1, 3, 1, 1))
+    x, first_bn, last_bn = optimize_inputs(model, x, lo, hi, seeds[0], iterations, lr, w_bn, w_tv, w_l2, jitter,
+                                           labels=labels, w_ce=w_ce)
+    pixels = from_model_input(x.detach()).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    images = np.rint(pixels * 255).astype(np.uint8)
+    return images, {"bn_loss_start": first_bn, "bn_loss_float": last_bn, "bn_loss_uint8": bn_loss_of(model, images)}
+
+
+def _step_options(opts: dict) -> dict:
+    return {k: v for k, v in opts.items() if k not in ("batch_size", "init")}
+
+
+def _start_images(init: str, per_class: int, seed: int) -> tuple[np.ndarray | None, dict]:
+    """Starting images: noise (None), or another source's set with the same per-class count and seed, so that
+    image i starts from that source's image i (which has the same seed)."""
+    if init == "noise":
+        return None, {}
+    if init not in INITS:
+        raise CalibError(f"inversion init must be one of {', '.join(INITS)}, not {init!r}")
+    from calib.core.sources import generate
+
+    g = generate(init, per_class, seed)
+    return g.images, {"source": init, **{k: v for k, v in g.extra.items() if "sha256" in k or "checkpoint" in k}}
+
+
+def _load(model: str, weights: Path | None) -> tuple[nn.Module, Path | None]:
+    from calib.core.weights import load_model, resolve_weights
+
+    path = resolve_weights(model, weights) if weights is not None or not model.startswith("tiny") else None
+    return load_model(model, path, fuse=False, pretrained=path is not None), path  # unfused: keep every BN
+
+
+@register_source("inversion")
+def inversion(per_class: int, seed: int, model: str = "resnet20", weights: Path | None = None,
+              iterations: int = DEFAULTS["iterations"], batch_size: int = DEFAULTS["batch_size"],
+              lr: float = DEFAULTS["lr"], w_bn: float = 1.0, w_ce: float = 1.0, w_tv: float = 1e-3,
+              w_l2: float = 1e-4, init: str = "noise", channels_last: bool = True,
+              progress: Callable[[int, int], None] | None = None) -> Generated:
+    """Class-conditional images optimized to match the model's BatchNorm running statistics."""
+    from calib.core.weights import weights_provenance
+
+    if iterations < 1 or batch_size < 1 or lr <= 0:
+        raise CalibError("inversion needs iterations >= 1, batch_size >= 1 and lr > 0")
+    net, path = _load(model, weights)
+    opts = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "w_bn": w_bn, "w_ce": w_ce,
+            "w_tv": w_tv, "w_l2": w_l2, "init": init, "channels_last": channels_last}
+    labels = balanced_labels(per_class)
+    seeds = [image_seed(seed, i) for i in range(len(labels))]
+    start, start_extra = _start_images(init, per_class, seed)
+    images = np.empty((len(labels), 32, 32, 3), np.uint8)
+    batches = []
+    for idx in batch_plan(per_class, batch_size):
+        imgs, st = invert_batch(net, labels[idx], [seeds[i] for i in idx], **_step_options(opts),
+                                start=None if start is None else start[idx])
+        images[idx] = imgs
+        batches.append({"ids": [f"{seeds[i]:010d}" for i in idx], **st})
+        if progress is not None:
+            progress(sum(len(b["ids"]) for b in batches), len(labels))
+    rebuild = {"unit": "batch", "needs": "options in 'inversion', 'batches', 'weights_sha256', this torch build",
+               "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    extra = {"model": model, "weights": str(path) if path else "random", **weights_provenance(path),
+             "inversion": opts, "init_source": start_extra, "regenerate": rebuild, "batches": batches}
+    return Generated(images, labels, [f"{s:010d}" for s in seeds], extra=extra)
+
+
+def regenerate(set_dir: Path, ids: list[str]) -> dict[str, np.ndarray]:
+    """Remake images of an inversion set from its manifest alone: each id's seed gives its index, the
+    recorded batches its batch-mates, and the recorded options and weight hash everything else."""
+    from calib.core.weights import file_sha256
+
+    manifest = json.loads((Path(set_dir) / "manifest.json").read_text())
+    if manifest.get("source") != "inversion" or "inversion" not in manifest:
+        raise CalibError(f"{set_dir} is not an inversion set with recorded options (made before they were kept?)")
+    seed, per_class = manifest["seeds"]["set"], manifest["options"]["per_class"]
+    opts = manifest["inversion"]
+    batches = [b["ids"] for b in manifest["batches"]]
+    planned = [[f"{image_seed(seed, i):010d}" for i in idx] for idx in batch_plan(per_class, opts["batch_size"])]
+    if batches != planned:
+        raise CalibError(f"{set_dir}: recorded batches differ from the batch plan of its options")
+    path = None if manifest["weights"] == "random" else Path(manifest["weights"])
+    if path is not None and (not path.is_file() or file_sha256(path) != manifest["weights_sha256"]):
+        from calib.core.weights import resolve_weights
+
+        path = resolve_weights(manifest["model"])
+        if file_sha256(path) != manifest["weights_sha256"]:
+            raise CalibError(f"no weight file with sha256 {manifest['weights_sha256'][:12]}... for {manifest['model']}")
+    net, _ = _load(manifest["model"], path)
+    labels = balanced_labels(per_class)
+    index = {f"{image_seed(seed, i):010d}": i for i in range(len(labels))}
+    wanted, out = set(ids), {}
+    unknown = wanted - {i for b in batches for i in b}
+    if unknown:
+        raise CalibError(f"{set_dir} has no images {sorted(unknown)[:3]}")
+    start, _ = _start_images(opts.get("init", "noise"), per_class, seed)
+    for batch in batches:
+        if wanted & set(batch):
+            idx = [index[i] for i in batch]
+            imgs, _ = invert_batch(net, labels[idx], [image_seed(seed, i) for i in idx], **_step_options(opts),
+                                   start=None if start is None else start[idx])
+            out.update({i: img for i, img in zip(batch, imgs) if i in wanted})
+    return out
+
+
+def verify_regeneration(set_dir: Path, ids: list[str]) -> list[str]:
+    """Ids whose regenerated PNG differs, byte for byte, from the file in the set (empty: all reproduced)."""
+    import io
+
+    from PIL import Image
+
+    files = json.loads((Path(set_dir) / "manifest.json").read_text())["files"]
+    by_id = {Path(rel).stem: rel for rel in files}
+    bad = []
+    for id_, img in regenerate(set_dir, ids).items():
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG", optimize=False)
+        if buf.getvalue() != (Path(set_dir) / by_id[id_]).read_bytes():
+            bad.append(id_)
+    return bad

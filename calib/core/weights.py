@@ -1,0 +1,252 @@
+"""Trained weights for zoo models: an explicit path, then the folders of `CALIB_WEIGHTS_DIR`, then the official
+release (downloaded into `CALIB_HOME/weights`).
+
+Every weight file is named `cifar10_<model>-<first 8 hex of its sha256>.pt`, so each file carries the hash it
+is checked against; an official file's prefix is also the one its registration names.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from calib.core.errors import CalibError
+from calib.core.paths import calib_home
+from calib.core.runs import sha256_file
+from calib.core.zoo import create_model, model_info
+from calib.core.zoo.repvgg import reparameterize
+
+_NAME = re.compile(r"cifar10_(?P<model>.+)-(?P<hash>[0-9a-f]{8})\.pt$")
+
+WeightsDirs = Path | str | Sequence[Path | str] | None
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256; hashed once per process unless the file changes."""
+    st = path.stat()
+    return _cached_digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def check_hash(path: Path, prefix: str) -> None:
+    """Compare a file's sha256 with a prefix (the one in its name, or the official one)."""
+    digest = file_sha256(path)
+    if not digest.startswith(prefix):
+        raise CalibError(f"{path}: sha256 {digest[:8]}... does not match the expected prefix {prefix}; the file is "
+                         "damaged or not the one it is named for")
+
+
+def weights_dirs(weights_dir: WeightsDirs = None) -> list[Path]:
+    """The folders searched for weight files, in order: `weights_dir` (a folder, a list, or an os.pathsep-separated
+    string), else `CALIB_WEIGHTS_DIR` split on os.pathsep (`official:trained` on Linux)."""
+    if weights_dir is None:
+        weights_dir = os.environ.get("CALIB_WEIGHTS_DIR", "")
+    if isinstance(weights_dir, str):
+        weights_dir = weights_dir.split(os.pathsep)
+    elif isinstance(weights_dir, Path):
+        weights_dir = [weights_dir]
+    dirs = [Path(d).expanduser() for d in weights_dir if str(d)]
+    for d in dirs:
+        if not d.is_dir():
+            raise CalibError(f"weights folder {d} does not exist (CALIB_WEIGHTS_DIR lists folders separated by "
+                             f"{os.pathsep!r})")
+    return dirs
+
+
+def _in_weights_dir(name: str, weights_dir: Path) -> Path | None:
+    """The weight file of `name` in one folder: the official one if present, else the only one."""
+    found = sorted(p for p in weights_dir.glob(f"cifar10_{name}-*.pt") if (m := _NAME.match(p.name))
+                   and m["model"] == name)
+    official = [p for p in found if _NAME.match(p.name)["hash"] == model_info(name).hash_prefix]
+    if official:
+        return official[0]
+    if len(found) > 1:
+        raise CalibError(f"{weights_dir} holds several weight files for {name} ({', '.join(p.name for p in found)}); "
+                         "pass one with --weights")
+    return found[0] if found else None
+
+
+def resolve_weights(name: str, path: Path | None = None, weights_dir: WeightsDirs = None,
+                    download: bool = True) -> Path:
+    """Find the weight file of `name`, checking its hash: `path`, else the first folder of `weights_dirs` that
+    holds one, else the official release file (cached under `CALIB_HOME/weights`, downloaded if absent)."""
+    info = model_info(name)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise CalibError(f"weight file {path} does not exist")
+        m = _NAME.match(path.name)
+        if m:
+            if m["model"] != name:
+                raise CalibError(f"{path} is named for {m['model']}, not {name}")
+            check_hash(path, m["hash"])
+        return path
+    dirs = weights_dirs(weights_dir)
+    for folder in dirs:
+        found = _in_weights_dir(name, folder)
+        if found is not None:
+            check_hash(found, _NAME.match(found.name)["hash"])
+            return found
+    if info.weights_url is None or not download:
+        where = f" in {os.pathsep.join(map(str, dirs))}" if dirs else " (set CALIB_WEIGHTS_DIR or pass --weights)"
+        raise CalibError(f"no weights for {name}{where}")
+    target = calib_home() / "weights" / info.weights_file
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:  # torch writes a temporary file and moves it into place only when the hash prefix matches
+            torch.hub.download_url_to_file(info.weights_url, str(target), hash_prefix=info.hash_prefix,
+                                           progress=False)
+        except Exception as e:  # network errors and hash mismatches alike
+            msg = " ".join(str(e).split())
+            raise CalibError(f"could not download weights for {name} from {info.weights_url}: {msg}") from None
+    check_hash(target, info.hash_prefix)
+    return target
+
+
+def weights_provenance(path: Path | None) -> dict:
+    """What a result row records about its weights: file name, full sha256 and whether it is the official
+    release file of its model; `path=None` means random weights."""
+    if path is None:
+        return {"weights_file": "random", "weights_sha256": None, "weights_official": False}
+    path = Path(path)
+    digest = file_sha256(path)
+    m = _NAME.match(path.name)
+    official = False
+    if m:
+        try:
+            prefix = model_info(m["model"]).hash_prefix
+        except CalibError:
+            prefix = None
+        official = bool(prefix) and digest.startswith(prefix)
+    return {"weights_file": path.name, "weights_sha256": digest, "weights_official": official}
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CalibError(f"{path} is not a readable weight file ({type(e).__name__}: {str(e).splitlines()[0]})") \
+            from None
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise CalibError(f"{path} holds {type(sd).__name__}, not a state dict")
+    return sd
+
+
+def load_model(name: str, path: Path | None = None, weights_dir: WeightsDirs = None, pretrained: bool = True,
+               fuse: bool = True) -> nn.Module:
+    """A zoo model in eval mode, with trained weights unless `pretrained=False` (then a fixed random init);
+    RepVGG fused if `fuse`."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = create_model(name)
+    if pretrained:
+        file = resolve_weights(name, path, weights_dir)
+        try:
+            model.load_state_dict(load_state_dict(file), strict=True)
+        except RuntimeError as e:
+            raise CalibError(f"{file} does not fit {name}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return reparameterize(model) if fuse else model
+
+
+def weight_card(path: Path) -> dict:
+    """The `.json` written beside a weight file (how it was trained, its test accuracy), if any."""
+    card = Path(path).with_suffix(".json")
+    if not card.exists():
+        return {}
+    try:
+        return json.loads(card.read_text())
+    except json.JSONDecodeError:
+        raise CalibError(f"weight card {card} is not valid JSON") from None
+
+
+def zoo_test_accuracy(name: str, path: Path | None = None, data_dir: Path | None = None, fuse: bool = True) -> dict:
+    """Top-1 of a zoo model in PyTorch FP32 on the whole test split of the configured tree, measured now, with
+    the weight file's provenance and the card's accuracy for that same tree when the card states one."""
+    from calib.core.data import load_split
+    from calib.core.train import accuracy, pick_device
+
+    file = resolve_weights(name, path)
+    model = load_model(name, file, fuse=fuse)
+    test = load_split("test", data_dir)
+    with torch.no_grad():
+        acc = accuracy(model, test, pick_device("cpu"))
+    root = Path(test.provenance["data_root"])
+    card = weight_card(file)
+    stated = card_accuracies(card)
+    same_tree = [(a, d) for a, d in stated if f"{root.name}/test" in d]
+    return {"model": name, "accuracy": acc, "images": len(test), "test_data": str(root / "test")
+            if test.provenance["data"] == "folder" else test.source, **weights_provenance(file),
+            "card_accuracies": stated, "card_accuracy_same_data": same_tree[0] if same_tree else None,
+            "published_top1": model_info(name).published_top1}
+
+
+# accuracy keys of weight cards and the key that names the data each was measured on
+_CARD_ACCURACIES = {"test_accuracy": "test_data", "test_accuracy_lossless_1k": "lossless_test",
+                    "test_accuracy_jpeg_10k": "jpeg_test"}
+
+
+def card_accuracies(card: dict) -> list[tuple[float, str]]:
+    """(accuracy, data it was measured on) for every test accuracy a weight card states."""
+    return [(float(card[k]), str(card.get(data, k))) for k, data in _CARD_ACCURACIES.items()
+            if isinstance(card.get(k), int | float)]
+
+
+TRAINED_ON_POOL = "calibration_pool"  # the validation split of `calib.core.data.SPLIT` was held out
+TRAINED_ON_ALL = "all_train"  # every train image may have been seen (the conservative answer)
+_HELD_OUT = re.compile(r"minus the validation split|calibration pool|held out")
+_ALL = re.compile(r"validation split included|\ball\b")
+_CUT = re.compile(r"validation_per_class\s*=\s*(\d+)\D+?seed\s*[= ]\s*(\d+)")
+
+
+def trained_on(card: dict, data_root: str | Path) -> tuple[str, str]:
+    """Which train images a model saw, from its weight card's `train_data`, for the CIFAR-10 tree `data_root`:
+    (`TRAINED_ON_POOL` or `TRAINED_ON_ALL`, the reason in words).
+
+    The rule: the calibration pool only when `train_data` says the validation split was held out ("minus the
+    validation split", "calibration pool", "held out"), names the same cut as `calib.core.data.SPLIT`
+    (validation_per_class and seed), names this tree (`<root>/train`, or the root itself) and says nothing of
+    "all" images or the validation split "included". Anything else, a missing card or field included, is all
+    of train: a held-out split is only trusted when the card states it for this very tree and cut.
+    """
+    from calib.core.data import SPLIT
+
+    text = card.get("train_data")
+    if not isinstance(text, str) or not text.strip():
+        return TRAINED_ON_ALL, "no train_data on the weight card: all of train assumed"
+    low = " ".join(text.lower().split())
+    if _ALL.search(low) or not _HELD_OUT.search(low):
+        return TRAINED_ON_ALL, f"card: {text}"
+    cut = _CUT.search(low)
+    if cut is None or (int(cut[1]), int(cut[2])) != (SPLIT.validation_per_class, SPLIT.seed):
+        return TRAINED_ON_ALL, (f"card holds out a validation split other than calib.core.data.SPLIT "
+                                f"(validation_per_class={SPLIT.validation_per_class}, seed={SPLIT.seed}), or "
+                                f"names none: all of train assumed ({text})")
+    root = Path(data_root)
+    if f"{root.name}/train".lower() not in low and str(root).lower() not in low:
+        return TRAINED_ON_ALL, f"card holds out the validation split of another tree than {root}: all of train " \
+                               f"assumed ({text})"
+    return TRAINED_ON_POOL, f"card: {text}"
+
+
+def weights_trained_on(path: Path | None, data_root: str | Path) -> tuple[str, str]:
+    """`trained_on` for a weight file's card; `path=None` (weights not known) is all of train."""
+    if path is None:
+        return TRAINED_ON_ALL, "weights not known (a model file or random weights): all of train assumed"
+    card = weight_card(path)
+    if not card:
+        return TRAINED_ON_ALL, f"no weight card beside {Path(path).name}: all of train assumed"
+    return trained_on(card, data_root)

@@ -1,0 +1,94 @@
+"""The files a run's cells share, each made once: calibration sets (`sets/`) and FP32 exports (`models/fp32/`).
+
+A folder is built in a private staging folder and renamed into place, so processes making the same folder never
+touch each other's files; its name carries everything its content depends on, so equal requests share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from calib.core.runs import staging_dir, versions
+from calib.study.grid import Cell, Grid, source_options
+from calib.study.plan import weights_or_reason
+
+
+def make_once(folder: Path, done: str, make: Callable[[Path], Path]) -> Path:
+    """Build a folder in a private staging folder (`make(staging)` returns what to move) and rename it into
+    place: processes making the same folder never touch each other's files, and the first complete one wins
+    (same inputs, same content). `done` names the file whose presence marks a complete folder."""
+    staging = staging_dir(folder.parent, folder.name)
+    try:
+        made = make(staging)
+        try:
+            os.rename(made, folder)  # atomic; fails if another process already put a complete folder there
+        except OSError:
+            if not (folder / done).exists():
+                raise
+        return folder
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def generate_once(folder: Path, source: str, per_class: int, seed: int, opts: dict) -> Path:
+    """Generate a set once (see `make_once`)."""
+    from calib.core.sources import generate_set
+
+    return make_once(folder, "manifest.json",
+                     lambda staging: generate_set(source, per_class, seed, staging / folder.name, **opts))
+
+
+def set_plan(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) -> tuple[Path, dict]:
+    """The folder of the set a cell needs and the source options that make it; the folder name carries a
+    hash of source, options and seed, so equal requests share one set."""
+    opts = source_options(grid, cell.source)
+    if cell.source == "inversion":
+        opts.setdefault("model", cell.model)  # data-free: inverted from the model being quantized
+        weights = weights_or_reason(cell.model, grid)[0] if grid.weights_path() is not None else None
+        if weights is not None:
+            opts.setdefault("weights", weights)
+    if cell.source == "cifar10" and data_dir is not None:
+        opts.setdefault("data_dir", data_dir)
+    key = json.dumps({"source": cell.source, "per_class": cell.per_class, "seed": cell.seed,
+                      **{k: str(v) for k, v in opts.items()}}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return out / "sets" / f"{cell.source}-{cell.per_class}pc-s{cell.seed}-{digest}", opts
+
+
+def set_for(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) -> Path:
+    """Reuse the set a cell needs, or generate it (the driver does this before cells run)."""
+    from calib.core.sets import read_set
+
+    folder, opts = set_plan(grid, cell, out, data_dir)
+    if folder.exists():
+        read_set(folder)  # validates; a damaged cached set is an error, not silently reused
+        return folder
+    return generate_once(folder, cell.source, cell.per_class, cell.seed, opts)
+
+
+def _export_versions() -> str:
+    """A short tag of the libraries an export depends on: another version exports into another folder."""
+    v = versions()
+    text = json.dumps({k: v.get(k) for k in ("torch", "openvino", "onnxruntime", "onnx")}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def fp32_export(model: str, engine: str, fuse: bool, weights: Path | None, out: Path) -> Path:
+    """The engine's FP32 file of a zoo model, exported once per run, weight file and library versions, and shared
+    by the model's baselines and all its quantize cells (the same file every cell would export for itself)."""
+    from calib.core.engines import get_engine
+    from calib.core.weights import file_sha256, load_model
+
+    eng = get_engine(engine)
+    tag = file_sha256(weights)[:12] if weights else "random"
+    folder = out / "models" / "fp32" / f"{model}-{engine}-{'fused' if fuse else 'unfused'}-{tag}-{_export_versions()}"
+    path = folder / f"fp32{eng.suffix}"
+    if not path.exists():
+        net = load_model(model, weights, pretrained=weights is not None, fuse=fuse)
+        make_once(folder, path.name, lambda staging: eng.export(net, staging).parent)
+    return path

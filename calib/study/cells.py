@@ -1,0 +1,167 @@
+"""One cell's work and its row: an FP32 baseline, a quantize cell (INT8 accuracy, and per-quantizer diagnose
+rows), or a speed-only quantize cell on random weights. `run_cell` never raises: a failure becomes an error row.
+
+Cells only read the sets the driver made; each model's FP32 file is exported once per engine, weight file and
+library versions, and shared by its cells (`calib.study.artifacts`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from calib.core.errors import CalibError
+from calib.core.hardware import hardware
+from calib.core.runs import atomic_write_bytes, to_jsonable
+from calib.study.artifacts import fp32_export, set_for, set_plan
+from calib.study.condition import Context, condition, resolve_context, wrong_process
+from calib.study.grid import Cell, Grid, quantize_spec
+from calib.study.plan import measures_pytorch, plan_cell, test_for
+from calib.study.rows import failure_fields, hardware_fields, identity_fields
+from calib.study.timing import add_speed
+
+
+def run_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None, speed: bool = True,
+             ctx: Context | None = None) -> dict:
+    """Do one cell and return its row (never raises: failures become error rows). A timed cell with
+    `speed=False` leaves its speed to `add_speed` (runners time cells alone, after the rest)."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    ctx = ctx or resolve_context(grid, data_dir)
+    row = {"grid": grid.name, "cell": cell.id, **asdict(cell), "timed": grid.times(cell)}
+    try:
+        reason, weights, missing = plan_cell(grid, cell)
+        row |= identity_fields(condition(grid, cell, ctx, weights, data_dir), ctx)
+        row |= hardware_fields(ctx.hardware[cell.isa])
+        if reason:
+            return {**row, "status": "skipped", "reason": reason}
+        wrong = wrong_process(cell, ctx)
+        if wrong:
+            raise CalibError(wrong)
+        row |= hardware_fields(hardware())  # as this process sees it
+        row["started_at"] = round(time.time(), 3)
+        row["data_dir"] = str(data_dir) if data_dir else None
+        row["weights"] = str(weights) if weights else None
+        if cell.kind == "quantize":
+            row["calib_set"] = str(set_plan(grid, cell, out, data_dir)[0].relative_to(out))
+        if cell.kind == "baseline":
+            row |= baseline_cell(grid, cell, out, weights, data_dir)
+            row["weights_note"] = missing or ""
+        elif weights is None:  # speed needs no trained weights; accuracy does (see plan_cell)
+            row |= speed_only_cell(grid, cell, out, data_dir, row["condition"])
+            row["weights_note"] = missing
+        else:
+            row |= quantize_cell(grid, cell, out, weights, data_dir, row["condition"])
+        row["status"] = "ok"
+    except Exception as e:  # noqa: BLE001 - a failing cell must not stop the study
+        row |= failure_fields(e)
+    row["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    row["cpu_seconds"] = round(time.process_time() - cpu0, 2)  # this process's CPU time: all threads
+    row["finished_at"] = row["work_finished_at"] = round(time.time(), 3)
+    if row["timed"] and row["status"] == "ok":
+        if not speed:
+            return {**row, "speed_pending": True}
+        row = add_speed(grid, cell, row, out, ctx)
+    return row
+
+
+def _test_fields(test) -> dict:
+    from calib.core.data import indices_sha256
+
+    return {"test_images": len(test), "test_indices_sha256": indices_sha256(test)}
+
+
+def _kernel_fields(path: Path) -> dict:
+    """For an OpenVINO IR, the kernels the CPU plugin picked in this process (they show the ISA it ran)."""
+    if Path(path).suffix != ".xml":
+        return {}
+    from calib.core.hardware import openvino_kernels
+
+    return {"ov_kernels": openvino_kernels(path)}
+
+
+def baseline_cell(grid: Grid, cell: Cell, out: Path, weights: Path | None, data_dir: Path | None) -> dict:
+    """FP32 accuracy and per-image predictions of the engine's FP32 file (and PyTorch's accuracy, once per model
+    and ISA); speed is added by `add_speed`."""
+    from calib.core.engines import get_engine
+    from calib.core.evaluate import evaluate
+    from calib.core.runs import predictions_to_str
+    from calib.core.speed import model_size_bytes
+    from calib.core.weights import load_model
+
+    path = fp32_export(cell.model, cell.engine, cell.fuse, weights, out)
+    row = {"fp32_bytes": model_size_bytes(path), "trained_weights": weights is not None,
+           "model_file": str(path.relative_to(out)), **_kernel_fields(path)}
+    if weights is not None:
+        test = test_for(weights, data_dir)
+        if measures_pytorch(grid, cell):
+            model = load_model(cell.model, weights, fuse=cell.fuse)
+            row["pytorch_accuracy"] = evaluate(model, test, engine=get_engine("pytorch"))["accuracy"]
+        fp32 = evaluate(path, test)
+        row |= {"fp32_accuracy": fp32["accuracy"], "fp32_predictions": predictions_to_str(fp32["predictions"]),
+                **_test_fields(test)}
+    return row
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(to_jsonable(value))
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def result_fields(q: dict, out: Path) -> dict:
+    """Every JSON-able field of a quantize result for the row (the cell's own axes and absolute paths stay
+    out; the INT8 file is named relative to the run folder)."""
+    keep = {k: to_jsonable(v) for k, v in q.items()
+            if k not in ("int8_path", "fp32_path", "calib_set", *Cell.__dataclass_fields__) and _jsonable(v)}
+    return keep | {"model_file": str(Path(q["int8_path"]).relative_to(out))}
+
+
+def quantize_cell(grid: Grid, cell: Cell, out: Path, weights: Path, data_dir: Path | None, cid: str) -> dict:
+    """INT8 accuracy and per-image predictions of a cell quantized with trained weights (and its diagnose rows)."""
+    from calib.core.evaluate import evaluate
+    from calib.core.pipeline import quantize_with
+    from calib.core.runs import predictions_to_str
+    from calib.core.sets import read_set
+
+    cset = read_set(set_for(grid, cell, out, data_dir))
+    spec = quantize_spec(grid, cell, cset.path, weights, data_dir)
+    if spec.subset_size:
+        spec = replace(spec, subset_size=min(spec.subset_size, len(cset)))
+    fp32 = fp32_export(cell.model, cell.engine, cell.fuse, weights, out)
+    q = quantize_with(spec, cset, out / "models" / f"{cell.id}-{cid[:8]}", fp32)
+    row = result_fields(q, out)
+    test = test_for(weights, data_dir)
+    int8 = evaluate(q["int8_path"], test)
+    row |= {"int8_accuracy": int8["accuracy"], "int8_predictions": predictions_to_str(int8["predictions"]),
+            **_test_fields(test), **_kernel_fields(Path(q["int8_path"]))}
+    if grid.diagnose and str(q["int8_path"]).endswith(".xml"):
+        row["diagnose_layers"] = diagnose_cell(cell, q, out, data_dir)
+    return row
+
+
+def diagnose_cell(cell: Cell, q: dict, out: Path, data_dir: Path | None) -> int:
+    """Per-quantizer rows of a quantized cell (`calib diagnose` on files already made), on the validation split."""
+    from calib.core.data import train_splits
+    from calib.core.diagnose import measure_quantizers
+
+    rows = measure_quantizers(q["fp32_path"], q["int8_path"], train_splits(data_dir)["validation"])
+    lines = [json.dumps(to_jsonable({"cell": cell.id, "model": cell.model, "source": cell.source, "algo": cell.algo,
+                                     "seed": cell.seed, "weights": q.get("weights_file", ""), **r})) for r in rows]
+    atomic_write_bytes(out / "diagnose" / cell.id / "rows.jsonl", ("\n".join(lines) + "\n").encode())
+    return len(rows)
+
+
+def speed_only_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None, cid: str) -> dict:
+    """The INT8 file of a timed quantize cell without trained weights (random ones): speed only, no accuracy."""
+    from calib.core.benchmark import quantize_for_speed
+    from calib.core.sets import read_set
+
+    cset = read_set(set_for(grid, cell, out, data_dir))
+    subset = min(cell.subset_size, len(cset)) if cell.subset_size else None
+    q = quantize_for_speed(cell.model, cell.engine, cset, out / "models" / f"{cell.id}-{cid[:8]}",
+                           subset_size=subset, seed=cell.seed)
+    return result_fields(q, out) | {"trained_weights": False, **_kernel_fields(Path(q["int8_path"]))}

@@ -1,0 +1,173 @@
+"""Where cells run: in this process, in local worker processes, or as Ray tasks; the driver alone writes rows.
+
+A cell with an ISA cap (`isa` other than native) runs in a process started with `ONEDNN_MAX_CPU_ISA` in its
+environment, so the cap holds before OpenVINO or PyTorch is imported. Speed is always timed with nothing else
+running, after the rest of the work (`calib.study.timing`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from calib.core.errors import CalibError
+from calib.core.hardware import ISA_ENV, NATIVE, isa_env
+from calib.study.cells import run_cell
+from calib.study.condition import Context, resolve_context
+from calib.study.grid import Cell, Grid
+from calib.study.rows import append_row, error_row, failure_fields
+from calib.study.schedule import by_isa, core_shares, longest_first, pin_worker
+from calib.study.timing import add_speed
+
+if TYPE_CHECKING:
+    from calib.study.memory import PeakMemory
+
+
+@contextlib.contextmanager
+def isa_environment(isa: str) -> Iterator[None]:
+    """This process's environment holds the ISA cap of `isa` (none for native) inside the block, so worker
+    processes started inside it have it from their first instruction. The driver itself runs no kernels meanwhile
+    (it only waits on its workers), and oneDNN in this process is unaffected."""
+    old = os.environ.get(ISA_ENV)
+    os.environ.pop(ISA_ENV, None)
+    os.environ.update(isa_env(isa))
+    try:
+        yield
+    finally:
+        os.environ.pop(ISA_ENV, None)
+        if old is not None:
+            os.environ[ISA_ENV] = old
+
+
+@contextlib.contextmanager
+def worker_pool(isa: str, workers: int, pin: bool = True):
+    """A pool of `workers` fresh (spawned) processes that run `isa`; with `pin`, each keeps to its own share of
+    the cores."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    shares = context.Queue()
+    for share in core_shares(workers, pin):
+        shares.put(share)
+    with isa_environment(isa), ProcessPoolExecutor(workers, mp_context=context, initializer=pin_worker,
+                                                   initargs=(shares,)) as pool:
+        yield pool
+
+
+@contextlib.contextmanager
+def _alone(bar, memory: PeakMemory | None) -> Iterator[None]:
+    """Nothing else of this process runs: the progress display and the memory sampler stop."""
+    bar.stop()
+    try:
+        with memory.paused() if memory is not None else contextlib.nullcontext():
+            yield
+    finally:
+        bar.start()
+
+
+def run_local(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, data_dir: Path | None, jobs: int,
+              progress: bool, ctx: Context | None = None, memory: PeakMemory | None = None,
+              on_row: Callable[[dict], None] | None = None) -> None:
+    """Every cell's work, then the speed of the timed cells, one at a time with nothing else running (a timed
+    cell's row is written only once its speed is in, so a run killed before that redoes the cell). Native cells
+    work in this process (`jobs` 1) or a pool of `jobs` processes; each capped ISA in a pool of its own, its speed
+    in one fresh process of that ISA."""
+    from concurrent.futures import as_completed
+
+    from rich.progress import Progress
+
+    ctx = ctx or resolve_context(grid, data_dir)
+    pending: dict[Cell, dict] = {}
+    groups = by_isa(cells)
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"study {grid.name}", total=len(cells))
+
+        def finish(cell: Cell, row: dict) -> None:
+            if row.pop("speed_pending", False):
+                pending[cell] = row
+                return
+            append_row(rows_path, row, on_row)
+            bar.advance(task)
+
+        for isa, group in groups.items():
+            if isa == NATIVE and jobs == 1:
+                for cell in group:
+                    bar.update(task, description=f"{cell.kind} {cell.model} {cell.engine} {cell.source} {cell.algo}")
+                    finish(cell, run_cell(grid, cell, out, data_dir, False, ctx))
+                continue
+            workers = min(jobs, len(group))
+            with worker_pool(isa, workers) as pool:
+                futures = {pool.submit(run_cell, grid, c, out, data_dir, False, ctx): c for c in longest_first(group)}
+                bar.update(task, description=f"{len(futures)} cells ({isa}) in {workers} processes")
+                for future in as_completed(futures):
+                    try:
+                        row = future.result()
+                    except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
+                        cell = futures[future]
+                        row = error_row(grid, cell, f"worker process failed: {type(e).__name__}: {e}", ctx, data_dir)
+                    finish(futures[future], row)
+        for isa, group in groups.items():
+            timed_cells = [c for c in group if c in pending]
+            if not timed_cells:
+                continue
+            bar.update(task, description=f"speed ({isa}), {len(timed_cells)} cells")
+            with _alone(bar, memory), (worker_pool(isa, 1, pin=False) if isa != NATIVE
+                                       else contextlib.nullcontext()) as pool:
+                for cell in timed_cells:
+                    if pool is None:
+                        row = add_speed(grid, cell, pending[cell], out, ctx)
+                    else:
+                        try:
+                            row = pool.submit(add_speed, grid, cell, pending[cell], out, ctx).result()
+                        except Exception as e:  # noqa: BLE001 - the worker died
+                            row = pending[cell] | failure_fields(e)
+                    append_row(rows_path, row, on_row)
+                    bar.advance(task)
+
+
+def run_ray(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, address: str | None,
+            data_dir: Path | None, ctx: Context | None = None, memory: PeakMemory | None = None,
+            on_row: Callable[[dict], None] | None = None) -> None:
+    """Cells that measure no speed run as parallel Ray tasks; then every timed cell runs alone, one at a time.
+    A capped-ISA cell runs in a Ray worker started with the cap in its environment (its own runtime_env). The
+    driver alone writes rows; a task that dies (a killed worker) becomes an error row."""
+    try:
+        import ray
+    except ImportError:
+        raise CalibError("the ray executor needs `pip install 'calib[ray]'`") from None
+    ctx = ctx or resolve_context(grid, data_dir)
+    calib_env = {k: v for k, v in os.environ.items() if k.startswith("CALIB_")}
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": calib_env})
+    remote = ray.remote(run_cell)
+
+    def submit(cell: Cell):
+        task = remote if cell.isa == NATIVE else remote.options(
+            runtime_env={"env_vars": calib_env | isa_env(cell.isa)})
+        return task.remote(grid, cell, out, data_dir, True, ctx)
+
+    def collect(pending: dict) -> None:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(ready[0])
+            try:
+                row = ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001 - e.g. the worker process was killed
+                row = error_row(grid, cell, f"Ray task failed: {type(e).__name__}: {str(e)[:300]}", ctx, data_dir)
+            append_row(rows_path, row, on_row)
+
+    try:
+        collect({submit(c): c for c in cells if not grid.times(c)})
+        with memory.paused() if memory is not None else contextlib.nullcontext():
+            for c in cells:
+                if grid.times(c):
+                    collect({submit(c): c})
+    finally:
+        if started:
+            ray.shutdown()

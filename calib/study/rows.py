@@ -1,0 +1,73 @@
+"""A run's rows: one flat row per cell in `rows.jsonl`, appended atomically; the fields that say which condition
+and machine a row is of, the fields of an error row, and reading the newest row of each cell.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from calib.core.runs import append_jsonl, atomic_write_bytes
+from calib.study.condition import Context, condition, condition_id
+from calib.study.grid import Cell, Grid
+from calib.study.plan import weights_or_reason
+
+ROWS = "rows.jsonl"
+
+
+def repair_rows(path: Path) -> None:
+    """Drop a torn last line left by a kill mid-write, so the next append starts on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
+
+
+def append_row(rows_path: Path, row: dict, on_row: Callable[[dict], None] | None) -> None:
+    """Write a row, then tell `on_row` (the CLI's progress) about it."""
+    append_jsonl(rows_path, row)
+    if on_row is not None:
+        on_row(row)
+
+
+def newest_rows(rows: list[dict]) -> dict[str, dict]:
+    """The newest row of each cell (rows are appended in time order, so a retried cell's last row counts)."""
+    return {r["cell"]: r for r in rows if "cell" in r}
+
+
+def identity_fields(cond: dict, ctx: Context) -> dict:
+    """The flat row fields that say which condition a row is: its id, weights, data, versions, git state."""
+    return {"condition": condition_id(cond), "weights_sha256": cond["weights_sha256"],
+            "data_train_sha256": ctx.data.get("data_train_sha256"),
+            "data_test_sha256": ctx.data.get("data_test_sha256"),
+            "git_sha": ctx.git["git_sha"], "dirty": ctx.git["dirty"],
+            **{f"version_{k}": v for k, v in ctx.versions.items()}}
+
+
+def hardware_fields(hw: dict) -> dict:
+    """A process's hardware fields for a row; the ISA oneDNN runs is `isa_effective` (the cell's `isa` axis
+    is what was asked for)."""
+    return {"cpu": hw["cpu"], "cpu_count": hw["cpu_count"], "cpu_flags": hw["cpu_flags"],
+            "isa_native": hw["isa_native"], "isa_effective": hw["isa"], "onednn_max_cpu_isa": hw["onednn_max_cpu_isa"],
+            "hardware_key": hw["hardware_key"]}
+
+
+def failure_fields(e: Exception) -> dict:
+    """The fields that make a row an error row: the exception in one line, and where it came from."""
+    return {"status": "error", "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)}
+
+
+def error_row(grid: Grid, cell: Cell, reason: str, ctx: Context | None = None,
+              data_dir: Path | None = None) -> dict:
+    """The row of a cell that never ran (its set could not be made, its worker died), with its condition's
+    fields when the context is known."""
+    row = {"grid": grid.name, "cell": cell.id, **asdict(cell), "status": "error", "reason": reason,
+           "wall_seconds": 0.0}
+    if ctx is not None:
+        weights = weights_or_reason(cell.model, grid)[0]
+        row |= identity_fields(condition(grid, cell, ctx, weights, data_dir), ctx) | hardware_fields(
+            ctx.hardware[cell.isa])
+    return row

@@ -1,0 +1,210 @@
+"""The resumable study runner: one flat row per cell in `rows.jsonl`, appended atomically.
+
+A cell is its resolved condition (`calib.study.condition`): its grid axes, and everything else that decides its
+numbers, resolved in the driver before anything runs. Each row carries that condition's id (`condition`); a
+rerun skips every cell whose condition already has an `ok` row and runs the others (skipped and error cells
+retry, e.g. after adding weights or a teacher; a cell whose weights, data, versions or machine changed runs
+again). A run folder can hold rows of several conditions of one cell, from several machines; the report never
+pools or pairs them across weights or hardware. A run killed at any point resumes to the same table.
+
+The driver generates every calibration set before any cell runs, so cells only read sets; a failing cell records
+an error row and the run goes on. The cells' work is in `calib.study.cells`, where it runs in
+`calib.study.executors` (this process, local worker processes, or Ray tasks), speed in `calib.study.timing`
+(timed alone, once per distinct model computation: `speed.jsonl`), the shared sets and FP32 exports in
+`calib.study.artifacts`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from calib.core.errors import CalibError
+from calib.core.hardware import ISA_ENV
+from calib.core.runs import atomic_write_bytes, provenance, read_jsonl, to_jsonable
+from calib.study.artifacts import generate_once, set_plan
+from calib.study.cells import run_cell
+from calib.study.condition import Context, condition, condition_id, resolve_context
+from calib.study.executors import run_local, run_ray
+from calib.study.grid import Cell, Grid, load_grid, select, source_options
+from calib.study.memory import PeakMemory, peak_rss_mib
+from calib.study.plan import plan_cell, test_for, weights_looked_up_once, weights_or_reason
+from calib.study.rows import ROWS, append_row, error_row, repair_rows
+
+
+def resolve_grid(grid: Grid, data_dir: Path | None) -> Grid:
+    """The grid with its locations and source options expanded once, in the driver: workers on other
+    machines or with another environment see the same paths."""
+    from calib.core.data import resolve_data_dir
+
+    data = data_dir or grid.data_path() or resolve_data_dir(None)
+    weights = grid.weights_path()
+    return replace(grid, data_dir=str(Path(data).resolve()) if data else None,
+                   weights_dir=str(weights) if weights else None,
+                   source_options={s: source_options(grid, s) for s in grid.source_options})
+
+
+def _record_test_labels(out: Path, data_dir: Path | None) -> None:
+    """Keep the test labels in the run folder, so the report pairs FP32 and INT8 predictions per image
+    without the data; a run folder never mixes two test splits."""
+    from calib.core.data import load_split
+
+    try:
+        test = load_split("test", data_dir)
+    except CalibError:
+        return  # no test data here: cells record the error, the report shows no paired intervals
+    labels = "".join(map(str, test.labels.tolist()))
+    entry = {"data": test.source, "images": len(labels), "sha256": hashlib.sha256(labels.encode()).hexdigest(),
+             "labels": labels}
+    path = out / "test_labels.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("sha256") != entry["sha256"]:
+            raise CalibError(f"{out} holds results on another test split ({old.get('data')}); "
+                             "choose another --out")
+        return
+    atomic_write_bytes(path, json.dumps(entry, indent=1).encode())
+
+
+def _record_test_subsets(out: Path, grid: Grid, cells: list[Cell], data_dir: Path | None) -> None:
+    """Where a model's accuracy is on part of the test split (`test_for`), keep those indices by their hash in
+    `test_indices/`, so the report pairs predictions with the right labels."""
+    from calib.core.data import indices_sha256
+
+    seen = set()
+    for cell in cells:
+        weights = weights_or_reason(cell.model, grid)[0]
+        if weights is None or weights in seen:
+            continue
+        seen.add(weights)
+        try:
+            test = test_for(weights, data_dir)
+        except CalibError:
+            return
+        if np.array_equal(test.indices, np.arange(test.provenance.get("images", len(test)))):
+            continue  # the whole split: test_labels.json says it all
+        path = out / "test_indices" / f"{indices_sha256(test)}.json"
+        if not path.exists():
+            atomic_write_bytes(path, json.dumps({"indices": test.indices.tolist()}).encode())
+
+
+def prepare(grid: Grid, todo: list[Cell], out: Path, data_dir: Path | None = None, progress: bool = False,
+            ctx: Context | None = None) -> tuple[list[Cell], list[dict]]:
+    """Before any cell runs: rows for cells that are skipped or whose set cannot be made, and every set the
+    other cells need, generated here once. Returns (cells to run, rows already decided)."""
+    from rich.progress import Progress
+
+    ctx = ctx or resolve_context(grid, data_dir)
+    for folder in (out / "sets", out / "models" / "fp32"):
+        for stale in folder.glob(".*.tmp-*") if folder.is_dir() else ():  # left by a killed run; no cell runs now
+            shutil.rmtree(stale, ignore_errors=True)
+    runnable, rows, failed = [], [], {}
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("calibration sets", total=len(todo))
+        for cell in todo:
+            bar.advance(task)
+            if cell.kind != "quantize":
+                runnable.append(cell)
+                continue
+            reason = plan_cell(grid, cell)[0]
+            if reason:
+                rows.append(run_cell(grid, cell, out, data_dir, ctx=ctx))  # a skipped row, at once
+                continue
+            folder, opts = set_plan(grid, cell, out, data_dir)
+            if folder not in failed and not folder.exists():
+                bar.update(task, description=f"set {folder.name}")
+                try:
+                    generate_once(folder, cell.source, cell.per_class, cell.seed, opts)
+                except Exception as e:  # noqa: BLE001 - the cells of this set get an error row each
+                    failed[folder] = f"set {folder.name} could not be made: {type(e).__name__}: {e}"
+            if folder in failed:
+                rows.append(error_row(grid, cell, failed[folder], ctx, data_dir))
+            else:
+                runnable.append(cell)
+    return runnable, rows
+
+
+def run_study(grid_path: Path, out: Path, executor: str = "local", address: str | None = None,
+              data_dir: Path | None = None, models: list[str] | None = None, sources: list[str] | None = None,
+              progress: bool = True, jobs: int = 1, on_row: Callable[[dict], None] | None = None) -> dict:
+    """Run every cell of a grid whose resolved condition has no `ok` row yet into `out`; returns counts, wall
+    time and peak memory. `on_row(row)` hears of every cell's row: first the ok rows of cells done before, then
+    each row as it is written (the CLI's progress).
+
+    `jobs` > 1 does every cell's work in that many local worker processes (NNCF's statistics collection is
+    single-threaded Python, so two cores do twice the work); speed is always timed with nothing else running.
+    """
+    if executor not in ("local", "ray"):
+        raise CalibError(f"unknown executor {executor!r} (local or ray)")
+    if jobs < 1 or (jobs > 1 and executor != "local"):
+        raise CalibError(f"--jobs {jobs}: give 1 or more worker processes, with the local executor only "
+                         "(Ray sizes its own workers)")
+    if os.environ.get(ISA_ENV):
+        raise CalibError(f"{ISA_ENV}={os.environ[ISA_ENV]} is set here; unset it and list the ISA in the grid's "
+                         "`isas`, so each cell runs, and says, the ISA it was asked for")
+    with weights_looked_up_once():
+        return _run_study(grid_path, out, executor, address, data_dir, models, sources, progress, jobs, on_row)
+
+
+def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, data_dir: Path | None,
+               models: list[str] | None, sources: list[str] | None, progress: bool, jobs: int,
+               on_row: Callable[[dict], None] | None) -> dict:
+    grid = load_grid(grid_path)
+    cells = select(grid, models, sources)  # unknown --models/--sources fail here, before anything is written
+    grid = resolve_grid(grid, data_dir)
+    data_dir = Path(grid.data_dir) if grid.data_dir else None
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "grid.toml").exists():
+        atomic_write_bytes(out / "grid.toml", grid_path.read_bytes())
+    elif (out / "grid.toml").read_bytes() != grid_path.read_bytes():
+        raise CalibError(f"{out} holds a run of another grid; choose another --out")
+    ctx = resolve_context(grid, data_dir)
+    manifest = provenance({"grid_seeds": list(grid.seeds)}, {"grid": str(grid_path), "data_dir": grid.data_dir,
+                                                             "weights_dir": grid.weights_dir, **ctx.data})
+    atomic_write_bytes(out / f"manifest-{int(time.time())}.json",
+                       json.dumps(to_jsonable(manifest | {"hardware_by_isa": ctx.hardware}), indent=1).encode())
+    cids = {c: condition_id(condition(grid, c, ctx, weights_or_reason(c.model, grid)[0], data_dir)) for c in cells}
+    rows_path = out / ROWS
+    repair_rows(rows_path)
+    before = read_jsonl(rows_path)
+    done = {r["condition"] for r in before if r.get("status") == "ok" and "condition" in r}
+    last = {r["condition"]: r for r in before if "condition" in r}
+    todo = [c for c in cells if cids[c] not in done]
+    if on_row is not None:
+        ok_rows = {r["condition"]: r for r in before if r.get("status") == "ok" and "condition" in r}
+        for c in cells:
+            if cids[c] in done:
+                on_row(ok_rows[cids[c]])
+    t0 = time.perf_counter()
+    with PeakMemory() as memory:
+        if todo:
+            _record_test_labels(out, data_dir)
+            _record_test_subsets(out, grid, todo, data_dir)
+        runnable, decided = prepare(grid, todo, out, data_dir, progress, ctx)
+        for row in decided:
+            old = last.get(row.get("condition"), {})
+            if (old.get("status"), old.get("reason")) != ("skipped", row.get("reason")) or row["status"] != "skipped":
+                append_row(rows_path, row, on_row)  # a cell skipped again for the same reason keeps its row
+            elif on_row is not None:
+                on_row(row)
+        if executor == "ray":
+            run_ray(grid, runnable, out, rows_path, address, data_dir, ctx, memory, on_row)
+        else:
+            run_local(grid, runnable, out, rows_path, data_dir, jobs, progress, ctx, memory, on_row)
+    newest = {r["condition"]: r for r in read_jsonl(rows_path) if "condition" in r}
+    status = [newest[cids[c]].get("status") if cids[c] in newest else "missing" for c in cells]
+    summary = {"cells": len(cells), "ran": len(todo), "skipped_done": len(cells) - len(todo),
+               "ok": status.count("ok"), "skipped": status.count("skipped"), "errors": status.count("error"),
+               "wall_seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(memory.mib, 1),
+               "peak_rss_one_process_mib": round(peak_rss_mib(), 1), "executor": executor, "jobs": jobs,
+               "hardware_keys": sorted({ctx.hardware[c.isa]["hardware_key"] for c in cells})}
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())
+    return summary

@@ -1,0 +1,54 @@
+"""The committed official run is what today's code would run: every cell's resolved condition (the id that pairs
+rows across runs), its calibration-set folder and its model folder, recomputed from the run's own manifest with
+the shared weights and data, equal the committed rows. Code that moves without changing behaviour keeps them.
+
+The real-images source names its data folder in its options, so those cells are compared only where the shared
+folder sits where the run was made; every other cell is compared on any machine."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from calib.study.artifacts import set_plan
+from calib.study.condition import Context, condition, condition_id
+from calib.study.grid import load_grid, select
+from calib.study.plan import weights_looked_up_once, weights_or_reason
+from calib.study.runner import resolve_grid
+from tests.conftest import REPO
+
+RUN = REPO / "results" / "study" / "official"
+
+
+@pytest.mark.slow
+def test_every_committed_official_cell_has_the_condition_todays_code_gives_it(monkeypatch, official_dir,
+                                                                                  lossless_dir):
+    monkeypatch.setenv("CALIB_CIFAR10_DIR", str(lossless_dir))
+    monkeypatch.setenv("CALIB_WEIGHTS_DIR", str(official_dir))
+    monkeypatch.delenv("CALIB_STYLEGAN2_PKL", raising=False)
+    manifest = json.loads(max(RUN.glob("manifest-*.json")).read_text())
+    ctx = Context({k: manifest["inputs"][k] for k in ("data", "data_train_sha256", "data_test_sha256", "data_split")},
+                  manifest["versions"], {"git_sha": manifest["git_sha"], "dirty": manifest["dirty"]},
+                  manifest["hardware_by_isa"])
+    rows = {r["cell"]: r for r in map(json.loads, (RUN / "rows.jsonl").read_text().splitlines())}
+    mismatches, compared = [], 0
+    data_dir = lossless_dir.resolve()  # as the runner resolves it
+    path_bound = Path(next(r["data_dir"] for r in rows.values() if r.get("data_dir"))) != data_dir
+    with weights_looked_up_once():
+        grid = load_grid(RUN / "grid.toml")
+        cells = select(grid)
+        grid = resolve_grid(grid, None)
+        for cell in cells:
+            row = rows[cell.id]
+            if path_bound and cell.source == "cifar10":
+                continue
+            compared += 1
+            cid = condition_id(condition(grid, cell, ctx, weights_or_reason(cell.model, grid)[0], data_dir))
+            found = {"condition": (cid, row["condition"])}
+            if cell.kind == "quantize" and row["status"] == "ok":
+                found["calib_set"] = (str(set_plan(grid, cell, RUN, data_dir)[0].relative_to(RUN)),
+                                      row["calib_set"])
+                found["model_dir"] = (f"models/{cell.id}-{cid[:8]}", "/".join(row["model_file"].split("/")[:2]))
+            mismatches += [(cell.id, k, mine, theirs) for k, (mine, theirs) in found.items() if mine != theirs]
+    assert len(cells) == len(rows) == 231 and compared >= (177 if path_bound else 231)
+    assert not mismatches, mismatches[:5]
