@@ -17,6 +17,7 @@ from calib.core.pipeline import quantize_with, run_quantize
 from calib.core.sets import read_set
 from calib.core.sources import generate_set
 from calib.core.spec import (
+    ACCURACY_AWARE_ONLY,
     QUANTIZATION_OPTIONS,
     Algo,
     CalibMethod,
@@ -55,8 +56,11 @@ def test_an_option_the_engine_lacks_is_refused_in_its_own_words(engine, field):
     typed (never a Python repr such as `<DropType.relative: 'relative'>`)."""
     e = get_engine(engine)
 
+    # an accuracy-aware option goes with --algo accuracy-aware where the engine has that
+    aa = {"algo": Algo.accuracy_aware} if field in ACCURACY_AWARE_ONLY and "algo" in e.options else {}
+
     def spec():
-        return QuantizeSpec("tiny_cnn", Path("."), engine=engine, **{field: GIVEN[field]})
+        return QuantizeSpec("tiny_cnn", Path("."), engine=engine, **{field: GIVEN[field], **aa})
 
     if field in e.options:
         e.check_options(spec())

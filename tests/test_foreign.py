@@ -135,6 +135,17 @@ def mobilenet(tmp_path_factory):
     return net, path
 
 
+@pytest.fixture(scope="module")
+def exported(mobilenet, tmp_path_factory):
+    """The same network as a torch.export archive (.pt2), batch left open."""
+    net, _ = mobilenet
+    path = tmp_path_factory.mktemp("exported") / "net.pt2"
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 3, SIZE, SIZE),), dynamic_shapes=({0: batch},)),
+                      str(path))
+    return path
+
+
 def test_torchscript_to_ir_and_onnx_follow_the_model_forward(mobilenet, tmp_path):
     import onnxruntime as ort
     import openvino as ov
@@ -368,7 +379,7 @@ def test_cli_own_model_refusals_exit_2_in_one_line(mobilenet, tmp_path):
         assert not (tmp_path / "run").exists()
 
 
-def test_inversion_of_any_model_with_batchnorm(mobilenet):
+def test_inversion_of_any_model_with_batchnorm(mobilenet, exported):
     from calib.core import own
 
     net, path = mobilenet
@@ -376,6 +387,9 @@ def test_inversion_of_any_model_with_batchnorm(mobilenet):
     assert a.shape == (6, SIZE, SIZE, 3) and a.dtype == np.uint8
     assert info["bn_loss_uint8"] < info["bn_loss_start"]
     np.testing.assert_array_equal(a, own.invert(net, BGR_IMAGENET, 6, seed=1, iterations=8, batch_size=6)[0])
+    # a torch.export graph keeps no BatchNorm modules, only batch-norm calls: the same images, byte for byte
+    graph = foreign.load_module(foreign.check(foreign.open_model(exported), BGR_IMAGENET))
+    np.testing.assert_array_equal(a, own.invert(graph, BGR_IMAGENET, 6, seed=1, iterations=8, batch_size=6)[0])
     no_bn = torchvision.models.squeezenet1_1(num_classes=len(CLASSES))
     for model, says in ((no_bn, "needs BatchNorm2d layers, and this model has none"),
                         (foreign.load_torchscript(path), "a TorchScript module takes no BatchNorm hooks")):
@@ -399,3 +413,35 @@ def test_engines_time_a_model_at_its_own_input_size(tmp_path):
                          ("onnxruntime", foreign.to_onnx(model, BGR_IMAGENET, tmp_path / "m.onnx"))):
         row = time_model(engine, file, quick)  # random inputs at 64x64: the zoo's 32x32 would not match a fixed IR
         assert row["fps_throughput_median"] > 0 and row["fps_latency_median"] > 0
+
+
+@pytest.mark.slow
+def test_cli_quantize_own_exported_model_from_its_own_batchnorm_statistics(mobilenet, exported, tmp_path):
+    """`calib quantize --model M.pt2 --source inversion`: no data at all; the IR follows the module's forward."""
+    import json
+
+    import openvino as ov
+    from typer.testing import CliRunner
+
+    from calib.cli import app
+
+    net, script = mobilenet
+    root = write_own_tree(tmp_path / "data")
+    stated = ["--mean", "0.406,0.456,0.485", "--std", "0.225,0.224,0.229", "--input-size", "64", "--bgr"]
+    result = CliRunner().invoke(app, ["quantize", "--model", str(exported), "--source", "inversion", "--images", "8",
+                                      *stated, "--data-dir", str(root), "--out", str(tmp_path / "run"), "--record",
+                                      str(tmp_path / "rows.jsonl"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["images"] == 8 and row["inversion"]["bn_loss_uint8"] < row["inversion"]["bn_loss_start"]
+    assert row["test_images"] == 20 and row["int8_agreement"] >= 0.5
+    x = C.to_model_input(images(5, SIZE, SIZE, seed=9), BGR_IMAGENET)
+    with torch.no_grad():
+        truth = net(torch.from_numpy(x)).numpy()
+    ir = ov.Core().compile_model(row["fp32_path"], "CPU")(x)[0]
+    np.testing.assert_allclose(ir, truth, rtol=1e-3, atol=1e-3)
+    for model, says in ((script, "a TorchScript module takes no BatchNorm hooks"),):
+        result = CliRunner().invoke(app, ["quantize", "--model", str(model), "--source", "inversion", *stated,
+                                          "--out", str(tmp_path / "refused")])
+        assert result.exit_code == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "refused").exists()

@@ -68,7 +68,7 @@ def test_openvino_export_matches_pytorch(name, dynamic):
 
 @pytest.mark.parametrize("name", ["tiny_cnn", "tiny_repvgg", "resnet20"])
 def test_onnx_export_matches_pytorch(name, tmp_path):
-    from calib.core.ort import session
+    from calib.core.engines.onnxruntime import session
 
     torch.manual_seed(0)
     model = create_model(name).eval()

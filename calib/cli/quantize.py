@@ -71,8 +71,9 @@ def quantize_cmd(
     record_path: RecordPath = DEFAULT_RECORD,
     format: OutputFormat = Format.text,
     source: Annotated[str | None, typer.Option(help="Your own model: make the calibration set at its input size "
-                                                    "from noise, fractal, folder (--folder DIR) or distylegan "
-                                                    "(32x32, resized).")] = None,
+                                                    "from noise, fractal, folder (--folder DIR), distylegan "
+                                                    "(32x32, resized) or inversion (a .pt2 model's own "
+                                                    "BatchNorm statistics).")] = None,
     images: Annotated[int, typer.Option(min=1, help="Your own model: calibration images --source makes.")] = 300,
     folder: Annotated[Path | None, typer.Option(help="--source folder: any folder of unlabeled images.")] = None,
     contract: Annotated[Path | None, typer.Option(help="Your own model: its input contract card (TOML); default "

@@ -1,9 +1,11 @@
-"""Model files no code here defines: ONNX (.onnx), OpenVINO IR (.xml) and TorchScript (.pt, .ts).
+"""Model files no code here defines: ONNX (.onnx), OpenVINO IR (.xml), TorchScript (.pt, .ts) and `torch.export`
+archives (.pt2).
 
 `open_model` reads a file's kind, input shape (C, H, W) and number of outputs; `check` holds them against an
 `InputContract` and says in one line where they disagree; `to_ir` and `to_onnx` give the engines their file
-(TorchScript through `ov.convert_model` and `torch.onnx.export` of the traced module), with the contract
-written into the file's metadata.
+(PyTorch files through `ov.convert_model` and `torch.onnx.export`), with the contract written into the file's
+metadata. `load_module` gives the PyTorch module itself; only a `torch.export` archive keeps what data-free
+inversion needs (its batch-norm calls and running statistics, read without running pickled code).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from calib.core.contract import InputContract, write_to_ir, write_to_onnx
 from calib.core.errors import CalibError
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
+EXPORT_SUFFIX = ".pt2"
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class ForeignModel:
     known (TorchScript: found by one forward at the contract's size in `check`)."""
 
     path: Path
-    kind: str  # "onnx", "openvino" or "torchscript"
+    kind: str  # "onnx", "openvino", "torchscript" or "export"
     input_shape: tuple[int | None, int | None, int | None]
     classes: int | None
 
@@ -67,7 +70,17 @@ def open_model(path: Path) -> ForeignModel:
     if suffix in TORCHSCRIPT_SUFFIXES:
         load_torchscript(path)
         return ForeignModel(path, "torchscript", (3, None, None), None)
-    raise CalibError(f"{path} is not ONNX, IR or TorchScript (.onnx, .xml, {', '.join(TORCHSCRIPT_SUFFIXES)})")
+    if suffix == EXPORT_SUFFIX:
+        program = load_export(path)
+        inputs = [n for n in program.graph.nodes if n.op == "placeholder"
+                  and n.name in program.graph_signature.user_inputs]
+        shape = inputs[0].meta["val"].shape if len(inputs) == 1 and "val" in inputs[0].meta else ()
+        if len(shape) != 4:
+            raise CalibError(f"{path}: calib takes a classifier with one NCHW image input")
+        dims = [d if isinstance(d, int) else None for d in shape]
+        return ForeignModel(path, "export", tuple(dims[1:]), None)  # type: ignore[arg-type]
+    raise CalibError(f"{path} is not ONNX, IR, TorchScript or a torch.export archive (.onnx, .xml, "
+                     f"{', '.join(TORCHSCRIPT_SUFFIXES)}, {EXPORT_SUFFIX})")
 
 
 def load_torchscript(path: Path):
@@ -83,6 +96,26 @@ def load_torchscript(path: Path):
     except Exception as e:  # noqa: BLE001 - torch raises several types for a file that is not TorchScript
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
         raise CalibError(f"{path} is not ONNX, IR or TorchScript ({first})") from None
+
+
+def load_export(path: Path):
+    """A `torch.export` archive's ExportedProgram (graph and tensors; no pickled code is run)."""
+    import torch
+
+    try:
+        return torch.export.load(str(path))
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a file that is not an archive
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise CalibError(f"{path} is not a torch.export archive ({first})") from None
+
+
+def load_module(model: ForeignModel):
+    """The PyTorch module of a TorchScript file or a torch.export archive, in eval mode."""
+    if model.kind == "torchscript":
+        return load_torchscript(model.path)
+    if model.kind == "export":
+        return load_export(model.path).module()
+    raise CalibError(f"{model.path} is an {model.kind} file, not a PyTorch module")
 
 
 def _torch_classes(module, contract: InputContract) -> int:
@@ -109,8 +142,8 @@ def check(model: ForeignModel, contract: InputContract) -> ForeignModel:
     if (h is not None and h != ch) or (w is not None and w != cw):
         raise CalibError(f"contract says {ch}x{cw} but the model takes {h or '?'}x{w or '?'}")
     classes = model.classes
-    if model.kind == "torchscript":
-        classes = _torch_classes(load_torchscript(model.path), contract)
+    if model.kind in ("torchscript", "export"):
+        classes = _torch_classes(load_module(model), contract)
     if contract.classes is not None and classes is not None and len(contract.classes) != classes:
         raise CalibError(f"{len(contract.classes)} class names but the model has {classes} outputs")
     return ForeignModel(model.path, model.kind, (3, ch, cw), classes)
@@ -126,6 +159,9 @@ def to_ir(model: ForeignModel, contract: InputContract, out: Path) -> Path:
         ov_model = read_model(model.path)
     elif model.kind == "onnx":
         ov_model = ov.convert_model(str(model.path))
+    elif model.kind == "export":
+        ov_model = ov.convert_model(load_export(model.path))
+        ov_model.reshape([-1, *contract.shape])  # the archive may leave H and W open
     else:
         import torch
 
@@ -145,10 +181,10 @@ def to_onnx(model: ForeignModel, contract: InputContract, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     if model.kind == "onnx":
         shutil.copyfile(model.path, out)
-    elif model.kind == "torchscript":
+    elif model.kind in ("torchscript", "export"):
         import torch
 
-        module = load_torchscript(model.path)
+        module = load_module(model)
         x = torch.zeros(2, *contract.shape)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and trace notices

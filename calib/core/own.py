@@ -5,8 +5,9 @@ image size; resized by the contract): train is cut by `calib.core.data.train_spl
 pool and a validation split that never overlap, test is for the final accuracy only. `make_images` makes
 calibration images at the model's input size from `noise`, `fractal`, `folder` (any unlabeled folder, refused
 where it holds a test or validation image of the tree in use) or `distylegan` (its 32x32 CIFAR-10 images,
-resized). `quantize_own` goes from "my model, no data" to an
-INT8 model in one call, evaluating where a tree is given; its row and manifest carry the contract.
+resized); `invert` makes them from the model's own BatchNorm statistics (source `inversion`). `quantize_own`
+goes from "my model, no data" to an INT8 model in one call, evaluating where a tree is given; its row and
+manifest carry the contract.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from calib.core.contract import InputContract, resize
 from calib.core.data import LabeledImages, SplitConfig, image_hashes, train_split_indices
 from calib.core.errors import CalibError, OptionError
 
-SOURCES = ("noise", "fractal", "folder", "distylegan")
+SOURCES = ("noise", "fractal", "folder", "distylegan", "inversion")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
@@ -127,6 +128,8 @@ def make_images(source: str, n: int, seed: int, contract: InputContract, folder:
         raise OptionError(f"--source {source} is not one for your own model; sources: {', '.join(SOURCES)}")
     if n < 1:
         raise OptionError(f"--images must be at least 1, not {n}")
+    if source == "inversion":
+        raise OptionError("--source inversion inverts the model itself: quantize_own does that (own.invert)")
     if source == "noise":
         return _noise(n, seed, contract)
     if source == "fractal":
@@ -183,6 +186,13 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
     from calib.core.spec import QuantizeSpec
 
     model = foreign.check(foreign.open_model(req.model), req.contract)
+    module = None
+    if req.source == "inversion":  # refused before the run folder exists
+        if model.kind not in ("torchscript", "export"):
+            raise OptionError(f"--source inversion needs a PyTorch model (a torch.export .pt2 archive); "
+                              f"{req.model} is {model.kind}")
+        module = foreign.load_module(model)
+        check_invertible(module)
     engine_name = req.engine or ("onnxruntime" if model.kind == "onnx" else "openvino")
     if engine_name == "onnxruntime" and model.kind == "openvino":
         raise OptionError(f"{req.model} is an OpenVINO IR; quantize it with the openvino engine")
@@ -197,7 +207,11 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
     fp32 = (foreign.to_onnx if engine_name == "onnxruntime" else foreign.to_ir)(
         model, req.contract, out / f"fp32{engine.suffix}")
     split = replace(SplitConfig(), validation_per_class=req.validation_per_class)
-    images = make_images(req.source, req.images, req.seed, req.contract, req.folder, req.data_dir, split)
+    inverted: dict = {}
+    if req.source == "inversion":
+        images, inverted = invert(module, req.contract, req.images, req.seed)
+    else:
+        images = make_images(req.source, req.images, req.seed, req.contract, req.folder, req.data_dir, split)
     x = to_model_input(images, req.contract)
     spec = QuantizeSpec(str(req.model), out, engine=engine_name, seed=req.seed)  # made in memory, not a set
     int8, params = engine.quantize(fp32, [x[i : i + 1] for i in range(len(x))], spec, out / "int8")
@@ -207,6 +221,7 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
                  if fp32.suffix == ".xml" else fp32.stat().st_size,
                  "int8_bytes": int8.with_suffix(".bin").stat().st_size if int8.suffix == ".xml"
                  else int8.stat().st_size, "contract": req.contract.to_dict(), "quantize": params,
+                 "inversion": inverted or None,
                  "fp32_accuracy": None, "int8_accuracy": None, "int8_agreement": None, "test_images": 0}
     if req.data_dir is not None and (Path(req.data_dir) / "test").is_dir():
         test = read_labeled(Path(req.data_dir) / "test", req.contract, "test")
@@ -223,6 +238,21 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
     return row
 
 
+def check_invertible(module) -> None:
+    """One line unless inversion can run on `module`: a Python module or a torch.export graph with BatchNorm."""
+    import torch
+
+    from calib.core.sources.inversion import bn_statistics
+
+    if isinstance(module, torch.jit.ScriptModule):
+        raise OptionError("inversion needs the model as a Python nn.Module: a TorchScript module takes no "
+                         "BatchNorm hooks (save it with torch.export.save as .pt2 instead)")
+    try:
+        bn_statistics(module).remove()
+    except CalibError:
+        raise OptionError("inversion needs BatchNorm2d layers, and this model has none; use --source fractal") from None
+
+
 def invert(module, contract: InputContract, n: int, seed: int, iterations: int = 100, batch_size: int = 50,
            lr: float = 0.25, w_bn: float = 1.0, w_tv: float = 1e-4, w_l2: float = 1e-5,
            jitter: int = 2) -> tuple[np.ndarray, dict]:
@@ -231,18 +261,14 @@ def invert(module, contract: InputContract, n: int, seed: int, iterations: int =
     BatchNorm2d input, total variation and L2, with jitter and flips; no class targets (your classes may be
     anything). A model without BatchNorm2d layers is refused in one line."""
     import torch
-    from torch import nn
 
     from calib.core.contract import to_model_input
     from calib.core.sources import image_seed
-    from calib.core.sources.inversion import BNStatsLoss, optimize_inputs
+    from calib.core.sources.inversion import bn_statistics, optimize_inputs
 
-    if isinstance(module, torch.jit.ScriptModule):
-        raise CalibError("inversion needs the model as a Python nn.Module: a TorchScript module takes no "
-                         "BatchNorm hooks")
-    if not any(isinstance(m, nn.BatchNorm2d) for m in module.modules()):
-        raise CalibError("inversion needs BatchNorm2d layers, and this model has none; use --source fractal")
-    module.eval()
+    check_invertible(module)
+    if not isinstance(module, torch.fx.GraphModule):  # an exported graph is fixed in the mode it was exported in
+        module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
     mean = torch.tensor(contract.mean).view(1, 3, 1, 1)
@@ -261,10 +287,10 @@ def invert(module, contract: InputContract, n: int, seed: int, iterations: int =
             if contract.bgr:
                 pixels = pixels.flip(1)
             images = pixels.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-        hooks = BNStatsLoss(module)
+        hooks = bn_statistics(module)
         try:
             with torch.no_grad():
-                module(torch.from_numpy(to_model_input(images, contract)))
+                hooks.run(torch.from_numpy(to_model_input(images, contract)))
             bn_end.append(float(hooks.value()))
         finally:
             hooks.remove()

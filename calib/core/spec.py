@@ -101,18 +101,18 @@ class QuantizeSpec:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise OptionError(f"--{name.replace('_', '-')} must be at least {low}, not {value}")
-        if self.algo == Algo.default:
-            given = [f"--{n.replace('_', '-')}" for n in ACCURACY_AWARE_ONLY if getattr(self, n) is not None]
-            if given:
-                raise OptionError(f"{', '.join(given)} applies to --algo accuracy-aware only; leave it out or add "
-                                  "--algo accuracy-aware")
         for name in ("calib", "weights", "data_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
         from calib.core.engines import get_engine
 
-        get_engine(self.engine).check_options(self)
+        get_engine(self.engine).check_options(self)  # first: an option the engine lacks says so
+        if self.algo == Algo.default:
+            given = [f"--{n.replace('_', '-')}" for n in ACCURACY_AWARE_ONLY if getattr(self, n) is not None]
+            if given:
+                raise OptionError(f"{', '.join(given)} applies to --algo accuracy-aware only; leave it out or add "
+                                  "--algo accuracy-aware")
 
     def given(self) -> dict[str, object]:
         """The quantization options set to something other than "not given" (their defaults), by field name."""

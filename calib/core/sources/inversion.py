@@ -34,10 +34,24 @@ DEFAULTS = {"iterations": 100, "batch_size": 100, "lr": 0.25}
 INITS = ("noise", "fractal", "distylegan")  # what the images start from
 
 
+def bn_mismatch(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
+    """How far one batch of a BatchNorm layer's 4-D input is from the layer's running statistics: the norms of
+    the per-channel mean and variance differences."""
+    if x.is_contiguous(memory_format=torch.channels_last):  # (N*H*W, C) is a view: reduce along rows
+        x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        mean, mean_sq = x.mean(0), (x * x).mean(0)
+    else:
+        mean, mean_sq = x.mean((0, 2, 3)), (x * x).mean((0, 2, 3))
+    var = mean_sq - mean * mean  # E[x^2] - E[x]^2: half the backward cost of torch.var_mean here
+    return torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)
+
+
 class BNStatsLoss:
-    """Hooks every BatchNorm2d input; `value()` is the summed mean/variance mismatch of the last forward."""
+    """Hooks every BatchNorm2d input; `run(x)` is the model's forward, after which `value()` is the summed
+    mean/variance mismatch (`bn_mismatch`)."""
 
     def __init__(self, model: nn.Module):
+        self.model = model
         self.terms: list[torch.Tensor] = []
         self.handles = [m.register_forward_pre_hook(self._hook) for m in model.modules()
                         if isinstance(m, nn.BatchNorm2d)]
@@ -45,15 +59,10 @@ class BNStatsLoss:
             raise CalibError("model has no BatchNorm2d layers to invert")
 
     def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
-        x = inputs[0]
-        if x.is_contiguous(memory_format=torch.channels_last):  # (N*H*W, C) is a view: reduce along rows
-            x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-            mean, mean_sq = x.mean(0), (x * x).mean(0)
-        else:
-            mean, mean_sq = x.mean((0, 2, 3)), (x * x).mean((0, 2, 3))
-        var = mean_sq - mean * mean  # E[x^2] - E[x]^2: half the backward cost of torch.var_mean here
-        self.terms.append(torch.linalg.vector_norm(mean - module.running_mean)
-                          + torch.linalg.vector_norm(var - module.running_var))
+        self.terms.append(bn_mismatch(inputs[0], module.running_mean, module.running_var))
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
 
     def value(self) -> torch.Tensor:
         total = torch.stack(self.terms).sum()
@@ -63,6 +72,50 @@ class BNStatsLoss:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+def _batch_norm_ops() -> tuple:
+    return (torch.ops.aten.batch_norm.default, torch.ops.aten._native_batch_norm_legit_no_training.default)
+
+
+class _Record(nn.Module):
+    """Inserted before each batch-norm call of a graph: adds that call's mismatch to the owner's terms."""
+
+    def __init__(self, terms: list[torch.Tensor]):
+        super().__init__()
+        self.terms = terms
+
+    def forward(self, x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> None:
+        if x.ndim == 4:
+            self.terms.append(bn_mismatch(x, running_mean, running_var))
+
+
+class GraphBNStats(BNStatsLoss):
+    """The same loss for a `torch.export` graph, whose BatchNorm layers are calls rather than modules: a copy of
+    the graph records each batch-norm call's 4-D input against its running statistics."""
+
+    def __init__(self, graph: torch.fx.GraphModule):
+        import copy
+
+        self.terms = []
+        self.handles = []
+        self.model = copy.deepcopy(graph)
+        self.model.add_submodule("_bn_record", _Record(self.terms))
+        calls = [n for n in self.model.graph.nodes if n.op == "call_function" and n.target in _batch_norm_ops()]
+        if not calls:
+            raise CalibError("model has no BatchNorm2d layers to invert")
+        for node in calls:
+            with self.model.graph.inserting_before(node):
+                self.model.graph.call_module("_bn_record", (node.args[0], node.args[3], node.args[4]))
+        self.model.recompile()
+
+
+def bn_statistics(model: nn.Module) -> BNStatsLoss:
+    """The BatchNorm-statistics loss of `model`: hooks on its BatchNorm2d modules, or the batch-norm calls of a
+    `torch.export` graph (which keeps no BatchNorm modules)."""
+    if isinstance(model, torch.fx.GraphModule) and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return GraphBNStats(model)
+    return BNStatsLoss(model)
 
 
 def to_normalized(pixels: torch.Tensor) -> torch.Tensor:
@@ -78,9 +131,9 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def bn_loss_of(model: nn.Module, images_u8: np.ndarray) -> float:
     """BN-statistics distance of a batch of uint8 images under `model` (eval mode)."""
-    hooks = BNStatsLoss(model)
+    hooks = bn_statistics(model)
     try:
-        model(torch.from_numpy(to_model_input(images_u8)))
+        hooks.run(torch.from_numpy(to_model_input(images_u8)))
         return float(hooks.value())
     finally:
         hooks.remove()
@@ -104,7 +157,7 @@ def optimize_inputs(model: nn.Module, x: torch.Tensor, lo: torch.Tensor, hi: tor
     y = torch.from_numpy(labels) if labels is not None else None
     opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
-    hooks = BNStatsLoss(model)
+    hooks = bn_statistics(model)
     first_bn = None
     try:
         for _ in range(iterations):
@@ -112,7 +165,7 @@ def optimize_inputs(model: nn.Module, x: torch.Tensor, lo: torch.Tensor, hi: tor
             inp = torch.roll(x, (dx, dy), (2, 3))
             if torch.rand(1, generator=gen).item() < 0.5:
                 inp = inp.flip(3)
-            logits = model(inp)
+            logits = hooks.run(inp)
             bn = hooks.value()
             first_bn = bn.item() if first_bn is None else first_bn
             loss = w_bn * bn
@@ -126,7 +179,7 @@ def optimize_inputs(model: nn.Module, x: torch.Tensor, lo: torch.Tensor, hi: tor
             with torch.no_grad():  # stay inside the valid pixel range, so that saving loses only rounding
                 x.copy_(torch.maximum(torch.minimum(x, hi), lo))
         with torch.no_grad():
-            model(x)
+            hooks.run(x)
             last_bn = float(hooks.value())
     finally:
         hooks.remove()
