@@ -346,6 +346,13 @@ def test_cli_quantize_own_model_in_one_command(mobilenet, tmp_path):
     ev = json.loads(result.stdout)
     assert ev["images"] == 20 and ev["contract"] == BGR_IMAGENET.to_dict()
     assert ev["accuracy"] == pytest.approx(row["int8_accuracy"])
+    # calib benchmark files times both at the model's own 64x64 input, the contract read from each file
+    result = CliRunner().invoke(app, ["benchmark", "files", row["fp32_path"], row["int8_path"], "--duration", "0.5",
+                                      "--record", str(tmp_path / "rows.jsonl"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    timed = json.loads(result.stdout)
+    assert [t["file"] for t in timed] == [row["fp32_path"], row["int8_path"]] and timed[0]["vs_first"] == 1.0
+    assert all(t["contract"] == BGR_IMAGENET.to_dict() and t["model_fps"] > 0 for t in timed)
 
 
 def test_cli_own_model_refusals_exit_2_in_one_line(mobilenet, tmp_path):

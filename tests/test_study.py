@@ -116,6 +116,12 @@ def test_grid_locations_expand_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MY_DATA", "w")
     monkeypatch.chdir(tmp_path)  # relative paths are taken from the current directory
     assert grid.data_path() == tmp_path / "w"
+    (tmp_path / "v").mkdir()
+    monkeypatch.setenv("MY_WEIGHTS", os.pathsep.join(["w", "v"]))  # several folders, searched in order
+    assert grid.weights_path() == [tmp_path / "w", tmp_path / "v"]
+    monkeypatch.setenv("MY_WEIGHTS", os.pathsep.join(["w", "nowhere"]))
+    with pytest.raises(CalibError, match="nowhere.*is not a folder"):
+        grid.weights_path()
 
 
 def test_run_uses_the_grids_data_and_weights(tmp_path, monkeypatch, cifar_dir, weights_dir):

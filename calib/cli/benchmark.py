@@ -70,6 +70,40 @@ def benchmark_models_cmd(
     emit([*rows, *([app_row] if app_row else [])], format, text)
 
 
+@app.command("files")
+def benchmark_files_cmd(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Model files (.xml, .onnx, ...), e.g. "
+                                                                       "an FP32 and its INT8; the first is the "
+                                                                       "reference of the ratio.")],
+    duration: Annotated[float, typer.Option(min=0.5, help="Seconds per timed run.")] = 3.0,
+    repeats: Annotated[int, typer.Option(min=3)] = 3,
+    batch: Annotated[int, typer.Option(min=1, help="Images per throughput request.")] = 1,
+    requests: Annotated[int | None, typer.Option(min=1, help="Throughput requests in flight (default: one per "
+                                                             "core).")] = None,
+    record_path: RecordPath = DEFAULT_RECORD,
+    format: OutputFormat = Format.text,
+) -> None:
+    """Speed of model files of any model (your own too), each at the input size it declares, under one protocol."""
+    from calib.core.benchmark import benchmark_files
+    from calib.core.engines import Protocol
+
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise OptionError(f"no such model file: {', '.join(missing)}")
+    protocol = Protocol(duration_s=duration, repeats=repeats, batch=batch, requests=requests)
+    rows = benchmark_files(files, protocol, record_path, quiet=is_quiet())
+
+    def text() -> None:
+        t = result_table("file", "engine", "tput", "spread", "latency", "MB", "vs first",
+                         caption=f"img/s; {protocol.describe()}")
+        for r in rows:
+            t.add_row(r["file"], r["engine"], _num(r["model_fps"], 0), _num(r["model_fps_spread"], 3),
+                      _num(r["model_latency_fps"], 0), _num(r["bytes"], 2, 1e6), _num(r["vs_first"], 2))
+        console.print(t)
+
+    emit(rows, format, text)
+
+
 def _num(value, digits: int, scale: float = 1.0) -> str:
     return "-" if value is None else f"{value / scale:.{digits}f}"
 

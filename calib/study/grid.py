@@ -109,8 +109,11 @@ class Grid:
     def data_path(self) -> Path | None:
         return _location(self.data_dir, "data_dir")
 
-    def weights_path(self) -> Path | None:
-        return _location(self.weights_dir, "weights_dir")
+    def weights_path(self) -> list[Path] | None:
+        """The weight folders, in search order (`weights_dir` may list several, separated by os.pathsep)."""
+        if self.weights_dir is None or not expand_env(self.weights_dir).strip():
+            return None
+        return [_location(part, "weights_dir") for part in expand_env(self.weights_dir).split(os.pathsep) if part]
 
 
 def matches(cell: Cell, pattern: dict) -> bool:

@@ -48,7 +48,7 @@ def resolve_grid(grid: Grid, data_dir: Path | None) -> Grid:
     data = data_dir or grid.data_path() or resolve_data_dir(None)
     weights = grid.weights_path()
     return replace(grid, data_dir=str(Path(data).resolve()) if data else None,
-                   weights_dir=str(weights) if weights else None,
+                   weights_dir=os.pathsep.join(map(str, weights)) if weights else None,
                    source_options={s: source_options(grid, s) for s in grid.source_options})
 
 

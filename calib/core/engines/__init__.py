@@ -124,6 +124,7 @@ class Engine(ABC):
     # the options (`calib.core.spec.QUANTIZATION_OPTIONS`) this engine has; `check_options` refuses any other given
     options: ClassVar[frozenset[str]] = frozenset()
     hints: ClassVar[dict[str, str]] = {}  # a refused field -> what this engine has instead
+    calibrate_methods: ClassVar[tuple[str, ...]] = ()  # the range estimators it has, its default first
 
     @abstractmethod
     def export(self, model, out: Path) -> Path:
@@ -132,7 +133,7 @@ class Engine(ABC):
     def check_options(self, spec: QuantizeSpec) -> None:
         """Refuse, before any work is done and in one line, every option given that this engine does not have
         (named as the user typed it); engines add checks of values."""
-        from calib.core.spec import option_text
+        from calib.core.spec import option_text, option_value
 
         if not self.int8:
             raise CalibError(f"engine {self.name} has no INT8 quantization (it is an FP32 baseline)")
@@ -141,6 +142,10 @@ class Engine(ABC):
             hints = "".join(f"; {self.hints[k]}" for k in foreign if k in self.hints)
             raise OptionError(f"{self.label or self.name} has no {', '.join(foreign.values())}: leave "
                              f"{'it' if len(foreign) == 1 else 'them'} out{hints}")
+        method = option_value(spec.calibrate_method or self.calibrate_methods[0]) if self.calibrate_methods else None
+        if method is not None and method not in self.calibrate_methods:
+            raise OptionError(f"{self.label or self.name} has no --calibrate-method {method}: it calibrates with "
+                             f"{', '.join(self.calibrate_methods)}")
 
     def quantize(self, fp32: Path, items: list[np.ndarray], spec: QuantizeSpec, out: Path,
                  validation: LabeledImages | None = None) -> tuple[Path, dict]:

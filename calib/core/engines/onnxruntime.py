@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from calib.core.engines import Engine, Protocol, Runner, ThreadPoolRunner, random_input, register_engine, static_chw
-from calib.core.errors import CalibError, OptionError
+from calib.core.errors import CalibError
 from calib.core.spec import option_value
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ class OnnxRuntimeEngine(Engine):
     suffix = ".onnx"
     description = "ONNX Runtime, static INT8 QDQ"
     label = "ONNX Runtime"
+    calibrate_methods = METHODS
     options = frozenset({"subset_size", "preset", "seed", "calibrate_method", "reduce_range", "calibration_batch"})
     hints = {"overflow_fix": "its counterpart here is --reduce-range/--no-reduce-range",
              "algo": "it has the default algorithm only"}
@@ -112,13 +113,6 @@ class OnnxRuntimeEngine(Engine):
         from calib.core.export import to_onnx
 
         return to_onnx(model, out / "fp32.onnx")
-
-    def check_options(self, spec: QuantizeSpec) -> None:
-        super().check_options(spec)
-        method = option_value(spec.calibrate_method or "minmax")
-        if method not in METHODS:
-            raise OptionError(f"ONNX Runtime has no --calibrate-method {method}: it calibrates with "
-                             f"{', '.join(METHODS)}")
 
     def quantize(self, fp32: Path, items: list[np.ndarray], spec: QuantizeSpec, out: Path,
                  validation: LabeledImages | None = None) -> tuple[Path, dict]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from calib.core.engines import IMAGE_SHAPE, Engine, Protocol, Runner, random_input, register_engine, static_chw
-from calib.core.errors import CalibError, OptionError
+from calib.core.errors import CalibError
 from calib.core.spec import option_value
 
 if TYPE_CHECKING:
@@ -287,6 +287,7 @@ class OpenVINOEngine(Engine):
     suffix = ".xml"
     description = "OpenVINO IR, INT8 by NNCF"
     label = "OpenVINO (NNCF)"
+    calibrate_methods = RANGE_ESTIMATORS
     options = frozenset({"algo", "subset_size", "preset", "fast_bias_correction", "max_drop", "drop_type", "seed",
                          "calibrate_method", "ranking_subset_size", "overflow_fix", "calibration_batch"})
     hints = {"reduce_range": "NNCF's counterpart is --overflow-fix"}
@@ -295,13 +296,6 @@ class OpenVINOEngine(Engine):
         from calib.core.export import save_ir, to_openvino
 
         return save_ir(to_openvino(model), out / "fp32.xml")
-
-    def check_options(self, spec: QuantizeSpec) -> None:
-        super().check_options(spec)
-        method = option_value(spec.calibrate_method or "nncf")
-        if method not in RANGE_ESTIMATORS:
-            raise OptionError(f"OpenVINO (NNCF) has no --calibrate-method {method}: it calibrates with "
-                             f"{', '.join(RANGE_ESTIMATORS)}")
 
     def quantize(self, fp32: Path, items: list[np.ndarray], spec: QuantizeSpec, out: Path,
                  validation: LabeledImages | None = None) -> tuple[Path, dict]:
