@@ -224,7 +224,7 @@ def test_foreign_refusals_are_one_line(mobilenet, tmp_path):
     torch.save({"w": torch.zeros(2)}, junk)
     (tmp_path / "model.h5").write_bytes(b"\0")
     for file in (junk, tmp_path / "model.h5"):
-        with pytest.raises(CalibError, match="is not ONNX, IR or TorchScript") as e:
+        with pytest.raises(CalibError, match="is not ONNX, IR, TorchScript or a torch.export archive") as e:
             foreign.open_model(file)
         assert "\n" not in str(e.value)
 

@@ -1,5 +1,5 @@
-"""`calib quantize` for your own model (ONNX, IR or TorchScript with its input contract): every option checked,
-then `calib.core.own`."""
+"""`calib quantize` for your own model (ONNX, IR, TorchScript or torch.export, with its input contract): every
+option checked, then `calib.core.own`."""
 
 from __future__ import annotations
 

@@ -92,8 +92,8 @@ def quantize_cmd(
                                                       "order.")] = None,
 ) -> None:
     """Quantize to INT8 with any engine that quantizes: NNCF (default or accuracy-aware), ONNX Runtime (static QDQ).
-    Your own model (ONNX, IR or TorchScript) with its input contract: --source makes the set, --data-dir (with
-    your class folders) evaluates."""
+    Your own model (ONNX, IR, TorchScript or torch.export) with its input contract: --source makes the set,
+    --data-dir (with your class folders) evaluates."""
     from calib.core.export import fixed_batch
     from calib.core.foreign import TORCHSCRIPT_SUFFIXES
     from calib.core.pipeline import run_quantize

@@ -95,7 +95,7 @@ def load_torchscript(path: Path):
             return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as e:  # noqa: BLE001 - torch raises several types for a file that is not TorchScript
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise CalibError(f"{path} is not ONNX, IR or TorchScript ({first})") from None
+        raise CalibError(f"{path} is not ONNX, IR, TorchScript or a torch.export archive ({first})") from None
 
 
 def load_export(path: Path):
