@@ -66,6 +66,11 @@ def resolve_context(grid: Grid, data_dir: Path | None) -> Context:
                    {isa: hardware({**env, **isa_env(isa)}) for isa in sorted(isas)})
 
 
+# Source options that name where content lives; the condition holds that content's hash instead (`data`,
+# `weights_sha256`), so moving a folder or a weights file does not make a new cell.
+_LOCATIONS = frozenset({"data_dir", "weights"})
+
+
 def condition(grid: Grid, cell: Cell, ctx: Context, weights: Path | None, data_dir: Path | None = None) -> dict:
     """Everything that decides a cell's numbers, resolved: equal conditions give equal rows (up to timing)."""
     from calib.core.weights import file_sha256
@@ -79,7 +84,8 @@ def condition(grid: Grid, cell: Cell, ctx: Context, weights: Path | None, data_d
     if cell.kind == "quantize":
         spec = asdict(quantize_spec(grid, cell, Path(), pretrained=weights is not None))
         cond["quantize"] = {k: v for k, v in spec.items() if k not in ("model", "calib", "weights", "data_dir")}
-        cond["source_options"] = {k: str(v) for k, v in set_plan(grid, cell, Path(), data_dir)[1].items()}
+        opts = set_plan(grid, cell, Path(), data_dir)[1]
+        cond["source_options"] = {k: str(v) for k, v in opts.items() if k not in _LOCATIONS}
         cond["diagnose"] = grid.diagnose and cell.engine == "openvino"
     if grid.times(cell):
         cond["speed"] = asdict(protocol_of(grid))
