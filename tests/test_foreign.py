@@ -378,6 +378,12 @@ def test_cli_own_model_refusals_exit_2_in_one_line(mobilenet, tmp_path):
          "is not a readable ONNX file"),
         (["--model", str(path), "--source", "folder", *stated, "--input-size", "64"], "--folder DIR"),
         (["--model", "resnet20", "--source", "noise"], "a zoo model takes --calib SET"),
+        (["--model", str(path), "--source", "noise", *stated, "--input-size", "64", "--algo", "accuracy-aware"],
+         "validates on your labeled images: give --data-dir ROOT"),
+        (["--model", str(path), "--source", "noise", *stated, "--input-size", "64", "--algo", "accuracy-aware",
+          "--engine", "onnxruntime", "--data-dir", str(tmp_path)], "--algo accuracy-aware is NNCF's"),
+        (["--model", str(path), "--source", "noise", *stated, "--input-size", "64", "--max-drop", "0.01"],
+         "--max-drop goes with --algo accuracy-aware"),
     ]
     for args, says in cases:
         result = CliRunner().invoke(app, ["quantize", *args, "--out", str(tmp_path / "run")])
@@ -451,4 +457,120 @@ def test_cli_quantize_own_exported_model_from_its_own_batchnorm_statistics(mobil
         result = CliRunner().invoke(app, ["quantize", "--model", str(model), "--source", "inversion", *stated,
                                           "--out", str(tmp_path / "refused")])
         assert result.exit_code == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "refused").exists()
+
+
+# --- accuracy-aware quantization and diagnose for your own model ------------------------------------------------
+
+def write_val(root, n: int = 3, size: tuple[int, int] = (50, 60)):
+    """`<root>/val/<class>/*`: the model's own held-out images, none equal to a test image."""
+    from PIL import Image
+
+    for c, name in enumerate(CLASSES):
+        (root / "val" / name).mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(images(n, *size, seed=500 + c)):
+            Image.fromarray(img).save(root / "val" / name / f"{i:03d}.png")
+    return root
+
+
+def read_tree(folder) -> tuple[np.ndarray, np.ndarray]:
+    """`<folder>/<class>/*.png` as torchvision inputs and labels, in the contract's class order, read by PIL."""
+    from PIL import Image
+
+    imgs, labels = [], []
+    for c, name in enumerate(CLASSES):
+        for f in sorted((folder / name).glob("*.png")):
+            imgs.append(np.asarray(Image.open(f).convert("RGB")))
+            labels.append(c)
+    return torchvision_input(np.stack(imgs), BGR_IMAGENET), np.asarray(labels)
+
+
+def test_own_validation_is_val_where_it_exists_and_never_a_test_image(tmp_path):
+    import shutil
+
+    from calib.core import own
+
+    root = write_val(write_own_tree(tmp_path / "data"))
+    parts = own.folder_splits(root, BGR_IMAGENET)
+    assert {k: len(v) for k, v in parts.items()} == {"validation": 15, "calibration_pool": 40, "test": 20}
+    assert "held out by you" in own.validation_from(root)
+    shutil.copy(root / "test" / "dog" / "001.png", root / "val" / "dog" / "copy.png")
+    with pytest.raises(CalibError, match="validation image.* equal test images"):
+        own.folder_splits(root, BGR_IMAGENET)
+
+
+@pytest.mark.slow
+def test_accuracy_aware_own_model_equals_nncf_called_directly(mobilenet, tmp_path):
+    """The own-model path's accuracy-aware INT8 model predicts exactly as NNCF's own
+    `quantize_with_accuracy_control` does on the same FP32 IR, with validation and test inputs made by
+    torchvision's transforms from the files on disk."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    from calib.core import own
+
+    _, path = mobilenet
+    root = write_val(write_own_tree(tmp_path / "data"))
+    req = own.OwnRequest(path, BGR_IMAGENET, source="fractal", images=16, data_dir=root, algo="accuracy-aware",
+                         max_drop=0.01)
+    row = own.quantize_own(req, tmp_path / "run")
+    assert row["algo"] == "accuracy-aware" and row["validation_images"] == 15 and row["test_images"] == 20
+    assert "val" in row["validation_from"] and row["quantize"]["validation_role"] == "validation"
+
+    val_x, val_y = read_tree(root / "val")
+    test_x, _ = read_tree(root / "test")
+    calib_x = torchvision_input(own.make_images("fractal", 16, 0, BGR_IMAGENET), BGR_IMAGENET)
+
+    def validate(compiled, items):
+        correct = [float(np.argmax(compiled(x)[0]) == y) for x, y in items]
+        return float(np.mean(correct)), correct
+
+    int8 = nncf.quantize_with_accuracy_control(
+        ov.Core().read_model(row["fp32_path"]), nncf.Dataset([calib_x[i : i + 1] for i in range(16)]),
+        nncf.Dataset([(val_x[i : i + 1], int(val_y[i])) for i in range(len(val_y))]), validate, max_drop=0.01,
+        subset_size=16, preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(ranking_subset_size=15))
+    core = ov.Core()
+    theirs = core.compile_model(int8, "CPU")(test_x)[0]
+    ours = core.compile_model(row["int8_path"], "CPU")(test_x)[0]
+    np.testing.assert_array_equal(ours.argmax(1), theirs.argmax(1))
+    assert row["quantize"]["aa_fp32_validation_accuracy"] == pytest.approx(
+        validate(core.compile_model(row["fp32_path"], "CPU"), zip(val_x[:, None], val_y))[0])
+
+
+@pytest.mark.slow
+def test_cli_diagnose_own_model_on_its_validation_images_by_its_contract(mobilenet, tmp_path):
+    """The first quantizer reads the model input: its measured value range equals the range of torchvision's
+    Resize + ToTensor + Normalize of the validation files (BGR, ImageNet statistics), so the contract is used."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from calib.cli import app
+
+    _, path = mobilenet
+    root = write_val(write_own_tree(tmp_path / "data"))
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    stated = ["--mean", "0.406,0.456,0.485", "--std", "0.225,0.224,0.229", "--input-size", "64", "--bgr",
+              "--classes", str(tmp_path / "classes.txt")]
+    result = CliRunner().invoke(app, ["diagnose", "--model", str(path), "--source", "fractal", "--images", "16",
+                                      *stated, "--data-dir", str(root), "--out", str(tmp_path / "diag"), "--record",
+                                      str(tmp_path / "rows.jsonl")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "diag" / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) > 10 and {r["reference"] for r in rows} == {"validation"}
+    assert {r["reference_images"] for r in rows} == {15} and rows[0]["contract"] == BGR_IMAGENET.to_dict()
+    first = next(r for r in rows if r["index"] == 0)
+    val_x, _ = read_tree(root / "val")
+    assert first["ref_min"] == pytest.approx(val_x.min(), abs=1e-5)
+    assert first["ref_max"] == pytest.approx(val_x.max(), abs=1e-5)
+    for args, says in ((["--reference", "test", "--data-dir", str(root)], "never looks at the test split"),
+                       ([], "give --data-dir ROOT"),
+                       (["--reference", str(root / "test" / "cat"), "--data-dir", str(root)], "inside the test split"),
+                       (["--data-dir", str(root), "--calib", "SET"], "--calib is not available")):
+        result = CliRunner().invoke(app, ["diagnose", "--model", str(path), "--source", "fractal", *stated, *args,
+                                          "--out", str(tmp_path / "refused")])
+        assert result.exit_code == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
+            (args, result.output)
         assert not (tmp_path / "refused").exists()

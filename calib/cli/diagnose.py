@@ -12,23 +12,38 @@ from calib.cli.app import Quiet, console, keep_log, say, spinner
 from calib.cli.choices import RankBy
 from calib.cli.options import (
     DEFAULT_RECORD,
+    Bgr,
+    Classes,
+    ContractCard,
     DataDir,
+    Folder,
+    Images,
+    InputSize,
+    Mean,
     Overwrite,
+    RawPixels,
     RecordPath,
     Seed,
+    Source,
+    Std,
     WeightsPath,
     model_engine,
     refuse_int8,
 )
+from calib.cli.own import diagnose_own_model, is_own, own_request
 from calib.core.errors import OptionError
 from calib.core.spec import Preset
 
 
 def diagnose_cmd(
-    model: Annotated[str, typer.Option(help="Zoo name (trained weights) or path to an FP32 .xml.")],
-    calib: Annotated[list[Path], typer.Option(help="Calibration set folder; repeat the option to compare sets.")],
+    model: Annotated[str, typer.Option(help="Zoo name (trained weights), an FP32 .xml, or your own model file "
+                                            "(ONNX, IR, TorchScript, .pt2) with its contract and --source.")],
+    calib: Annotated[list[Path] | None, typer.Option(help="Calibration set folder; repeat the option to compare "
+                                                          "sets (your own model: --source makes one).")] = None,
     reference: Annotated[str, typer.Option(help="Images the ranges are judged on: 'validation' (held out from "
-                                                "train) or a set folder; never the test split.")] = "validation",
+                                                "train; your own model: ROOT/val or a cut of ROOT/train of "
+                                                "--data-dir), a set folder, or (your own model) any folder of "
+                                                "images; never the test split.")] = "validation",
     subset_size: Annotated[int | None, typer.Option(min=1, help="Calibration images (default: all).")] = None,
     preset: Annotated[Preset, typer.Option()] = Preset.performance,
     fast_bias_correction: Annotated[bool, typer.Option("--fast-bias-correction/--no-fast-bias-correction")] = True,
@@ -46,13 +61,40 @@ def diagnose_cmd(
     data_dir: DataDir = None,
     record_path: RecordPath = DEFAULT_RECORD,
     quiet: Quiet = False,
+    source: Source = None,
+    images: Images = 300,
+    folder: Folder = None,
+    contract: ContractCard = None,
+    mean: Mean = None,
+    std: Std = None,
+    input_size: InputSize = None,
+    bgr: Bgr = False,
+    raw_pixels: RawPixels = False,
+    classes: Classes = None,
 ) -> None:
     """Which layers a calibration set gets wrong (OpenVINO, NNCF's quantizers): each quantizer's range, the share of
     real values it clips, the share of its range they use, and the INT8 error against FP32, worst first."""
-    import pandas as pd
+    from calib.core.diagnose import run_diagnose
 
-    from calib.core.diagnose import ranked_table, run_diagnose
-
+    stated = {"--mean": mean, "--std": std, "--input-size": input_size, "--contract": contract,
+              "--classes": classes, "--bgr": bgr or None, "--raw-pixels": raw_pixels or None, "--source": source,
+              "--folder": folder}
+    if is_own(model, stated):
+        zoo_only = {"--calib": calib or None, "--subset-size": subset_size, "--weights": weights,
+                    "--preset": None if preset == Preset.performance else preset,
+                    "--no-fast-bias-correction": None if fast_bias_correction else True}
+        given = [k for k, v in zoo_only.items() if v is not None]
+        if given:
+            raise OptionError(f"{', '.join(given)} is not available with your own model's contract and --source; "
+                              "leave it out")
+        req = own_request(model, source, images, folder, contract, mean, std, input_size, bgr, raw_pixels, classes,
+                          None, seed, data_dir)
+        with spinner(f"diagnose {Path(model).name}, {images} {source} images"):
+            r = diagnose_own_model(req, reference, per_layer_accuracy, rank_by, out, overwrite, record_path)
+        _show(r, model, rank_by, top)
+        return
+    if not calib:
+        raise OptionError("give --calib SET (repeat it to compare sets), or, for your own model, --source")
     if model_engine(model, "openvino") != "openvino":
         raise OptionError(f"--model {model}: diagnose reads NNCF's quantizers from OpenVINO IR; give a zoo name or "
                           "an FP32 .xml")
@@ -61,8 +103,16 @@ def diagnose_cmd(
         r = run_diagnose(model, calib, out, reference, per_layer_accuracy, rank_by, quiet, record_path,
                          overwrite=overwrite, subset_size=subset_size, preset=preset.value,
                          fast_bias_correction=fast_bias_correction, seed=seed, weights=weights, data_dir=data_dir)
-    out = Path(r["summary"]["out"])
-    keep_log(out)
+    _show(r, model, rank_by, top)
+
+
+def _show(r: dict, model: str, rank_by, top: int) -> None:
+    """Each set's worst quantizers as a table, then the files written."""
+    import pandas as pd
+
+    from calib.core.diagnose import ranked_table
+
+    keep_log(Path(r["summary"]["out"]))
     df = pd.DataFrame(r["rows"])
     for name, part in df.groupby("set", sort=False):
         t = ranked_table(part.to_dict("records"), top)

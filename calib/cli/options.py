@@ -70,3 +70,22 @@ def refuse_int8(model: str) -> None:
         return
     if quantized:
         raise OptionError(f"--model {model} is already INT8 (quantized nodes inside); give the FP32 model")
+
+
+# Your own model: its input contract and the images --source makes (quantize and diagnose)
+Source = Annotated[str | None, typer.Option(help="Your own model: make the calibration set at its input size from "
+                                                 "noise, fractal, folder (--folder DIR), distylegan (32x32, resized) "
+                                                 "or inversion (a .pt2 model's own BatchNorm statistics).")]
+Images = Annotated[int, typer.Option(min=1, help="Your own model: calibration images --source makes.")]
+Folder = Annotated[Path | None, typer.Option(help="--source folder: any folder of unlabeled images.")]
+ContractCard = Annotated[Path | None, typer.Option("--contract", help="Your own model: its input contract card "
+                                                                      "(TOML); default <model>.calib.toml beside it, "
+                                                                      "else what the model file carries.")]
+Mean = Annotated[str | None, typer.Option(help="Your own model: mean per channel in its channel order, e.g. "
+                                               "0.485,0.456,0.406.")]
+Std = Annotated[str | None, typer.Option(help="Your own model: std per channel, e.g. 0.229,0.224,0.225.")]
+InputSize = Annotated[str | None, typer.Option(help="Your own model: input size, 64 or 64x48 (H x W).")]
+Bgr = Annotated[bool, typer.Option("--bgr", help="Your own model takes BGR channels (default RGB).")]
+RawPixels = Annotated[bool, typer.Option("--raw-pixels", help="Your own model: mean/std are in 0..255 pixel units "
+                                                              "(pixel scale 1, not 1/255).")]
+Classes = Annotated[Path | None, typer.Option(help="Your own model: class names, one a line, in output order.")]

@@ -1,5 +1,5 @@
-"""`calib quantize` for your own model (ONNX, IR, TorchScript or torch.export, with its input contract): every
-option checked, then `calib.core.own`."""
+"""Your own model (ONNX, IR, TorchScript or torch.export, with its input contract) in `calib quantize` and
+`calib diagnose`: every option checked into a `calib.core.own.OwnRequest`, then the core."""
 
 from __future__ import annotations
 
@@ -27,17 +27,21 @@ def _floats(text: str | None, option: str) -> list[float] | None:
         raise OptionError(f"{option} takes numbers separated by commas, not {text!r}") from None
 
 
-def quantize_own_model(model: str, source: str | None, images: int, folder: Path | None, card: Path | None,
-                       mean: str | None, std: str | None, input_size: str | None, bgr: bool, raw_pixels: bool,
-                       classes: Path | None, engine: str | None, seed: int, out: Path | None, overwrite: bool,
-                       data_dir: Path | None, record_path: Path, format: Format) -> None:
-    """`calib quantize` for your own model: every option checked, then `calib.core.own.quantize_own`."""
-    import shutil
+def is_own(model: str, stated: dict) -> bool:
+    """Whether `--model` goes the own-model way: a contract or --source is stated, or the file is PyTorch."""
+    from calib.core.foreign import TORCHSCRIPT_SUFFIXES
 
+    return any(v is not None for v in stated.values()) or Path(model).suffix.lower() in TORCHSCRIPT_SUFFIXES
+
+
+def own_request(model: str, source: str | None, images: int, folder: Path | None, card: Path | None,
+                mean: str | None, std: str | None, input_size: str | None, bgr: bool, raw_pixels: bool,
+                classes: Path | None, engine: str | None, seed: int, data_dir: Path | None, algo: str = "default",
+                max_drop: float | None = None):
+    """The `OwnRequest` the options describe, every one checked against the model file first (one line each)."""
     from calib.core import contract as C
     from calib.core import foreign
-    from calib.core.own import SOURCES, OwnRequest, quantize_own
-    from calib.core.progress import progress
+    from calib.core.own import SOURCES, OwnRequest
 
     if source is None:
         raise OptionError(f"your own model needs --source ({', '.join(SOURCES)}) to make its calibration set")
@@ -67,15 +71,40 @@ def quantize_own_model(model: str, source: str | None, images: int, folder: Path
     if engine not in (None, "openvino", "onnxruntime") or (engine == "onnxruntime" and checked.kind == "openvino"):
         raise OptionError(f"--engine {engine} cannot quantize {model}; leave --engine out")
     engine_name = engine or ("onnxruntime" if checked.kind == "onnx" else "openvino")
+    if algo != "default" and engine_name != "openvino":
+        raise OptionError(f"--algo {algo} is NNCF's (openvino); {model} goes to {engine_name}: pass --engine "
+                          "openvino")
+    if max_drop is not None and algo == "default":
+        raise OptionError("--max-drop goes with --algo accuracy-aware")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise OptionError(f"--data-dir {data_dir}: no such folder")
-    out = out or Path("runs/quantize") / f"own-{Path(model).stem}-{engine_name}-{source}-{images}-s{seed}"
+    if algo != "default" and data_dir is None:
+        raise OptionError("--algo accuracy-aware validates on your labeled images: give --data-dir ROOT with "
+                          "ROOT/val/<class>/* (or ROOT/train/<class>/*, cut by a seed)")
+    return OwnRequest(Path(model), the_contract, source, images, seed, engine_name, folder, data_dir, algo=algo,
+                      max_drop=max_drop)
+
+
+def _claim(out: Path, overwrite: bool) -> bool:
+    """Refuse an existing --out without --overwrite; returns whether the folder is new (removed on failure)."""
     if out.exists() and not overwrite:
         raise OptionError(f"--out {out} exists; pass --overwrite to replace what calib wrote there")
-    made = not out.exists()
-    req = OwnRequest(Path(model), the_contract, source, images, seed, engine_name, folder, data_dir)
+    return not out.exists()
+
+
+def quantize_own_model(req, out: Path | None, overwrite: bool, record_path: Path, format: Format) -> None:
+    """`calib quantize` for your own model: `calib.core.own.quantize_own`, a failed run leaving no folder."""
+    import shutil
+
+    from calib.core.own import quantize_own
+    from calib.core.progress import progress
+
+    algo = "" if req.algo == "default" else f"-{req.algo}"
+    name = f"own-{req.model.stem}-{req.engine}{algo}-{req.source}-{req.images}-s{req.seed}"
+    out = out or Path("runs/quantize") / name
+    made = _claim(out, overwrite)
     try:
-        with progress(f"quantize {Path(model).name} ({engine_name}, {source})", None, is_quiet()):
+        with progress(f"quantize {req.model.name} ({req.engine}, {req.source})", None, is_quiet()):
             row = quantize_own(req, out, record_path)
     except BaseException:
         if made:
@@ -83,13 +112,30 @@ def quantize_own_model(model: str, source: str | None, images: int, folder: Path
         raise
 
     def text() -> None:
-        say(f"{Path(model).name} INT8 ({engine_name}, {images} {source} images at "
-            f"{the_contract.input_size[0]}x{the_contract.input_size[1]}, seed {seed}): {row['int8_path']}")
-        say(f"  contract: {the_contract.describe()}")
+        c = req.contract
+        say(f"{req.model.name} INT8 ({req.engine}, {req.algo}, {req.images} {req.source} images at "
+            f"{c.input_size[0]}x{c.input_size[1]}, seed {req.seed}): {row['int8_path']}")
+        say(f"  contract: {c.describe()}")
+        aa = row["quantize"]
+        if aa.get("aa_int8_validation_accuracy") is not None:
+            say(f"  validation ({row['validation_images']} images, {row['validation_from']}): FP32 "
+                f"{aa['aa_fp32_validation_accuracy']:.4f}, INT8 {aa['aa_int8_validation_accuracy']:.4f}, "
+                f"{aa['aa_kept_fp32_count']} layers kept in FP32")
         say(f"  size {row['fp32_bytes'] / 1e6:.2f} MB FP32 -> {row['int8_bytes'] / 1e6:.2f} MB INT8; "
             f"{accuracy_text(row) if row['int8_accuracy'] is not None else 'no test data (--data-dir ROOT)'}")
 
     emit(row, format, text)
+
+
+def diagnose_own_model(req, reference: str, per_layer_accuracy: int, rank_by, out: Path | None, overwrite: bool,
+                       record_path: Path) -> dict:
+    """`calib diagnose` for your own model: `calib.core.diagnose.diagnose_own` into `out` (default
+    runs/diagnose/own-<model>-<source>-<images>-s<seed>)."""
+    from calib.core.diagnose import diagnose_own
+
+    out = out or Path("runs/diagnose") / f"own-{req.model.stem}-{req.source}-{req.images}-s{req.seed}"
+    _claim(out, overwrite)
+    return diagnose_own(req, out, reference, per_layer_accuracy, rank_by, is_quiet(), record_path, overwrite)
 
 
 def own_contract(model: str, card: Path | None):

@@ -11,17 +11,27 @@ from calib.cli.app import Format, OutputFormat, emit, is_quiet, keep_log, say
 from calib.cli.choices import Engine, QuantEngine
 from calib.cli.options import (
     DEFAULT_RECORD,
+    Bgr,
+    Classes,
+    ContractCard,
     DataDir,
+    Folder,
+    Images,
+    InputSize,
+    Mean,
     ModelArg,
     Overwrite,
+    RawPixels,
     RecordPath,
     Seed,
+    Source,
+    Std,
     WeightsPath,
     model_engine,
     one_model,
     refuse_int8,
 )
-from calib.cli.own import accuracy_text, own_contract, quantize_own_model
+from calib.cli.own import accuracy_text, is_own, own_contract, own_request, quantize_own_model
 from calib.core.errors import CalibError, OptionError
 from calib.core.spec import Algo, CalibMethod, DropType, OverflowFix, Preset
 
@@ -70,32 +80,21 @@ def quantize_cmd(
     data_dir: DataDir = None,
     record_path: RecordPath = DEFAULT_RECORD,
     format: OutputFormat = Format.text,
-    source: Annotated[str | None, typer.Option(help="Your own model: make the calibration set at its input size "
-                                                    "from noise, fractal, folder (--folder DIR), distylegan "
-                                                    "(32x32, resized) or inversion (a .pt2 model's own "
-                                                    "BatchNorm statistics).")] = None,
-    images: Annotated[int, typer.Option(min=1, help="Your own model: calibration images --source makes.")] = 300,
-    folder: Annotated[Path | None, typer.Option(help="--source folder: any folder of unlabeled images.")] = None,
-    contract: Annotated[Path | None, typer.Option(help="Your own model: its input contract card (TOML); default "
-                                                       "<model>.calib.toml beside it, else what the model file "
-                                                       "carries.")] = None,
-    mean: Annotated[str | None, typer.Option(help="Your own model: mean per channel in its channel order, e.g. "
-                                                  "0.485,0.456,0.406.")] = None,
-    std: Annotated[str | None, typer.Option(help="Your own model: std per channel, e.g. 0.229,0.224,0.225.")]
-    = None,
-    input_size: Annotated[str | None, typer.Option(help="Your own model: input size, 64 or 64x48 (H x W).")]
-    = None,
-    bgr: Annotated[bool, typer.Option("--bgr", help="Your own model takes BGR channels (default RGB).")] = False,
-    raw_pixels: Annotated[bool, typer.Option("--raw-pixels", help="Your own model: mean/std are in 0..255 pixel "
-                                                                  "units (pixel scale 1, not 1/255).")] = False,
-    classes: Annotated[Path | None, typer.Option(help="Your own model: class names, one a line, in output "
-                                                      "order.")] = None,
+    source: Source = None,
+    images: Images = 300,
+    folder: Folder = None,
+    contract: ContractCard = None,
+    mean: Mean = None,
+    std: Std = None,
+    input_size: InputSize = None,
+    bgr: Bgr = False,
+    raw_pixels: RawPixels = False,
+    classes: Classes = None,
 ) -> None:
     """Quantize to INT8 with any engine that quantizes: NNCF (default or accuracy-aware), ONNX Runtime (static QDQ).
     Your own model (ONNX, IR, TorchScript or torch.export) with its input contract: --source makes the set,
     --data-dir (with your class folders) evaluates."""
     from calib.core.export import fixed_batch
-    from calib.core.foreign import TORCHSCRIPT_SUFFIXES
     from calib.core.pipeline import run_quantize
     from calib.core.progress import progress
     from calib.core.spec import QuantizeSpec
@@ -103,20 +102,20 @@ def quantize_cmd(
     stated = {"--mean": mean, "--std": std, "--input-size": input_size, "--contract": contract,
               "--classes": classes, "--bgr": bgr or None, "--raw-pixels": raw_pixels or None, "--source": source,
               "--folder": folder}
-    if any(v is not None for v in stated.values()) or Path(model).suffix.lower() in TORCHSCRIPT_SUFFIXES:
-        zoo_only = {"--calib": calib, "--algo": None if algo == Algo.default else algo.value,
-                    "--subset-size": subset_size, "--preset": preset, "--fast-bias-correction": fast_bias_correction,
-                    "--max-drop": max_drop, "--drop-type": drop_type, "--calibrate-method": calibrate_method,
-                    "--ranking-subset-size": ranking_subset_size, "--overflow-fix": overflow_fix,
-                    "--reduce-range": reduce_range, "--batch": None if calibration_batch == 1 else calibration_batch,
-                    "--weights": weights, "--evaluate": evaluate or None}
+    if is_own(model, stated):
+        zoo_only = {"--calib": calib, "--subset-size": subset_size, "--preset": preset,
+                    "--fast-bias-correction": fast_bias_correction, "--drop-type": drop_type,
+                    "--calibrate-method": calibrate_method, "--ranking-subset-size": ranking_subset_size,
+                    "--overflow-fix": overflow_fix, "--reduce-range": reduce_range,
+                    "--batch": None if calibration_batch == 1 else calibration_batch, "--weights": weights,
+                    "--evaluate": evaluate or None}
         given = [k for k, v in zoo_only.items() if v is not None]
         if given:
             raise OptionError(f"{', '.join(given)} is not available with your own model's contract and --source; "
                               "leave it out")
-        quantize_own_model(model, source, images, folder, contract, mean, std, input_size, bgr, raw_pixels,
-                           classes, engine.value if engine else None, seed, out, overwrite, data_dir, record_path,
-                           format)
+        req = own_request(model, source, images, folder, contract, mean, std, input_size, bgr, raw_pixels, classes,
+                          engine.value if engine else None, seed, data_dir, algo.value, max_drop)
+        quantize_own_model(req, out, overwrite, record_path, format)
         return
     if calib is None:
         raise OptionError("give --calib SET (or, for your own model, --source to make the set)")

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from calib.core.contract import InputContract
 from calib.core.data import LabeledImages, require_role, to_model_input
-from calib.core.errors import CalibError
+from calib.core.errors import CalibError, OptionError
 from calib.core.figures import save_figure
 from calib.core.runs import to_jsonable
 from calib.core.spec import QuantizeSpec
@@ -194,9 +195,17 @@ def reference_images(reference: str | Path | None, data_dir: Path | None = None)
     return data
 
 
+def _inputs(images: np.ndarray, contract: InputContract | None) -> np.ndarray:
+    """Model inputs by the model's contract; the zoo's (`calib.core.data.to_model_input`) without one."""
+    from calib.core.contract import to_model_input as by_contract
+
+    return to_model_input(images) if contract is None else by_contract(images, contract)
+
+
 def measure_quantizers(fp32_model, int8_model, reference: LabeledImages, batch: int = 16,
-                       quiet: bool = True) -> list[dict]:
-    """Rows for every activation quantizer of `int8_model` (both `ov.Model` or `.xml`), on `reference`."""
+                       quiet: bool = True, contract: InputContract | None = None) -> list[dict]:
+    """Rows for every activation quantizer of `int8_model` (both `ov.Model` or `.xml`), on `reference` (made
+    model inputs by `contract`, default the zoo's)."""
     from calib.core.engines.openvino import read_model
     from calib.core.progress import progress
 
@@ -210,7 +219,7 @@ def measure_quantizers(fp32_model, int8_model, reference: LabeledImages, batch: 
     fq_out = _with_outputs(int8, [q.fq_name for q in quantizers])
     (fp_c, q_c), batch = _compile_pair(fp32, int8, batch)
     stats = [_Stats() for _ in quantizers]
-    x = to_model_input(reference.images)
+    x = _inputs(reference.images, contract)
     with progress(f"diagnose: {len(quantizers)} quantizers", len(x), quiet) as advance:
         for start in range(0, len(x), batch):
             chunk = x[start : start + batch]
@@ -249,7 +258,7 @@ def rank(rows: list[dict], by: RankBy = RankBy.local_sqnr) -> list[dict]:
 
 
 def layer_accuracy(fp32_model, int8_model, fq_names: Iterable[str], validation: LabeledImages,
-                   quiet: bool = True) -> dict:
+                   quiet: bool = True, contract: InputContract | None = None) -> dict:
     """Validation accuracy of FP32, INT8, and INT8 with each named quantizer removed (that input kept FP32).
 
     Removing one FakeQuantize (its consumers read its input) is the cheap way: no re-quantization.
@@ -261,7 +270,7 @@ def layer_accuracy(fp32_model, int8_model, fq_names: Iterable[str], validation: 
     fp32, int8 = read_model(fp32_model), read_model(int8_model)
     names = list(fq_names)
 
-    x = to_model_input(validation.images)
+    x = _inputs(validation.images, contract)
 
     def acc(model) -> float:
         try:
@@ -311,14 +320,20 @@ def diagnose(spec: QuantizeSpec, out: Path, reference: str | Path | LabeledImage
             "subset_size_images": q["subset_size_images"], "algo": spec.algo, "seed": spec.seed}
     rows = [{**info, **r} for r in rank(rows, rank_by)]
     if per_layer_accuracy:
-        worst = [r["fq"] for r in rows[:per_layer_accuracy]]
-        acc = layer_accuracy(q["fp32_path"], q["int8_path"], worst, train_splits(spec.data_dir)["validation"], quiet)
-        for r in rows:
-            r["val_accuracy_fp32"], r["val_accuracy_int8"] = acc["fp32"], acc["int8"]
-            if r["fq"] in acc:
-                r["val_accuracy_layer_fp32"] = acc[r["fq"]]
-                r["val_accuracy_recovered"] = acc[r["fq"]] - acc["int8"]
+        add_layer_accuracy(rows, q, per_layer_accuracy, train_splits(spec.data_dir)["validation"], quiet)
     return rows
+
+
+def add_layer_accuracy(rows: list[dict], q: dict, k: int, validation: LabeledImages, quiet: bool = True,
+                       contract: InputContract | None = None) -> None:
+    """Add to ranked `rows` the validation accuracy of FP32, INT8, and INT8 with each of the worst `k`
+    quantizers removed (`layer_accuracy`); `q` holds the quantize result's `fp32_path` and `int8_path`."""
+    acc = layer_accuracy(q["fp32_path"], q["int8_path"], [r["fq"] for r in rows[:k]], validation, quiet, contract)
+    for r in rows:
+        r["val_accuracy_fp32"], r["val_accuracy_int8"] = acc["fp32"], acc["int8"]
+        if r["fq"] in acc:
+            r["val_accuracy_layer_fp32"] = acc[r["fq"]]
+            r["val_accuracy_recovered"] = acc[r["fq"]] - acc["int8"]
 
 
 # ---------------------------------------------------------------- tables and plots
@@ -467,9 +482,7 @@ def run_diagnose(model: str, calibs: list[Path], out: Path | None = None, refere
 def _diagnose_into(out: Path, model: str, sets: list, names: list[str], ref: LabeledImages,
                    reference: str | Path | None, per_layer_accuracy: int, rank_by: RankBy, quiet: bool,
                    record_path: Path, request: dict) -> dict:
-    import pandas as pd
-
-    from calib.core.runs import atomic_write_bytes, record, start_run
+    from calib.core.runs import record, start_run
     from calib.core.spec import QuantizeSpec
 
     start_run(out, {"model": model, "calibs": [s.path for s in sets], "reference": reference or "validation",
@@ -480,6 +493,20 @@ def _diagnose_into(out: Path, model: str, sets: list, names: list[str], ref: Lab
     for name, cset in zip(names, sets):
         spec = QuantizeSpec(model=model, calib=cset.path, **request)
         rows += [{**r, "set": name} for r in diagnose(spec, out / name, ref, per_layer_accuracy, rank_by, quiet)]
+    written, summary = write_diagnosis(out, rows, names, ref)
+    summary |= {"model": model, "sets": [str(s.path) for s in sets], "sources": [s.manifest["source"] for s in sets]}
+    record(record_path, "diagnose", summary, seeds={"quantize": request.get("seed", 0)},
+           inputs={f"calib_{n}": s.content_hash for n, s in zip(names, sets)})
+    return {"rows": rows, "written": written, "summary": summary}
+
+
+def write_diagnosis(out: Path, rows: list[dict], names: list[str], ref: LabeledImages) -> tuple[list[Path], dict]:
+    """`rows.jsonl`, `ranked-<set>.md` per set, `compare.md` (several sets) and `layers.png` under `out`; returns
+    the files written and a summary (worst layer and mean clipping per set)."""
+    import pandas as pd
+
+    from calib.core.runs import atomic_write_bytes
+
     df = pd.DataFrame(rows)
     text = "".join(json.dumps(to_jsonable(r)) + "\n" for r in rows)
     atomic_write_bytes(out / "rows.jsonl", text.encode())
@@ -489,17 +516,91 @@ def _diagnose_into(out: Path, model: str, sets: list, names: list[str], ref: Lab
         atomic_write_bytes(path, (ranked_table(df[df.set == name].to_dict("records")).to_markdown(index=False)
                                   + "\n").encode())
         written.append(path)
-    if len(sets) > 1:
+    if len(names) > 1:
         atomic_write_bytes(out / "compare.md", (compare_table(df).to_markdown(index=False) + "\n").encode())
         written.append(out / "compare.md")
     written.append(plot_layers(df, out / "layers.png"))
-    summary = {"model": model, "sets": [str(s.path) for s in sets], "sources": [s.manifest["source"] for s in sets],
-               "reference": ref.role, "reference_images": len(ref), "quantizers": int(df["index"].nunique()),
-               "out": str(out)}
+    summary: dict = {"reference": ref.role, "reference_images": len(ref), "quantizers": int(df["index"].nunique()),
+                     "out": str(out)}
     for name in names:
         part = df[df.set == name]
         summary[f"worst_{name}"] = part.sort_values("rank").iloc[0]["layer"]
         summary[f"mean_clipped_fraction_{name}"] = float(part.clipped_fraction.mean())
-    record(record_path, "diagnose", summary, seeds={"quantize": request.get("seed", 0)},
-           inputs={f"calib_{n}": s.content_hash for n, s in zip(names, sets)})
+    return written, summary
+
+
+# ---------------------------------------------------------------- your own model
+def own_reference(reference: str | Path | None, contract: InputContract, data_dir: Path | None) -> LabeledImages:
+    """Your own model's reference images at its input size: the validation split of `data_dir` (default; see
+    `calib.core.own.folder_splits`) or any folder of images, guarded as the folder source is; never test."""
+    from calib.core import own
+
+    if reference is None or str(reference) == "validation":
+        if data_dir is None:
+            raise OptionError("diagnose judges your model's ranges on real images: give --data-dir ROOT (its "
+                              "validation images) or --reference DIR (any folder of images, never test ones)")
+        parts = own.folder_splits(Path(data_dir), contract)
+        if "validation" not in parts:
+            raise OptionError(f"--data-dir {data_dir} has neither val/ nor train/; give --reference DIR")
+        return parts["validation"]
+    if str(reference) == "test":
+        raise OptionError("diagnose never looks at the test split; use --reference validation or a folder")
+    folder = Path(reference)
+    count = len([p for p in folder.rglob("*") if p.suffix.lower() in own.IMAGE_SUFFIXES]) if folder.is_dir() else 0
+    if not count:
+        raise OptionError(f"--reference {reference}: not a folder of images ({', '.join(own.IMAGE_SUFFIXES)})")
+    if data_dir is not None and (Path(data_dir) / "test").resolve() in (folder.resolve(), *folder.resolve().parents):
+        raise OptionError(f"--reference {reference} is inside the test split of {data_dir}: diagnose never looks "
+                          "at test images")
+    try:
+        images = own.make_images("folder", count, 0, contract, folder, data_dir)  # refuses test and validation images
+    except CalibError as e:
+        raise OptionError(f"--reference {reference}: {e}") from None
+    return LabeledImages(images, np.zeros(len(images), np.int64), "imported", str(folder))
+
+
+def diagnose_own(req, out: Path, reference: str | Path | None = None, per_layer_accuracy: int = 0,
+                 rank_by: RankBy = RankBy.local_sqnr, quiet: bool = True, record_path: Path | None = None,
+                 overwrite: bool = False) -> dict:
+    """`calib diagnose` for your own model (`req`: a `calib.core.own.OwnRequest`): quantize it as `calib
+    quantize` does into `out/quantize`, then measure every activation quantizer on its reference images, made
+    model inputs by its contract. Writes what `run_diagnose` writes; a failed run leaves no folder."""
+    from calib.core.data import image_hashes
+    from calib.core.folders import run_folder
+    from calib.core.own import folder_splits, quantize_own
+    from calib.core.runs import record, start_run
+
+    if (req.engine or "openvino") != "openvino":
+        raise OptionError("diagnose reads NNCF's FakeQuantize nodes from the OpenVINO IR: leave --engine out")
+    ref = own_reference(reference, req.contract, req.data_dir)
+    validation = None
+    if per_layer_accuracy:
+        if req.data_dir is None:
+            raise OptionError("--per-layer-accuracy needs labeled validation images: give --data-dir ROOT")
+        validation = folder_splits(Path(req.data_dir), req.contract)["validation"]
+    options = {"own": {k: str(v) if isinstance(v, Path) else v for k, v in req.__dict__.items() if k != "contract"},
+               "contract": req.contract.to_dict(), "reference": str(reference or "validation"),
+               "per_layer_accuracy": per_layer_accuracy, "rank_by": RankBy(rank_by)}
+    with run_folder(out, overwrite):
+        start_run(out, options, seeds={"calibration": req.seed},
+                  inputs={"reference_images": len(ref), "reference_sha256": _images_digest(image_hashes(ref.images))})
+        q = quantize_own(req, out / "quantize")
+        rows = measure_quantizers(q["fp32_path"], q["int8_path"], ref, quiet=quiet, contract=req.contract)
+        name = f"{req.source}-{req.images}-s{req.seed}"
+        info = {"model": str(req.model), "source": req.source, "set": name, "images": req.images, "seed": req.seed,
+                "algo": req.algo, "contract": req.contract.to_dict()}
+        rows = [{**info, **r} for r in rank(rows, rank_by)]
+        if validation is not None:
+            add_layer_accuracy(rows, q, per_layer_accuracy, validation, quiet, req.contract)
+        written, summary = write_diagnosis(out, rows, [name], ref)
+    summary |= {"model": str(req.model), "sources": [req.source], "contract": req.contract.to_dict(),
+                "int8_path": q["int8_path"], "int8_accuracy": q["int8_accuracy"], "fp32_accuracy": q["fp32_accuracy"]}
+    if record_path is not None:
+        record(record_path, "diagnose", summary, seeds={"calibration": req.seed})
     return {"rows": rows, "written": written, "summary": summary}
+
+
+def _images_digest(hashes: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.sort(hashes).tobytes()).hexdigest()

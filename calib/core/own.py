@@ -64,19 +64,39 @@ def read_labeled(folder: Path, contract: InputContract, role: str) -> LabeledIma
 
 
 def folder_splits(root: Path, contract: InputContract, split: SplitConfig = SplitConfig()) -> dict[str, LabeledImages]:
-    """The calibration pool and validation split cut from `<root>/train`, and `<root>/test` (role test)."""
+    """The calibration pool and the validation split, and `<root>/test` (role test). Validation is `<root>/val`
+    where it exists (the model's own held-out images; all of train is then the pool), else a seeded cut of
+    `<root>/train` (`split`), which the model must not have trained on."""
     root = Path(root)
     out: dict[str, LabeledImages] = {}
+    if (root / "val").is_dir():
+        out["validation"] = read_labeled(root / "val", contract, "validation")
     if (root / "train").is_dir():
         train = read_labeled(root / "train", contract, "train")
-        classes = tuple(train.provenance["classes"])
-        for role, idx in train_split_indices(train.labels, split, classes).items():
-            out[role] = train.subset(idx, role=role)
+        if "validation" in out:
+            out["calibration_pool"] = train.subset(np.arange(len(train)), role="calibration_pool")
+        else:
+            classes = tuple(train.provenance["classes"])
+            for role, idx in train_split_indices(train.labels, split, classes).items():
+                out[role] = train.subset(idx, role=role)
     if (root / "test").is_dir():
         out["test"] = read_labeled(root / "test", contract, "test")
     if not out:
-        raise CalibError(f"{root} has neither train/ nor test/ (expected <root>/{{train,test}}/<class>/*)")
+        raise CalibError(f"{root} has none of train/, val/, test/ (expected <root>/{{train,val,test}}/<class>/*)")
+    if "validation" in out and "test" in out:
+        shared = np.isin(image_hashes(out["validation"].images), image_hashes(out["test"].images))
+        if shared.any():
+            raise CalibError(f"{int(shared.sum())} validation image(s) of {root} equal test images: the final "
+                             "accuracy never uses validation images")
     return out
+
+
+def validation_from(root: Path) -> str:
+    """Where `folder_splits` takes validation from, in words for rows."""
+    if (Path(root) / "val").is_dir():
+        return f"{Path(root) / 'val'} (held out by you)"
+    return f"a seeded cut of {Path(root) / 'train'} ({SplitConfig().validation_per_class} per class unless " \
+           "stated): the model must not have trained on it"
 
 
 def heldout(root: Path | None, contract: InputContract, split: SplitConfig = SplitConfig()) -> np.ndarray:
@@ -174,6 +194,8 @@ class OwnRequest:
     folder: Path | None = None
     data_dir: Path | None = None
     validation_per_class: int = 100
+    algo: str = "default"  # or accuracy-aware: validated on the tree's validation split (`folder_splits`)
+    max_drop: float | None = None
 
 
 def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) -> dict:
@@ -197,6 +219,10 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
     if engine_name == "onnxruntime" and model.kind == "openvino":
         raise OptionError(f"{req.model} is an OpenVINO IR; quantize it with the openvino engine")
     engine = get_engine(engine_name)
+    split = replace(SplitConfig(), validation_per_class=req.validation_per_class)
+    spec = QuantizeSpec(str(req.model), out, engine=engine_name, seed=req.seed, algo=req.algo,  # checks options
+                        max_drop=req.max_drop)
+    validation = accuracy_aware_validation(req, split) if req.algo != "default" else None
     options = {**{k: str(v) if isinstance(v, Path) else v for k, v in req.__dict__.items() if k != "contract"},
                "engine": engine_name, "contract": req.contract.to_dict()}
     runs.start_run(out, options, seeds={"calibration": req.seed},
@@ -206,15 +232,14 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
     t0 = time.perf_counter()
     fp32 = (foreign.to_onnx if engine_name == "onnxruntime" else foreign.to_ir)(
         model, req.contract, out / f"fp32{engine.suffix}")
-    split = replace(SplitConfig(), validation_per_class=req.validation_per_class)
     inverted: dict = {}
     if req.source == "inversion":
         images, inverted = invert(module, req.contract, req.images, req.seed)
     else:
         images = make_images(req.source, req.images, req.seed, req.contract, req.folder, req.data_dir, split)
     x = to_model_input(images, req.contract)
-    spec = QuantizeSpec(str(req.model), out, engine=engine_name, seed=req.seed)  # made in memory, not a set
-    int8, params = engine.quantize(fp32, [x[i : i + 1] for i in range(len(x))], spec, out / "int8")
+    int8, params = engine.quantize(fp32, [x[i : i + 1] for i in range(len(x))], spec, out / "int8", validation,
+                                   req.contract)
     row: dict = {"model": str(req.model), "model_kind": model.kind, "engine": engine_name, "source": req.source,
                  "images": len(images), "seed": req.seed, "classes": model.classes, "fp32_path": str(fp32),
                  "int8_path": str(int8), "fp32_bytes": fp32.with_suffix(".bin").stat().st_size
@@ -222,6 +247,8 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
                  "int8_bytes": int8.with_suffix(".bin").stat().st_size if int8.suffix == ".xml"
                  else int8.stat().st_size, "contract": req.contract.to_dict(), "quantize": params,
                  "inversion": inverted or None,
+                 "algo": req.algo, "validation_images": len(validation) if validation is not None else 0,
+                 "validation_from": validation_from(req.data_dir) if validation is not None else None,
                  "fp32_accuracy": None, "int8_accuracy": None, "int8_agreement": None, "test_images": 0}
     if req.data_dir is not None and (Path(req.data_dir) / "test").is_dir():
         test = read_labeled(Path(req.data_dir) / "test", req.contract, "test")
@@ -236,6 +263,19 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
         row = runs.record(record_path, "quantize_own", row, seeds={"calibration": req.seed},
                           inputs={"model_sha256": runs.sha256_file(Path(req.model))})
     return row
+
+
+def accuracy_aware_validation(req: OwnRequest, split: SplitConfig) -> LabeledImages:
+    """The images accuracy-aware quantization validates on: the tree's validation split (never its test images,
+    never the calibration images); one line where there are none."""
+    if req.data_dir is None:
+        raise OptionError("--algo accuracy-aware validates on your labeled images: give --data-dir ROOT with "
+                          "ROOT/val/<class>/* (or ROOT/train/<class>/*, cut by a seed)")
+    parts = folder_splits(Path(req.data_dir), req.contract, split)
+    if "validation" not in parts:
+        raise OptionError(f"--data-dir {req.data_dir} has neither val/ nor train/: accuracy-aware quantization "
+                          "needs validation images")
+    return parts["validation"]
 
 
 def check_invertible(module) -> None:

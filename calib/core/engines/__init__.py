@@ -27,6 +27,7 @@ import numpy as np
 from calib.core.errors import CalibError, OptionError
 
 if TYPE_CHECKING:
+    from calib.core.contract import InputContract
     from calib.core.data import LabeledImages
     from calib.core.spec import QuantizeSpec
 
@@ -148,7 +149,8 @@ class Engine(ABC):
                              f"{', '.join(self.calibrate_methods)}")
 
     def quantize(self, fp32: Path, items: list[np.ndarray], spec: QuantizeSpec, out: Path,
-                 validation: LabeledImages | None = None) -> tuple[Path, dict]:
+                 validation: LabeledImages | None = None,
+                 contract: InputContract | None = None) -> tuple[Path, dict]:
         """INT8 file from the FP32 file and batch-1 calibration tensors; returns (path, parameters used)."""
         raise CalibError(f"engine {self.name} has no INT8 quantization (it is an FP32 baseline)")
 

@@ -31,6 +31,7 @@ from calib.core.errors import CalibError
 from calib.core.spec import option_value
 
 if TYPE_CHECKING:
+    from calib.core.contract import InputContract
     from calib.core.data import LabeledImages
     from calib.core.spec import QuantizeSpec
 
@@ -115,7 +116,8 @@ class OnnxRuntimeEngine(Engine):
         return to_onnx(model, out / "fp32.onnx")
 
     def quantize(self, fp32: Path, items: list[np.ndarray], spec: QuantizeSpec, out: Path,
-                 validation: LabeledImages | None = None) -> tuple[Path, dict]:
+                 validation: LabeledImages | None = None,
+                 contract: InputContract | None = None) -> tuple[Path, dict]:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -23,6 +23,7 @@ from calib.core.errors import CalibError
 from calib.core.spec import option_value
 
 if TYPE_CHECKING:
+    from calib.core.contract import InputContract
     from calib.core.data import LabeledImages
     from calib.core.spec import QuantizeSpec
 
@@ -178,11 +179,12 @@ def _validation_fn(compiled_model, items) -> tuple[float, list[float]]:
     return float(correct.mean()), correct.tolist()
 
 
-def validation_items(validation: LabeledImages) -> list[tuple[np.ndarray, int]]:
-    """(batch-1 model input, label) per validation image, in order: what `_validation_fn` takes."""
-    from calib.core.data import to_model_input
+def validation_items(validation: LabeledImages, contract: InputContract | None = None) -> list[tuple[np.ndarray, int]]:
+    """(batch-1 model input, label) per validation image, in order: what `_validation_fn` takes; the images
+    become inputs by the model's contract (default: the zoo's)."""
+    from calib.core import contract as C
 
-    x = to_model_input(validation.images)
+    x = C.to_model_input(validation.images, contract or C.cifar10())
     return [(x[i : i + 1], int(validation.labels[i])) for i in range(len(x))]
 
 
@@ -298,7 +300,8 @@ class OpenVINOEngine(Engine):
         return save_ir(to_openvino(model), out / "fp32.xml")
 
     def quantize(self, fp32: Path, items: list[np.ndarray], spec: QuantizeSpec, out: Path,
-                 validation: LabeledImages | None = None) -> tuple[Path, dict]:
+                 validation: LabeledImages | None = None,
+                 contract: InputContract | None = None) -> tuple[Path, dict]:
         from calib.core.data import require_role
         from calib.core.export import save_ir
 
@@ -339,7 +342,7 @@ class OpenVINOEngine(Engine):
                     raise CalibError("accuracy-aware quantization needs validation images")
                 require_role(validation, ("validation",), "accuracy-aware validation data")
                 ranking = min(spec.ranking_subset_size or len(validation), len(validation))
-                val_items = validation_items(validation)
+                val_items = validation_items(validation, contract)
                 max_drop = 0.01 if spec.max_drop is None else float(spec.max_drop)
                 drop_type = option_value(spec.drop_type or "absolute")
                 q = nncf.quantize_with_accuracy_control(
