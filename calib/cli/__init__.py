@@ -6,9 +6,10 @@ a line every few seconds elsewhere); other libraries' output goes to stderr with
 folder's `calib.log` where there is one. Every problem is one line on stderr: exit code 2 for an option refused
 before any work (click's usage errors and `OptionError`), 1 for a failure while working.
 
-One module per command group (`zoo`, `sets`, `quantize`, `diagnose`, `benchmark`, `distylegan`, `study`), what
-they share in `app` and `options`. Importing this package imports nothing heavy (no torch, NNCF, OpenVINO,
-pandas...): every command imports the library it calls when it runs, so `calib --help` answers at once.
+One module per command group (`zoo`, `sets`, `quantize`, `diagnose`, `benchmark` and `benchmark_data`,
+`distylegan`, `study`), what they share in `app` and `options`. Importing this package imports nothing heavy
+(no torch, NNCF, OpenVINO, pandas...): every command imports the library it calls when it runs, so
+`calib --help` answers at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import sys
 
 from calib.cli import benchmark, diagnose, distylegan, quantize, sets, study, zoo
+from calib.cli import benchmark_data as benchmark_data  # its commands join `calib benchmark` as it loads
 from calib.cli.app import App
 
 app = App(help="Synthetic calibration data and an INT8 post-training-quantization study.")

@@ -11,7 +11,7 @@ import numpy as np
 
 from calib.core.data import load_split
 from calib.core.engines import get_engine, list_engines
-from calib.core.errors import CalibError
+from calib.core.errors import CalibError, OptionError
 from calib.core.evaluate import evaluate
 from calib.core.pipeline import fp32_file, quantize_with
 from calib.core.runs import record
@@ -70,7 +70,7 @@ def benchmark_files(paths: list[Path], protocol: Protocol, record_path: Path = P
 
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
-        raise CalibError(f"no such model file: {', '.join(missing)}")
+        raise OptionError(f"no such model file: {', '.join(missing)}")
     rows: list[dict] = []
     for path in track(paths, "benchmark files", quiet=quiet):
         b = bench_file(path, protocol)

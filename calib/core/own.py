@@ -282,15 +282,13 @@ def check_invertible(module) -> None:
     """One line unless inversion can run on `module`: a Python module or a torch.export graph with BatchNorm."""
     import torch
 
-    from calib.core.sources.inversion import bn_statistics
+    from calib.core.sources.inversion import has_batch_norm
 
     if isinstance(module, torch.jit.ScriptModule):
         raise OptionError("inversion needs the model as a Python nn.Module: a TorchScript module takes no "
                          "BatchNorm hooks (save it with torch.export.save as .pt2 instead)")
-    try:
-        bn_statistics(module).remove()
-    except CalibError:
-        raise OptionError("inversion needs BatchNorm2d layers, and this model has none; use --source fractal") from None
+    if not has_batch_norm(module):
+        raise OptionError("inversion needs BatchNorm2d layers, and this model has none; use --source fractal")
 
 
 def invert(module, contract: InputContract, n: int, seed: int, iterations: int = 100, batch_size: int = 50,
@@ -316,25 +314,24 @@ def invert(module, contract: InputContract, n: int, seed: int, iterations: int =
     top = 255.0 if contract.scale == 1.0 else 1.0
     lo, hi = (0 - mean) / std, (top - mean) / std
     out, bn_start, bn_end = [], [], []
-    for s in range(0, n, batch_size):
-        seeds = [image_seed(seed, i) for i in range(s, min(n, s + batch_size))]
-        x = torch.stack([torch.randn(contract.shape, generator=torch.Generator().manual_seed(k)) for k in seeds])
-        x = torch.maximum(torch.minimum(x, hi), lo).requires_grad_(True)
-        x, first_bn, _ = optimize_inputs(module, x, lo, hi, seeds[0], iterations, lr, w_bn, w_tv, w_l2, jitter)
-        bn_start.append(first_bn)
-        with torch.no_grad():
-            pixels = (x * std + mean) * (255.0 if contract.scale != 1.0 else 1.0)
-            if contract.bgr:
-                pixels = pixels.flip(1)
-            images = pixels.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-        hooks = bn_statistics(module)
-        try:
+    stats = bn_statistics(module)  # once: for an exported graph it is an instrumented copy
+    try:
+        for s in range(0, n, batch_size):
+            seeds = [image_seed(seed, i) for i in range(s, min(n, s + batch_size))]
+            x = torch.stack([torch.randn(contract.shape, generator=torch.Generator().manual_seed(k)) for k in seeds])
+            x = torch.maximum(torch.minimum(x, hi), lo).requires_grad_(True)
+            x, first_bn, _ = optimize_inputs(stats, x, lo, hi, seeds[0], iterations, lr, w_bn, w_tv, w_l2, jitter)
+            bn_start.append(first_bn)
             with torch.no_grad():
-                hooks.run(torch.from_numpy(to_model_input(images, contract)))
-            bn_end.append(float(hooks.value()))
-        finally:
-            hooks.remove()
-        out.append(images)
+                pixels = (x * std + mean) * (255.0 if contract.scale != 1.0 else 1.0)
+                if contract.bgr:
+                    pixels = pixels.flip(1)
+                images = pixels.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+                stats.run(torch.from_numpy(to_model_input(images, contract)))
+            bn_end.append(float(stats.value()))
+            out.append(images)
+    finally:
+        stats.remove()
     return np.concatenate(out), {"bn_loss_start": float(np.mean(bn_start)), "bn_loss_uint8": float(np.mean(bn_end)),
                                  "iterations": iterations, "batch_size": batch_size, "lr": lr}
 

@@ -111,9 +111,9 @@ class Grid:
 
     def weights_path(self) -> list[Path] | None:
         """The weight folders, in search order (`weights_dir` may list several, separated by os.pathsep)."""
-        if self.weights_dir is None or not expand_env(self.weights_dir).strip():
-            return None
-        return [_location(part, "weights_dir") for part in expand_env(self.weights_dir).split(os.pathsep) if part]
+        parts = expand_env(self.weights_dir or "").split(os.pathsep)
+        found = [_folder(part.strip(), self.weights_dir, "weights_dir") for part in parts if part.strip()]
+        return found or None
 
 
 def matches(cell: Cell, pattern: dict) -> bool:
@@ -130,11 +130,13 @@ def expand_env(value: str) -> str:
 
 
 def _location(raw: str | None, key: str) -> Path | None:
-    if raw is None:
-        return None
-    value = expand_env(raw).strip()
-    if not value:
-        return None
+    """The folder a grid key names, environment expanded; None where it names none."""
+    value = expand_env(raw).strip() if raw is not None else ""
+    return _folder(value, raw, key) if value else None
+
+
+def _folder(value: str, raw: str | None, key: str) -> Path:
+    """An expanded, non-empty folder name as an absolute path; one line where it is not a folder."""
     path = Path(value).expanduser().resolve()
     if not path.is_dir():
         raise CalibError(f"grid {key} {path} (from {raw!r}) is not a folder")

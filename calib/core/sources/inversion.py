@@ -46,20 +46,13 @@ def bn_mismatch(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.
     return torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)
 
 
-class BNStatsLoss:
-    """Hooks every BatchNorm2d input; `run(x)` is the model's forward, after which `value()` is the summed
-    mean/variance mismatch (`bn_mismatch`)."""
+class _BNTerms:
+    """What both BatchNorm-statistics losses share: `run(x)` is the model's forward, during which each BatchNorm
+    input adds its mismatch (`bn_mismatch`) to `terms`; `value()` sums and clears them."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.terms: list[torch.Tensor] = []
-        self.handles = [m.register_forward_pre_hook(self._hook) for m in model.modules()
-                        if isinstance(m, nn.BatchNorm2d)]
-        if not self.handles:
-            raise CalibError("model has no BatchNorm2d layers to invert")
-
-    def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
-        self.terms.append(bn_mismatch(inputs[0], module.running_mean, module.running_var))
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -68,6 +61,23 @@ class BNStatsLoss:
         total = torch.stack(self.terms).sum()
         self.terms.clear()
         return total
+
+    def remove(self) -> None:
+        """Leave the model as it was."""
+
+
+class BNStatsLoss(_BNTerms):
+    """Hooks on every BatchNorm2d module's input."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.handles = [m.register_forward_pre_hook(self._hook) for m in model.modules()
+                        if isinstance(m, nn.BatchNorm2d)]
+        if not self.handles:
+            raise CalibError("model has no BatchNorm2d layers to invert")
+
+    def _hook(self, module: nn.BatchNorm2d, inputs: tuple[torch.Tensor]) -> None:
+        self.terms.append(bn_mismatch(inputs[0], module.running_mean, module.running_var))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -90,18 +100,20 @@ class _Record(nn.Module):
             self.terms.append(bn_mismatch(x, running_mean, running_var))
 
 
-class GraphBNStats(BNStatsLoss):
+def _graph_batch_norms(graph: torch.fx.GraphModule) -> list:
+    return [n for n in graph.graph.nodes if n.op == "call_function" and n.target in _batch_norm_ops()]
+
+
+class GraphBNStats(_BNTerms):
     """The same loss for a `torch.export` graph, whose BatchNorm layers are calls rather than modules: a copy of
-    the graph records each batch-norm call's 4-D input against its running statistics."""
+    the graph (made once) records each batch-norm call's 4-D input against its running statistics."""
 
     def __init__(self, graph: torch.fx.GraphModule):
         import copy
 
-        self.terms = []
-        self.handles = []
-        self.model = copy.deepcopy(graph)
+        super().__init__(copy.deepcopy(graph))
         self.model.add_submodule("_bn_record", _Record(self.terms))
-        calls = [n for n in self.model.graph.nodes if n.op == "call_function" and n.target in _batch_norm_ops()]
+        calls = _graph_batch_norms(self.model)
         if not calls:
             raise CalibError("model has no BatchNorm2d layers to invert")
         for node in calls:
@@ -110,12 +122,20 @@ class GraphBNStats(BNStatsLoss):
         self.model.recompile()
 
 
-def bn_statistics(model: nn.Module) -> BNStatsLoss:
+def _is_graph(model: nn.Module) -> bool:
+    return isinstance(model, torch.fx.GraphModule) and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether inversion has statistics to match: BatchNorm2d modules, or batch-norm calls of an exported graph."""
+    return bool(_graph_batch_norms(model)) if _is_graph(model) else any(
+        isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def bn_statistics(model: nn.Module) -> _BNTerms:
     """The BatchNorm-statistics loss of `model`: hooks on its BatchNorm2d modules, or the batch-norm calls of a
     `torch.export` graph (which keeps no BatchNorm modules)."""
-    if isinstance(model, torch.fx.GraphModule) and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-        return GraphBNStats(model)
-    return BNStatsLoss(model)
+    return GraphBNStats(model) if _is_graph(model) else BNStatsLoss(model)
 
 
 def to_normalized(pixels: torch.Tensor) -> torch.Tensor:
@@ -146,18 +166,19 @@ def batch_plan(per_class: int, batch_size: int, num_classes: int = 10) -> list[n
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def optimize_inputs(model: nn.Module, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, seed: int,
+def optimize_inputs(model: nn.Module | _BNTerms, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, seed: int,
                     iterations: int, lr: float, w_bn: float, w_tv: float, w_l2: float, jitter: int = 2,
                     labels: np.ndarray | None = None, w_ce: float = 0.0) -> tuple[torch.Tensor, float, float]:
     """Adam on the normalized inputs `x` (a leaf that requires grad) toward the BatchNorm statistics of `model`,
     with total-variation and L2 priors, cross-entropy toward `labels` where given, jitter and flips drawn from
     `seed`; `x` stays inside [lo, hi] (the valid pixel range) at every step. Returns (x, BN loss at the first
-    step, BN loss of the final float inputs)."""
+    step, BN loss of the final float inputs). `model` may be its loss already (`bn_statistics`), to build that
+    once for many batches."""
     gen = torch.Generator().manual_seed(seed)
     y = torch.from_numpy(labels) if labels is not None else None
     opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
-    hooks = bn_statistics(model)
+    hooks = model if isinstance(model, _BNTerms) else bn_statistics(model)
     first_bn = None
     try:
         for _ in range(iterations):
@@ -182,7 +203,8 @@ def optimize_inputs(model: nn.Module, x: torch.Tensor, lo: torch.Tensor, hi: tor
             hooks.run(x)
             last_bn = float(hooks.value())
     finally:
-        hooks.remove()
+        if hooks is not model:
+            hooks.remove()
     return x, first_bn, last_bn
 
 
