@@ -179,7 +179,7 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
             (out_dir / ".last.pt.tmp").replace(ckpt)
 
     summary = {"model": cfg.model, "epochs": epoch, "steps": step, "train_seconds": round(elapsed, 1),
-               "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+               "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_text(),
                "recipe": f"SGD lr {cfg.lr} Nesterov momentum {cfg.momentum}, weight decay {cfg.weight_decay}, "
                          f"batch {cfg.batch_size}, cosine to 0 after {cfg.warmup_epochs} warm-up epochs, "
                          f"RandomCrop(32, padding 4) + horizontal flip, seed {cfg.seed}",
@@ -195,3 +195,13 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
             summary["test_data"] = test.source
         atomic_write_json(final.with_suffix(".json"), summary)
     return summary
+
+
+def _cpu_text() -> str:
+    """The training CPU for the card: model, cores, kernel-relevant flags and the ISA PyTorch's oneDNN ran."""
+    from calib.core.hardware import hardware
+
+    hw = hardware()
+    flags = ", ".join(hw["cpu_flags"]) or "no AVX2"
+    return (f"{hw['cpu_count']} {hw['cpu']} cores ({flags}; oneDNN ISA {hw['isa']}), CPU only, torch threads "
+            f"{torch.get_num_threads()}")
