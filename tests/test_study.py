@@ -95,6 +95,20 @@ def test_pool_starts_the_long_cells_first():
     assert longest_first(cells) == [cells[i] for i in (5, 4, 3, 2, 1, 0)]
 
 
+def test_select_keeps_baselines_and_refuses_values_the_grid_lacks():
+    from calib.study.grid import select
+
+    grid = load_grid(REPO / "experiments" / "families.toml")
+    every = expand(grid)
+    some = select(grid, models=["repvgg_a0"], algos=["default"], seeds=[0])
+    baselines = [c for c in every if c.kind == "baseline" and c.model == "repvgg_a0"]
+    assert [c for c in some if c.kind == "baseline"] == baselines
+    assert {(c.algo, c.seed) for c in some if c.kind == "quantize"} == {("default", 0)}
+    assert len([c for c in some if c.kind == "quantize"]) == 2 * len(grid.sources)  # fused and unfused
+    with pytest.raises(CalibError, match="--seeds 7: not in grid"):
+        select(grid, seeds=[7])
+
+
 def test_grid_exclude_and_benchmark_only_are_checked(tmp_path):
     grid = load_grid(write_grid(tmp_path, GRID + '[[exclude]]\nsource = ["fractal"]\nseed = [1]\n'))
     assert {(c.source, c.seed) for c in expand(grid) if c.kind == "quantize"} == {

@@ -30,6 +30,8 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
               address: Annotated[str | None, typer.Option(help="Ray cluster address (ray executor).")] = None,
               models: Annotated[str | None, typer.Option(help="Only these models (comma-separated).")] = None,
               sources: Annotated[str | None, typer.Option(help="Only these sources (comma-separated).")] = None,
+              algos: Annotated[str | None, typer.Option(help="Only these algorithms (comma-separated).")] = None,
+              seeds: Annotated[str | None, typer.Option(help="Only these seeds (comma-separated).")] = None,
               data_dir: DataDir = None,
               jobs: Annotated[int, typer.Option(min=1, help="Local worker processes for cells that time nothing; "
                                                             "timed cells always run alone.")] = 1,
@@ -44,9 +46,13 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
     if not grid.is_file():
         raise OptionError(f"grid file {grid} does not exist")
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
-    try:  # the grid's fields and --models/--sources are options too: refused before any work, exit code 2
+    try:  # the grid's fields and --models/--sources/... are options too: refused before any work, exit code 2
+        seed_list = [int(x) for x in split(seeds)] if seeds else None
+    except ValueError:
+        raise OptionError(f"--seeds {seeds}: give whole numbers joined by commas, e.g. 0,1") from None
+    try:
         g = load_grid(grid)
-        total = len(select(g, split(models), split(sources)))
+        total = len(select(g, split(models), split(sources), split(algos), seed_list))
     except OptionError:
         raise
     except CalibError as e:
@@ -70,7 +76,7 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
 
         with fd_stdout(log.stream if log is not None else sys.stderr):
             s = run_study(grid, out, executor.value, address, data_dir, split(models), split(sources), jobs=jobs,
-                          progress=False, on_row=on_row)
+                          progress=False, on_row=on_row, algos=split(algos), seeds=seed_list)
     if log is not None:
         log.save(out / "calib.log")
     say(f"{out}: {s['cells']} cells ({s['ran']} run now, {s['skipped_done']} already done); "

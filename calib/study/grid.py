@@ -267,15 +267,18 @@ def load_grid(path: Path) -> Grid:
     return grid
 
 
-def select(grid: Grid, models: list[str] | None = None, sources: list[str] | None = None) -> list[Cell]:
-    """The grid's cells restricted to some models and sources; a name the grid does not hold is an error."""
-    for given, known, what in ((models, grid.models, "models"), (sources, grid.sources, "sources")):
-        unknown = [x for x in given or () if x not in known]
+def select(grid: Grid, models: list[str] | None = None, sources: list[str] | None = None,
+           algos: list[str] | None = None, seeds: list[int] | None = None) -> list[Cell]:
+    """The grid's cells restricted to some models, sources, algorithms and seeds (baselines always stay); a value
+    the grid does not hold is an error."""
+    for given, known, what in ((models, grid.models, "models"), (sources, grid.sources, "sources"),
+                               (algos, grid.algos, "algos"), (seeds, grid.seeds, "seeds")):
+        unknown = [str(x) for x in given or () if x not in known]
         if unknown:
             raise CalibError(f"--{what} {','.join(unknown)}: not in grid {grid.name!r} "
-                             f"(its {what}: {', '.join(known)})")
-    return [c for c in expand(grid) if (not models or c.model in models)
-            and (not sources or c.kind == "baseline" or c.source in sources)]
+                             f"(its {what}: {', '.join(map(str, known))})")
+    return [c for c in expand(grid) if (not models or c.model in models) and (c.kind == "baseline" or (
+        (not sources or c.source in sources) and (not algos or c.algo in algos) and (not seeds or c.seed in seeds)))]
 
 
 def expand(grid: Grid) -> list[Cell]:

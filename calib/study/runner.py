@@ -134,7 +134,8 @@ def prepare(grid: Grid, todo: list[Cell], out: Path, data_dir: Path | None = Non
 
 def run_study(grid_path: Path, out: Path, executor: str = "local", address: str | None = None,
               data_dir: Path | None = None, models: list[str] | None = None, sources: list[str] | None = None,
-              progress: bool = True, jobs: int = 1, on_row: Callable[[dict], None] | None = None) -> dict:
+              progress: bool = True, jobs: int = 1, on_row: Callable[[dict], None] | None = None,
+              algos: list[str] | None = None, seeds: list[int] | None = None) -> dict:
     """Run every cell of a grid whose resolved condition has no `ok` row yet into `out`; returns counts, wall
     time and peak memory. `on_row(row)` hears of every cell's row: first the ok rows of cells done before, then
     each row as it is written (the CLI's progress).
@@ -151,14 +152,16 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
         raise CalibError(f"{ISA_ENV}={os.environ[ISA_ENV]} is set here; unset it and list the ISA in the grid's "
                          "`isas`, so each cell runs, and says, the ISA it was asked for")
     with weights_looked_up_once():
-        return _run_study(grid_path, out, executor, address, data_dir, models, sources, progress, jobs, on_row)
+        return _run_study(grid_path, out, executor, address, data_dir, models, sources, progress, jobs, on_row,
+                          algos, seeds)
 
 
 def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, data_dir: Path | None,
                models: list[str] | None, sources: list[str] | None, progress: bool, jobs: int,
-               on_row: Callable[[dict], None] | None) -> dict:
+               on_row: Callable[[dict], None] | None, algos: list[str] | None = None,
+               seeds: list[int] | None = None) -> dict:
     grid = load_grid(grid_path)
-    cells = select(grid, models, sources)  # unknown --models/--sources fail here, before anything is written
+    cells = select(grid, models, sources, algos, seeds)  # an unknown value fails here, before anything is written
     grid = resolve_grid(grid, data_dir)
     data_dir = Path(grid.data_dir) if grid.data_dir else None
     out.mkdir(parents=True, exist_ok=True)
