@@ -76,17 +76,11 @@ def diagnose_cmd(
     real values it clips, the share of its range they use, and the INT8 error against FP32, worst first."""
     from calib.core.diagnose import run_diagnose
 
-    stated = {"--mean": mean, "--std": std, "--input-size": input_size, "--contract": contract,
-              "--classes": classes, "--bgr": bgr or None, "--raw-pixels": raw_pixels or None, "--source": source,
-              "--folder": folder}
-    if is_own(model, stated):
-        zoo_only = {"--calib": calib or None, "--subset-size": subset_size, "--weights": weights,
-                    "--preset": None if preset == Preset.performance else preset,
-                    "--no-fast-bias-correction": None if fast_bias_correction else True}
-        given = [k for k, v in zoo_only.items() if v is not None]
-        if given:
-            raise OptionError(f"{', '.join(given)} is not available with your own model's contract and --source; "
-                              "leave it out")
+    stated = {"--mean": mean, "--std": std, "--input-size": input_size, "--contract": contract, "--classes": classes,
+              "--bgr": bgr, "--raw-pixels": raw_pixels, "--source": source, "--folder": folder}
+    zoo_only = {"--calib": calib, "--subset-size": subset_size, "--weights": weights,
+                "--preset": preset != Preset.performance, "--no-fast-bias-correction": not fast_bias_correction}
+    if is_own(model, stated, zoo_only):
         req = own_request(model, source, images, folder, contract, mean, std, input_size, bgr, raw_pixels, classes,
                           None, seed, data_dir)
         with spinner(f"diagnose {Path(model).name}, {images} {source} images"):

@@ -27,11 +27,17 @@ def _floats(text: str | None, option: str) -> list[float] | None:
         raise OptionError(f"{option} takes numbers separated by commas, not {text!r}") from None
 
 
-def is_own(model: str, stated: dict) -> bool:
-    """Whether `--model` goes the own-model way: a contract or --source is stated, or the file is PyTorch."""
+def is_own(model: str, stated: dict, zoo_only: dict) -> bool:
+    """Whether `--model` goes the own-model way: a contract or --source is `stated` (option -> value, None or
+    False where not given), or the file is PyTorch; then any `zoo_only` option given is refused in one line."""
     from calib.core.foreign import TORCHSCRIPT_SUFFIXES
 
-    return any(v is not None for v in stated.values()) or Path(model).suffix.lower() in TORCHSCRIPT_SUFFIXES
+    own = any(v not in (None, False) for v in stated.values()) or Path(model).suffix.lower() in TORCHSCRIPT_SUFFIXES
+    given = [k for k, v in zoo_only.items() if v not in (None, False)]
+    if own and given:
+        raise OptionError(f"{', '.join(given)} is not available with your own model's contract and --source; "
+                          "leave it out")
+    return own
 
 
 def own_request(model: str, source: str | None, images: int, folder: Path | None, card: Path | None,

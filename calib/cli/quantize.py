@@ -99,20 +99,15 @@ def quantize_cmd(
     from calib.core.progress import progress
     from calib.core.spec import QuantizeSpec
 
-    stated = {"--mean": mean, "--std": std, "--input-size": input_size, "--contract": contract,
-              "--classes": classes, "--bgr": bgr or None, "--raw-pixels": raw_pixels or None, "--source": source,
-              "--folder": folder}
-    if is_own(model, stated):
-        zoo_only = {"--calib": calib, "--subset-size": subset_size, "--preset": preset,
-                    "--fast-bias-correction": fast_bias_correction, "--drop-type": drop_type,
-                    "--calibrate-method": calibrate_method, "--ranking-subset-size": ranking_subset_size,
-                    "--overflow-fix": overflow_fix, "--reduce-range": reduce_range,
-                    "--batch": None if calibration_batch == 1 else calibration_batch, "--weights": weights,
-                    "--evaluate": evaluate or None}
-        given = [k for k, v in zoo_only.items() if v is not None]
-        if given:
-            raise OptionError(f"{', '.join(given)} is not available with your own model's contract and --source; "
-                              "leave it out")
+    stated = {"--mean": mean, "--std": std, "--input-size": input_size, "--contract": contract, "--classes": classes,
+              "--bgr": bgr, "--raw-pixels": raw_pixels, "--source": source, "--folder": folder}
+    zoo_only = {"--calib": calib, "--subset-size": subset_size, "--preset": preset,
+                "--fast-bias-correction": fast_bias_correction is not None, "--drop-type": drop_type,
+                "--calibrate-method": calibrate_method, "--ranking-subset-size": ranking_subset_size,
+                "--overflow-fix": overflow_fix, "--reduce-range": reduce_range is not None,
+                "--batch": calibration_batch != 1,
+                "--weights": weights, "--evaluate": evaluate}
+    if is_own(model, stated, zoo_only):
         req = own_request(model, source, images, folder, contract, mean, std, input_size, bgr, raw_pixels, classes,
                           engine.value if engine else None, seed, data_dir, algo.value, max_drop)
         quantize_own_model(req, out, overwrite, record_path, format)
