@@ -157,6 +157,34 @@ def test_run_uses_the_grids_data_and_weights(tmp_path, monkeypatch, cifar_dir, w
     assert json.loads((tmp_path / "run" / "test_labels.json").read_text())["images"] == 80
 
 
+def test_a_cell_is_its_content_not_where_its_data_and_weights_live(tmp_path, cifar_dir, weights_dir):
+    """Moving the data tree or the weight files makes no new cell; changing what they hold does."""
+    import shutil
+
+    from calib.study.condition import condition, condition_id, resolve_context
+    from calib.study.grid import select
+    from calib.study.plan import weights_or_reason
+    from calib.study.runner import resolve_grid
+
+    def ids(data, weights) -> dict:
+        grid_text = GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["cifar10", "inversion"]')
+        text = f'data_dir = "{data}"\nweights_dir = "{weights}"\n' + grid_text.replace("seeds = [0, 1]", "seeds = [0]")
+        grid = resolve_grid(load_grid(write_grid(tmp_path, text)), None)
+        ctx = resolve_context(grid, data)
+        return {c.id: condition_id(condition(grid, c, ctx, weights_or_reason(c.model, grid)[0], data))
+                for c in select(grid)}
+
+    here = ids(cifar_dir, weights_dir)
+    moved_data, moved_weights = tmp_path / "elsewhere" / "data", tmp_path / "elsewhere" / "weights"
+    shutil.copytree(cifar_dir, moved_data)
+    shutil.copytree(weights_dir, moved_weights)
+    assert ids(moved_data, moved_weights) == here and len(here) == 3
+    a, b = sorted(moved_data.glob("train/*/*"))[:2]
+    shutil.copy(b, a)  # one train image changed
+    changed = ids(moved_data, moved_weights)
+    assert {k for k in here if changed[k] != here[k]} == set(here)  # the data's hashes are in every condition
+
+
 def test_unknown_filter_names_are_one_clear_error(tmp_path):
     grid = write_grid(tmp_path)
     with pytest.raises(CalibError, match="--models tiny_cnnn: not in grid 't'"):
