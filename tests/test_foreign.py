@@ -565,6 +565,15 @@ def test_cli_diagnose_own_model_on_its_validation_images_by_its_contract(mobilen
     val_x, _ = read_tree(root / "val")
     assert first["ref_min"] == pytest.approx(val_x.min(), abs=1e-5)
     assert first["ref_max"] == pytest.approx(val_x.max(), abs=1e-5)
+    # an ONNX file (which calib would quantize with ONNX Runtime) is diagnosed through OpenVINO, its contract
+    # read from the file itself
+    onnx_file = foreign.to_onnx(foreign.check(foreign.open_model(path), BGR_IMAGENET), BGR_IMAGENET,
+                                tmp_path / "net.onnx")
+    result = CliRunner().invoke(app, ["diagnose", "--model", str(onnx_file), "--source", "noise", "--images", "8",
+                                      "--data-dir", str(root), "--out", str(tmp_path / "diag-onnx"), "--record",
+                                      str(tmp_path / "rows.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "diag-onnx" / "rows.jsonl").read_text().count("\n") == len(rows)
     for args, says in ((["--reference", "test", "--data-dir", str(root)], "never looks at the test split"),
                        ([], "give --data-dir ROOT"),
                        (["--reference", str(root / "test" / "cat"), "--data-dir", str(root)], "inside the test split"),

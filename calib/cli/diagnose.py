@@ -82,7 +82,7 @@ def diagnose_cmd(
                 "--preset": preset != Preset.performance, "--no-fast-bias-correction": not fast_bias_correction}
     if is_own(model, stated, zoo_only):
         req = own_request(model, source, images, folder, contract, mean, std, input_size, bgr, raw_pixels, classes,
-                          None, seed, data_dir)
+                          "openvino", seed, data_dir)  # NNCF's quantizers are what diagnose reads
         with spinner(f"diagnose {Path(model).name}, {images} {source} images"):
             r = diagnose_own_model(req, reference, per_layer_accuracy, rank_by, out, overwrite, record_path)
         _show(r, model, rank_by, top)
