@@ -5,6 +5,7 @@
 set -euo pipefail
 model=${1:?usage: machine_spread.sh MODEL.xml}
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(date -u +%FT%TZ)"
+echo "# $(python -c 'from calib.core.hardware import hardware; h = hardware(); print("flags:", " ".join(h["cpu_flags"]) or "-", "| oneDNN ISA:", h["isa"])')"
 echo "# benchmark_app -m $model -hint throughput -b 32 -t T, 5 runs per T; spread = (max - min) / median"
 for t in 1 5; do
   fps=$(for _ in 1 2 3 4 5; do

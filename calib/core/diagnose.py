@@ -577,7 +577,8 @@ def diagnose_own(req, out: Path, reference: str | Path | None = None, per_layer_
     if per_layer_accuracy:
         if req.data_dir is None:
             raise OptionError("--per-layer-accuracy needs labeled validation images: give --data-dir ROOT")
-        validation = folder_splits(Path(req.data_dir), req.contract)["validation"]
+        # the default reference is the validation split already read; read it only for another reference
+        validation = ref if ref.role == "validation" else folder_splits(Path(req.data_dir), req.contract)["validation"]
     options = {"own": {k: str(v) if isinstance(v, Path) else v for k, v in req.__dict__.items() if k != "contract"},
                "contract": req.contract.to_dict(), "reference": str(reference or "validation"),
                "per_layer_accuracy": per_layer_accuracy, "rank_by": RankBy(rank_by)}

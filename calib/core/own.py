@@ -91,12 +91,12 @@ def folder_splits(root: Path, contract: InputContract, split: SplitConfig = Spli
     return out
 
 
-def validation_from(root: Path) -> str:
+def validation_from(root: Path, split: SplitConfig = SplitConfig()) -> str:
     """Where `folder_splits` takes validation from, in words for rows."""
     if (Path(root) / "val").is_dir():
         return f"{Path(root) / 'val'} (held out by you)"
-    return f"a seeded cut of {Path(root) / 'train'} ({SplitConfig().validation_per_class} per class unless " \
-           "stated): the model must not have trained on it"
+    return (f"a seeded cut of {Path(root) / 'train'} ({split.validation_per_class} per class, seed {split.seed}): "
+            "the model must not have trained on it")
 
 
 def heldout(root: Path | None, contract: InputContract, split: SplitConfig = SplitConfig()) -> np.ndarray:
@@ -248,7 +248,7 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
                  else int8.stat().st_size, "contract": req.contract.to_dict(), "quantize": params,
                  "inversion": inverted or None,
                  "algo": req.algo, "validation_images": len(validation) if validation is not None else 0,
-                 "validation_from": validation_from(req.data_dir) if validation is not None else None,
+                 "validation_from": validation_from(req.data_dir, split) if validation is not None else None,
                  "fp32_accuracy": None, "int8_accuracy": None, "int8_agreement": None, "test_images": 0}
     if req.data_dir is not None and (Path(req.data_dir) / "test").is_dir():
         test = read_labeled(Path(req.data_dir) / "test", req.contract, "test")
