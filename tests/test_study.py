@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from calib.cli import app
 from calib.core.errors import CalibError
 from calib.core.runs import read_jsonl
-from calib.study.grid import expand, load_grid
+from calib.study.grid import Selection, expand, load_grid
 from calib.study.report import write_report
 from calib.study.rows import newest_rows
 from calib.study.runner import run_study
@@ -100,13 +100,13 @@ def test_select_keeps_baselines_and_refuses_values_the_grid_lacks():
 
     grid = load_grid(REPO / "experiments" / "families.toml")
     every = expand(grid)
-    some = select(grid, models=["repvgg_a0"], algos=["default"], seeds=[0])
+    some = select(grid, Selection(models=("repvgg_a0",), algos=("default",), seeds=(0,)))
     baselines = [c for c in every if c.kind == "baseline" and c.model == "repvgg_a0"]
     assert [c for c in some if c.kind == "baseline"] == baselines
     assert {(c.algo, c.seed) for c in some if c.kind == "quantize"} == {("default", 0)}
     assert len([c for c in some if c.kind == "quantize"]) == 2 * len(grid.sources)  # fused and unfused
     with pytest.raises(CalibError, match="--seeds 7: not in grid"):
-        select(grid, seeds=[7])
+        select(grid, Selection(seeds=(7,)))
 
 
 def test_grid_exclude_and_benchmark_only_are_checked(tmp_path):
@@ -188,9 +188,9 @@ def test_a_cell_is_its_content_not_where_its_data_and_weights_live(tmp_path, cif
 def test_unknown_filter_names_are_one_clear_error(tmp_path):
     grid = write_grid(tmp_path)
     with pytest.raises(CalibError, match="--models tiny_cnnn: not in grid 't'"):
-        run_study(grid, tmp_path / "run", models=["tiny_cnnn"], progress=False)
+        run_study(grid, tmp_path / "run", selection=Selection(models=("tiny_cnnn",)), progress=False)
     with pytest.raises(CalibError, match="--sources noize: not in grid"):
-        run_study(grid, tmp_path / "run", sources=["noise", "noize"], progress=False)
+        run_study(grid, tmp_path / "run", selection=Selection(sources=("noise", "noize")), progress=False)
     assert not (tmp_path / "run").exists()  # nothing written
     result = CliRunner().invoke(app, ["study", "run", str(grid), "--out", str(tmp_path / "run"), "--sources", "noize"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and "noize" in result.output

@@ -8,6 +8,7 @@ from pathlib import Path
 from calib.cli.app import Format, emit, is_quiet, say
 from calib.cli.options import refuse_int8
 from calib.core.errors import CalibError, OptionError
+from calib.core.folders import claim
 
 
 def accuracy_text(r: dict) -> str:
@@ -91,13 +92,6 @@ def own_request(model: str, source: str | None, images: int, folder: Path | None
                       max_drop=max_drop)
 
 
-def _claim(out: Path, overwrite: bool) -> bool:
-    """Refuse an existing --out without --overwrite; returns whether the folder is new (removed on failure)."""
-    if out.exists() and not overwrite:
-        raise OptionError(f"--out {out} exists; pass --overwrite to replace what calib wrote there")
-    return not out.exists()
-
-
 def quantize_own_model(req, out: Path | None, overwrite: bool, record_path: Path, format: Format) -> None:
     """`calib quantize` for your own model: `calib.core.own.quantize_own`, a failed run leaving no folder."""
     import shutil
@@ -108,7 +102,8 @@ def quantize_own_model(req, out: Path | None, overwrite: bool, record_path: Path
     algo = "" if req.algo == "default" else f"-{req.algo}"
     name = f"own-{req.model.stem}-{req.engine}{algo}-{req.source}-{req.images}-s{req.seed}"
     out = out or Path("runs/quantize") / name
-    made = _claim(out, overwrite)
+    made = not out.exists()  # a new folder is removed again if the run fails
+    claim(out, overwrite)
     try:
         with progress(f"quantize {req.model.name} ({req.engine}, {req.source})", None, is_quiet()):
             row = quantize_own(req, out, record_path)
@@ -140,7 +135,7 @@ def diagnose_own_model(req, reference: str, per_layer_accuracy: int, rank_by, ou
     from calib.core.diagnose import diagnose_own
 
     out = out or Path("runs/diagnose") / f"own-{req.model.stem}-{req.source}-{req.images}-s{req.seed}"
-    _claim(out, overwrite)
+    claim(out, overwrite)
     return diagnose_own(req, out, reference, per_layer_accuracy, rank_by, is_quiet(), record_path, overwrite)
 
 

@@ -40,19 +40,20 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
 
     One progress bar (cells done of all, ok / skipped / errors, time left), one line per error, a summary."""
     from calib.core.progress import duration, fd_stdout, progress
-    from calib.study.grid import load_grid, select
+    from calib.study.grid import Selection, load_grid, select
     from calib.study.runner import run_study
 
     if not grid.is_file():
         raise OptionError(f"grid file {grid} does not exist")
-    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip()) if v else None  # noqa: E731
     try:  # the grid's fields and --models/--sources/... are options too: refused before any work, exit code 2
-        seed_list = [int(x) for x in split(seeds)] if seeds else None
+        seed_list = tuple(int(x) for x in split(seeds)) if seeds else None
     except ValueError:
         raise OptionError(f"--seeds {seeds}: give whole numbers joined by commas, e.g. 0,1") from None
+    selection = Selection(split(models), split(sources), split(algos), seed_list)
     try:
         g = load_grid(grid)
-        total = len(select(g, split(models), split(sources), split(algos), seed_list))
+        total = len(select(g, selection))
     except OptionError:
         raise
     except CalibError as e:
@@ -75,8 +76,8 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
                 advance.note(f"error: cell {row.get('cell')} ({what}): {row.get('reason', '')}")
 
         with fd_stdout(log.stream if log is not None else sys.stderr):
-            s = run_study(grid, out, executor.value, address, data_dir, split(models), split(sources), jobs=jobs,
-                          progress=False, on_row=on_row, algos=split(algos), seeds=seed_list)
+            s = run_study(grid, out, executor.value, address, data_dir, selection, jobs=jobs, progress=False,
+                          on_row=on_row)
     if log is not None:
         log.save(out / "calib.log")
     say(f"{out}: {s['cells']} cells ({s['ran']} run now, {s['skipped_done']} already done); "

@@ -99,12 +99,13 @@ def validation_from(root: Path, split: SplitConfig = SplitConfig()) -> str:
             "the model must not have trained on it")
 
 
-def heldout(root: Path | None, contract: InputContract, split: SplitConfig = SplitConfig()) -> np.ndarray:
-    """Pixel hashes (at the contract's size) of the tree's test and validation images: calibration never
-    sees them."""
+def heldout(root: Path | None, contract: InputContract, split: SplitConfig = SplitConfig(),
+            parts: dict[str, LabeledImages] | None = None) -> np.ndarray:
+    """Pixel hashes (at the contract's size) of the tree's test and validation images (`parts`: its splits,
+    if already read): calibration never sees them."""
     if root is None:
         return np.empty(0, np.uint64)
-    parts = folder_splits(root, contract, split)
+    parts = parts if parts is not None else folder_splits(root, contract, split)
     held = [image_hashes(parts[r].images) for r in ("test", "validation") if r in parts]
     return np.sort(np.concatenate(held)) if held else np.empty(0, np.uint64)
 
@@ -141,9 +142,11 @@ def _fractal(n: int, seed: int, contract: InputContract, variants: int = 25) -> 
 
 
 def make_images(source: str, n: int, seed: int, contract: InputContract, folder: Path | None = None,
-                data_dir: Path | None = None, split: SplitConfig = SplitConfig()) -> np.ndarray:
+                data_dir: Path | None = None, split: SplitConfig = SplitConfig(),
+                parts: dict[str, LabeledImages] | None = None) -> np.ndarray:
     """`n` calibration images (uint8 NHWC RGB at the contract's size) from `source`; a `folder` image whose
-    pixels equal a test or validation image of `data_dir` is refused, as is a folder inside its test/."""
+    pixels equal a test or validation image of `data_dir` (`parts`: its splits, if already read) is refused, as
+    is a folder inside its test/."""
     if source not in SOURCES:
         raise OptionError(f"--source {source} is not one for your own model; sources: {', '.join(SOURCES)}")
     if n < 1:
@@ -172,7 +175,7 @@ def make_images(source: str, n: int, seed: int, contract: InputContract, folder:
         raise CalibError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     pick = np.sort(np.random.default_rng(seed).permutation(len(paths))[:n])
     images = _read_images([paths[i] for i in pick], contract)
-    held = heldout(data_dir, contract, split)
+    held = heldout(data_dir, contract, split, parts)
     clash = np.isin(image_hashes(images), held)
     if clash.any():
         first = paths[pick[int(np.flatnonzero(clash)[0])]]
@@ -222,7 +225,8 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
     split = replace(SplitConfig(), validation_per_class=req.validation_per_class)
     spec = QuantizeSpec(str(req.model), out, engine=engine_name, seed=req.seed, algo=req.algo,  # checks options
                         max_drop=req.max_drop)
-    validation = accuracy_aware_validation(req, split) if req.algo != "default" else None
+    parts = tree_splits(req, split)
+    validation = accuracy_aware_validation(req, parts) if req.algo != "default" else None
     options = {**{k: str(v) if isinstance(v, Path) else v for k, v in req.__dict__.items() if k != "contract"},
                "engine": engine_name, "contract": req.contract.to_dict()}
     runs.start_run(out, options, seeds={"calibration": req.seed},
@@ -236,7 +240,7 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
     if req.source == "inversion":
         images, inverted = invert(module, req.contract, req.images, req.seed)
     else:
-        images = make_images(req.source, req.images, req.seed, req.contract, req.folder, req.data_dir, split)
+        images = make_images(req.source, req.images, req.seed, req.contract, req.folder, req.data_dir, split, parts)
     x = to_model_input(images, req.contract)
     int8, params = engine.quantize(fp32, [x[i : i + 1] for i in range(len(x))], spec, out / "int8", validation,
                                    req.contract)
@@ -251,7 +255,7 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
                  "validation_from": validation_from(req.data_dir, split) if validation is not None else None,
                  "fp32_accuracy": None, "int8_accuracy": None, "int8_agreement": None, "test_images": 0}
     if req.data_dir is not None and (Path(req.data_dir) / "test").is_dir():
-        test = read_labeled(Path(req.data_dir) / "test", req.contract, "test")
+        test = parts["test"] if "test" in parts else read_labeled(Path(req.data_dir) / "test", req.contract, "test")
         xt = to_model_input(test.images, req.contract)
         p32, _ = engine.predict(fp32, xt)
         p8, _ = engine.predict(int8, xt)
@@ -265,13 +269,20 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
     return row
 
 
-def accuracy_aware_validation(req: OwnRequest, split: SplitConfig) -> LabeledImages:
-    """The images accuracy-aware quantization validates on: the tree's validation split (never its test images,
-    never the calibration images); one line where there are none."""
-    if req.data_dir is None:
+def tree_splits(req: OwnRequest, split: SplitConfig) -> dict[str, LabeledImages]:
+    """The splits of `req.data_dir`, read once per run, and only where the run needs more than its test images
+    (accuracy-aware validation, the folder source's guard): a large train/ is not read for nothing."""
+    if req.algo != "default" and req.data_dir is None:
         raise OptionError("--algo accuracy-aware validates on your labeled images: give --data-dir ROOT with "
                           "ROOT/val/<class>/* (or ROOT/train/<class>/*, cut by a seed)")
-    parts = folder_splits(Path(req.data_dir), req.contract, split)
+    if req.data_dir is None or (req.algo == "default" and req.source != "folder"):
+        return {}
+    return folder_splits(Path(req.data_dir), req.contract, split)
+
+
+def accuracy_aware_validation(req: OwnRequest, parts: dict[str, LabeledImages]) -> LabeledImages:
+    """The images accuracy-aware quantization validates on: the tree's validation split (never its test images,
+    never the calibration images); one line where there are none."""
     if "validation" not in parts:
         raise OptionError(f"--data-dir {req.data_dir} has neither val/ nor train/: accuracy-aware quantization "
                           "needs validation images")

@@ -267,18 +267,37 @@ def load_grid(path: Path) -> Grid:
     return grid
 
 
-def select(grid: Grid, models: list[str] | None = None, sources: list[str] | None = None,
-           algos: list[str] | None = None, seeds: list[int] | None = None) -> list[Cell]:
-    """The grid's cells restricted to some models, sources, algorithms and seeds (baselines always stay); a value
-    the grid does not hold is an error."""
-    for given, known, what in ((models, grid.models, "models"), (sources, grid.sources, "sources"),
-                               (algos, grid.algos, "algos"), (seeds, grid.seeds, "seeds")):
-        unknown = [str(x) for x in given or () if x not in known]
-        if unknown:
-            raise CalibError(f"--{what} {','.join(unknown)}: not in grid {grid.name!r} "
-                             f"(its {what}: {', '.join(map(str, known))})")
-    return [c for c in expand(grid) if (not models or c.model in models) and (c.kind == "baseline" or (
-        (not sources or c.source in sources) and (not algos or c.algo in algos) and (not seeds or c.seed in seeds)))]
+@dataclass(frozen=True)
+class Selection:
+    """Some of a grid's cells: only these models, sources, algorithms and seeds (None: all of them). Baselines
+    always stay, since every quantize cell is compared with its own."""
+
+    models: tuple[str, ...] | None = None
+    sources: tuple[str, ...] | None = None
+    algos: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+
+    def check(self, grid: Grid) -> None:
+        """A value the grid does not hold is an error, named as its command-line option."""
+        for what in ("models", "sources", "algos", "seeds"):
+            known = getattr(grid, what)
+            unknown = [str(x) for x in getattr(self, what) or () if x not in known]
+            if unknown:
+                raise CalibError(f"--{what} {','.join(unknown)}: not in grid {grid.name!r} "
+                                 f"(its {what}: {', '.join(map(str, known))})")
+
+    def keeps(self, cell: Cell) -> bool:
+        if self.models and cell.model not in self.models:
+            return False
+        return cell.kind == "baseline" or ((not self.sources or cell.source in self.sources)
+                                           and (not self.algos or cell.algo in self.algos)
+                                           and (not self.seeds or cell.seed in self.seeds))
+
+
+def select(grid: Grid, selection: Selection = Selection()) -> list[Cell]:
+    """The grid's cells that `selection` keeps, after checking it against the grid."""
+    selection.check(grid)
+    return [c for c in expand(grid) if selection.keeps(c)]
 
 
 def expand(grid: Grid) -> list[Cell]:

@@ -34,7 +34,7 @@ from calib.study.artifacts import generate_once, set_plan
 from calib.study.cells import run_cell
 from calib.study.condition import Context, condition, condition_id, resolve_context
 from calib.study.executors import run_local, run_ray
-from calib.study.grid import Cell, Grid, load_grid, select, source_options
+from calib.study.grid import Cell, Grid, Selection, load_grid, select, source_options
 from calib.study.memory import PeakMemory, peak_rss_mib
 from calib.study.plan import plan_cell, test_for, weights_looked_up_once, weights_or_reason
 from calib.study.rows import ROWS, append_row, error_row, repair_rows
@@ -133,9 +133,8 @@ def prepare(grid: Grid, todo: list[Cell], out: Path, data_dir: Path | None = Non
 
 
 def run_study(grid_path: Path, out: Path, executor: str = "local", address: str | None = None,
-              data_dir: Path | None = None, models: list[str] | None = None, sources: list[str] | None = None,
-              progress: bool = True, jobs: int = 1, on_row: Callable[[dict], None] | None = None,
-              algos: list[str] | None = None, seeds: list[int] | None = None) -> dict:
+              data_dir: Path | None = None, selection: Selection = Selection(), progress: bool = True,
+              jobs: int = 1, on_row: Callable[[dict], None] | None = None) -> dict:
     """Run every cell of a grid whose resolved condition has no `ok` row yet into `out`; returns counts, wall
     time and peak memory. `on_row(row)` hears of every cell's row: first the ok rows of cells done before, then
     each row as it is written (the CLI's progress).
@@ -152,16 +151,13 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
         raise CalibError(f"{ISA_ENV}={os.environ[ISA_ENV]} is set here; unset it and list the ISA in the grid's "
                          "`isas`, so each cell runs, and says, the ISA it was asked for")
     with weights_looked_up_once():
-        return _run_study(grid_path, out, executor, address, data_dir, models, sources, progress, jobs, on_row,
-                          algos, seeds)
+        return _run_study(grid_path, out, executor, address, data_dir, selection, progress, jobs, on_row)
 
 
 def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, data_dir: Path | None,
-               models: list[str] | None, sources: list[str] | None, progress: bool, jobs: int,
-               on_row: Callable[[dict], None] | None, algos: list[str] | None = None,
-               seeds: list[int] | None = None) -> dict:
+               selection: Selection, progress: bool, jobs: int, on_row: Callable[[dict], None] | None) -> dict:
     grid = load_grid(grid_path)
-    cells = select(grid, models, sources, algos, seeds)  # an unknown value fails here, before anything is written
+    cells = select(grid, selection)  # an unknown value fails here, before anything is written
     grid = resolve_grid(grid, data_dir)
     data_dir = Path(grid.data_dir) if grid.data_dir else None
     out.mkdir(parents=True, exist_ok=True)
