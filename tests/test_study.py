@@ -526,3 +526,20 @@ def LABELS_OF(run):  # noqa: N802 - reads like the constant it stands for
     from calib.study.report import load_test_labels
 
     return load_test_labels(run)
+
+
+def test_accuracy_aware_table_tells_fused_from_unfused_and_judges_the_promise():
+    import pandas as pd
+
+    from calib.study.report import accuracy_aware_table
+
+    base = {"model": "repvgg_a0", "source": "noise", "isa": "native", "seed": 0, "algo": "accuracy-aware",
+            "max_drop": 0.02, "validation_source": "train_validation_split", "validation_images": 1000,
+            "aa_fp32_validation_accuracy": 0.9, "aa_int8_validation_accuracy": 0.89, "aa_kept_fp32_count": 0,
+            "fp32_accuracy": 0.90}
+    # standard error of 0.9 on 1,000 images: sqrt(0.09 / 1000) = 0.0095, so 1.96 se = 0.0186
+    cells = pd.DataFrame([{**base, "fuse": True, "int8_accuracy": 0.88},      # drop 0.02: kept
+                          {**base, "fuse": False, "int8_accuracy": 0.87}])    # drop 0.03 < 0.02 + 0.0186
+    table = accuracy_aware_table(cells)
+    assert list(zip(table.fuse, table.max_drop_kept)) == [(False, "within validation sampling error"),
+                                                          (True, "yes")]

@@ -266,10 +266,10 @@ def accuracy_aware_table(cells: pd.DataFrame) -> pd.DataFrame:
     aa["max_drop_kept"] = np.where(aa.test_drop <= limit + 1e-9, "yes",  # a drop equal to max_drop keeps it
                                    np.where(aa.test_drop <= limit + 1.96 * aa.validation_se,
                                             "within validation sampling error", "no"))
-    cols = ["model", "source", "isa", "seed", "max_drop", "validation_source", "validation_images",
+    cols = ["model", "fuse", "source", "isa", "seed", "max_drop", "validation_source", "validation_images",
             "aa_fp32_validation_accuracy", "aa_int8_validation_accuracy", "aa_kept_fp32_count", "validation_se",
             "fp32_accuracy", "int8_accuracy", "test_drop", "max_drop_kept"]
-    return aa[cols].sort_values(["model", "source", "isa", "seed"]).reset_index(drop=True)
+    return aa.reindex(columns=cols).sort_values(["model", "fuse", "source", "isa", "seed"]).reset_index(drop=True)
 
 
 def long_table(cells: pd.DataFrame, labels: np.ndarray | None = None, subsets: dict | None = None) -> pd.DataFrame:
