@@ -8,7 +8,6 @@ from pathlib import Path
 from calib.cli.app import Format, emit, is_quiet, say
 from calib.cli.options import refuse_int8
 from calib.core.errors import CalibError, OptionError
-from calib.core.folders import claim
 
 
 def accuracy_text(r: dict) -> str:
@@ -96,6 +95,7 @@ def quantize_own_model(req, out: Path | None, overwrite: bool, record_path: Path
     """`calib quantize` for your own model: `calib.core.own.quantize_own`, a failed run leaving no folder."""
     import shutil
 
+    from calib.core.folders import claim
     from calib.core.own import quantize_own
     from calib.core.progress import progress
 
@@ -133,6 +133,7 @@ def diagnose_own_model(req, reference: str, per_layer_accuracy: int, rank_by, ou
     """`calib diagnose` for your own model: `calib.core.diagnose.diagnose_own` into `out` (default
     runs/diagnose/own-<model>-<source>-<images>-s<seed>)."""
     from calib.core.diagnose import diagnose_own
+    from calib.core.folders import claim
 
     out = out or Path("runs/diagnose") / f"own-{req.model.stem}-{req.source}-{req.images}-s{req.seed}"
     claim(out, overwrite)
