@@ -26,7 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from repvgg_levers import advanced, fq_count, predict  # noqa: E402  (the lever settings, one definition)
 
-LEVERS = ("default", "smooth_quant", "minmax", "per_tensor_weights")
+LEVERS = ("default", "smooth_quant", "minmax", "per_tensor_weights", "mean_no_outliers", "percentile",
+          "accuracy_aware")
 
 
 def stress(net, k: float, seed: int) -> None:
@@ -95,9 +96,16 @@ def main() -> None:
     rows_path = args.out / "stress.jsonl"
     test = load_split("test")
     x_test = to_model_input(test.images)
-    pool = train_splits()["calibration_pool"]
+    splits = train_splits()
+    pool, validation = splits["calibration_pool"], splits["validation"]  # the weights never saw validation
     x_calib = to_model_input(pool.images[balanced_indices(pool.labels, args.images, args.seed)])
     items = list(x_calib.reshape(-1, 30, 3, 32, 32))
+    x_val = to_model_input(validation.images)[:, None]  # one image per validation item
+
+    def validate(compiled, data) -> float:
+        data = list(data)
+        preds = np.array([compiled(x)[0].argmax(1)[0] for x, _ in data])
+        return float((preds == np.array([y for _, y in data])).mean())
     common = {"model": args.model, "weights": args.weights.name, "weights_sha256": sha256_file(args.weights),
               "source": "cifar10", "calib_images": len(x_calib), "seed": args.seed, "test": test.source,
               "test_images": len(test), "git_sha": git_sha(), **hardware(), "versions": versions()}
@@ -115,9 +123,15 @@ def main() -> None:
         for lever in args.levers.split(","):
             t0 = time.perf_counter()
             kw = {"model_type": nncf.ModelType.TRANSFORMER} if lever == "smooth_quant" else {}
-            q = nncf.quantize(fp32, nncf.Dataset(items), subset_size=len(items), fast_bias_correction=True,
-                              preset=nncf.QuantizationPreset.PERFORMANCE, advanced_parameters=advanced(lever, 30),
-                              **kw)
+            common_kw = {"subset_size": len(items), "fast_bias_correction": True,
+                         "preset": nncf.QuantizationPreset.PERFORMANCE}
+            if lever == "accuracy_aware":  # validation: the held-out train split, never the test images
+                q = nncf.quantize_with_accuracy_control(
+                    fp32, nncf.Dataset(items), nncf.Dataset(list(zip(x_val, validation.labels))), validate,
+                    max_drop=0.01, advanced_quantization_parameters=advanced("default", 30), **common_kw)
+            else:
+                q = nncf.quantize(fp32, nncf.Dataset(items), advanced_parameters=advanced(lever, 30), **common_kw,
+                                  **kw)
             seconds = time.perf_counter() - t0
             pred = predict(q, x_test)
             acc = float((pred == test.labels).mean())
