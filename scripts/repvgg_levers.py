@@ -61,6 +61,13 @@ def advanced(lever: str, batch: int):
     return AdvancedQuantizationParameters(**kw)
 
 
+def top1(compiled, data) -> float:
+    """NNCF's validation function for accuracy-aware quantization: top-1 accuracy over (input, label) items."""
+    data = list(data)
+    preds = np.array([compiled(x)[0].argmax(1)[0] for x, _ in data])
+    return float((preds == np.array([y for _, y in data])).mean())
+
+
 def throughput(xml, seconds: float = 1.0, repeats: int = 5, batch: int = 16) -> dict:
     import openvino as ov
 
@@ -207,15 +214,9 @@ def main() -> None:
                 xv = to_model_input(validation.images)
                 val = [(xv[i : i + 1], int(validation.labels[i])) for i in range(len(xv))]
 
-                def validate(compiled, data):
-                    data = list(data)
-                    preds = np.array([compiled(x)[0].argmax(1)[0] for x, _ in data])
-                    labels = np.array([y for _, y in data])
-                    return float((preds == labels).mean())
-
                 kw.pop("advanced_parameters")
                 q = nncf.quantize_with_accuracy_control(
-                    fp32, nncf.Dataset(items), nncf.Dataset(val), validate, max_drop=0.01,
+                    fp32, nncf.Dataset(items), nncf.Dataset(val), top1, max_drop=0.01,
                     advanced_quantization_parameters=advanced("default", 30), **kw)
             else:
                 q = nncf.quantize(fp32, nncf.Dataset(items), **kw)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from repvgg_levers import advanced, fq_count, predict  # noqa: E402  (the lever settings, one definition)
+from repvgg_levers import advanced, fq_count, predict, top1  # noqa: E402  (the lever settings, one definition)
 
 LEVERS = ("default", "smooth_quant", "minmax", "per_tensor_weights", "mean_no_outliers", "percentile",
           "accuracy_aware")
@@ -101,11 +101,6 @@ def main() -> None:
     x_calib = to_model_input(pool.images[balanced_indices(pool.labels, args.images, args.seed)])
     items = list(x_calib.reshape(-1, 30, 3, 32, 32))
     x_val = to_model_input(validation.images)[:, None]  # one image per validation item
-
-    def validate(compiled, data) -> float:
-        data = list(data)
-        preds = np.array([compiled(x)[0].argmax(1)[0] for x, _ in data])
-        return float((preds == np.array([y for _, y in data])).mean())
     common = {"model": args.model, "weights": args.weights.name, "weights_sha256": sha256_file(args.weights),
               "source": "cifar10", "calib_images": len(x_calib), "seed": args.seed, "test": test.source,
               "test_images": len(test), "git_sha": git_sha(), **hardware(), "versions": versions()}
@@ -127,7 +122,7 @@ def main() -> None:
                          "preset": nncf.QuantizationPreset.PERFORMANCE}
             if lever == "accuracy_aware":  # validation: the held-out train split, never the test images
                 q = nncf.quantize_with_accuracy_control(
-                    fp32, nncf.Dataset(items), nncf.Dataset(list(zip(x_val, validation.labels))), validate,
+                    fp32, nncf.Dataset(items), nncf.Dataset(list(zip(x_val, validation.labels))), top1,
                     max_drop=0.01, advanced_quantization_parameters=advanced("default", 30), **common_kw)
             else:
                 q = nncf.quantize(fp32, nncf.Dataset(items), advanced_parameters=advanced(lever, 30), **common_kw,
