@@ -17,14 +17,13 @@ median channel's, per block output, on the calibration images) to place the trai
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from repvgg_levers import advanced, fq_count, predict, top1  # noqa: E402  (the lever settings, one definition)
+# the lever settings, one definition: run as a script, scripts/ is on the path
+from repvgg_levers import advanced, fq_count, predict, top1
 
 LEVERS = ("default", "smooth_quant", "minmax", "per_tensor_weights", "mean_no_outliers", "percentile",
           "accuracy_aware")

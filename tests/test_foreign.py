@@ -248,14 +248,14 @@ def test_own_folder_splits_keep_calibration_validation_and_test_apart(tmp_path):
     from calib.core.data import SplitConfig
 
     root = write_own_tree(tmp_path / "data")
-    parts = own.folder_splits(root, BGR_IMAGENET, SplitConfig(validation_per_class=3))
+    parts = own.Tree(root, BGR_IMAGENET, SplitConfig(validation_per_class=3)).parts
     assert {k: len(v) for k, v in parts.items()} == {"calibration_pool": 25, "validation": 15, "test": 20}
     assert parts["test"].images.shape[1:] == (SIZE, SIZE, 3)
     assert not set(parts["calibration_pool"].indices) & set(parts["validation"].indices)
     assert [parts[r].role for r in ("calibration_pool", "validation", "test")] == ["calibration_pool", "validation",
                                                                                   "test"]
     with pytest.raises(CalibError, match="are not the contract's class names"):
-        own.folder_splits(root, C.InputContract((0.5,) * 3, (0.5,) * 3, (SIZE, SIZE), classes=("a", "b")))
+        _ = own.Tree(root, C.InputContract((0.5,) * 3, (0.5,) * 3, (SIZE, SIZE), classes=("a", "b"))).parts
     (tmp_path / "empty" / "test" / "cat").mkdir(parents=True)
     with pytest.raises(CalibError, match="holds no images"):
         own.read_labeled(tmp_path / "empty" / "test", C.InputContract((0.5,) * 3, (0.5,) * 3, (SIZE, SIZE)), "test")
@@ -273,13 +273,14 @@ def test_folder_source_refuses_test_and_validation_images(tmp_path):
         from PIL import Image
 
         Image.fromarray(img).save(pool / f"u{i}.png")
-    got = own.make_images("folder", 4, 0, BGR_IMAGENET, pool, root)
+    tree = own.Tree(root, BGR_IMAGENET)
+    got = own.make_images("folder", 4, 0, BGR_IMAGENET, pool, tree)
     assert got.shape == (4, SIZE, SIZE, 3)
     shutil.copy(root / "test" / "dog" / "001.png", pool / "renamed.png")
     with pytest.raises(CalibError, match="equal test or validation images"):
-        own.make_images("folder", 7, 0, BGR_IMAGENET, pool, root)
+        own.make_images("folder", 7, 0, BGR_IMAGENET, pool, tree)
     with pytest.raises(CalibError, match="inside the test split"):
-        own.make_images("folder", 2, 0, BGR_IMAGENET, root / "test" / "cat", root)
+        own.make_images("folder", 2, 0, BGR_IMAGENET, root / "test" / "cat", tree)
 
 
 @pytest.mark.parametrize("source", ["noise", "fractal", "distylegan"])
@@ -491,12 +492,27 @@ def test_own_validation_is_val_where_it_exists_and_never_a_test_image(tmp_path):
     from calib.core import own
 
     root = write_val(write_own_tree(tmp_path / "data"))
-    parts = own.folder_splits(root, BGR_IMAGENET)
-    assert {k: len(v) for k, v in parts.items()} == {"validation": 15, "calibration_pool": 40, "test": 20}
-    assert "held out by you" in own.validation_from(root)
+    tree = own.Tree(root, BGR_IMAGENET)
+    assert {k: len(v) for k, v in tree.parts.items()} == {"validation": 15, "calibration_pool": 40, "test": 20}
+    assert "held out by you" in tree.validation_from
     shutil.copy(root / "test" / "dog" / "001.png", root / "val" / "dog" / "copy.png")
     with pytest.raises(CalibError, match="validation image.* equal test images"):
-        own.folder_splits(root, BGR_IMAGENET)
+        _ = own.Tree(root, BGR_IMAGENET).parts
+
+
+def test_own_tree_reads_train_only_when_a_step_needs_it(tmp_path):
+    """A default run with a tree needs only its test images: a train/ it cannot read (here, other class names)
+    is not read at all, while the steps that need validation refuse it."""
+    import shutil
+
+    from calib.core import own
+
+    root = write_own_tree(tmp_path / "data")
+    shutil.move(root / "train" / "dog", root / "train" / "wolf")
+    tree = own.Tree(root, BGR_IMAGENET)
+    assert len(tree.test) == 20 and "parts" not in tree.__dict__
+    with pytest.raises(CalibError, match="are not the contract's class names"):
+        tree.validation("accuracy-aware quantization needs validation images")
 
 
 @pytest.mark.slow

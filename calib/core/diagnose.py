@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from calib.core.errors import CalibError, OptionError
 from calib.core.figures import save_figure
 from calib.core.runs import to_jsonable
 from calib.core.spec import QuantizeSpec
+
+if TYPE_CHECKING:
+    from calib.core.own import Tree
 
 REFERENCE_ROLES = ("validation", "calibration_pool", "train", "synthetic", "imported")
 METRICS = ("clipped_fraction", "range_used", "local_sqnr_db", "sqnr_db", "cosine")
@@ -530,30 +534,27 @@ def write_diagnosis(out: Path, rows: list[dict], names: list[str], ref: LabeledI
 
 
 # ---------------------------------------------------------------- your own model
-def own_reference(reference: str | Path | None, contract: InputContract, data_dir: Path | None) -> LabeledImages:
-    """Your own model's reference images at its input size: the validation split of `data_dir` (default; see
-    `calib.core.own.folder_splits`) or any folder of images, guarded as the folder source is; never test."""
+def own_reference(reference: str | Path | None, contract: InputContract, tree: Tree | None) -> LabeledImages:
+    """Your own model's reference images at its input size: the validation split of `tree` (default; see
+    `calib.core.own.Tree`) or any folder of images, guarded as the folder source is; never test."""
     from calib.core import own
 
     if reference is None or str(reference) == "validation":
-        if data_dir is None:
+        if tree is None:
             raise OptionError("diagnose judges your model's ranges on real images: give --data-dir ROOT (its "
                               "validation images) or --reference DIR (any folder of images, never test ones)")
-        parts = own.folder_splits(Path(data_dir), contract)
-        if "validation" not in parts:
-            raise OptionError(f"--data-dir {data_dir} has neither val/ nor train/; give --reference DIR")
-        return parts["validation"]
+        return tree.validation("give --reference DIR")
     if str(reference) == "test":
         raise OptionError("diagnose never looks at the test split; use --reference validation or a folder")
     folder = Path(reference)
     count = len([p for p in folder.rglob("*") if p.suffix.lower() in own.IMAGE_SUFFIXES]) if folder.is_dir() else 0
     if not count:
         raise OptionError(f"--reference {reference}: not a folder of images ({', '.join(own.IMAGE_SUFFIXES)})")
-    if data_dir is not None and (Path(data_dir) / "test").resolve() in (folder.resolve(), *folder.resolve().parents):
-        raise OptionError(f"--reference {reference} is inside the test split of {data_dir}: diagnose never looks "
+    if tree is not None and tree.holds_test(folder):
+        raise OptionError(f"--reference {reference} is inside the test split of {tree.root}: diagnose never looks "
                           "at test images")
     try:
-        images = own.make_images("folder", count, 0, contract, folder, data_dir)  # refuses test and validation images
+        images = own.make_images("folder", count, 0, contract, folder, tree)  # refuses test and validation images
     except CalibError as e:
         raise OptionError(f"--reference {reference}: {e}") from None
     return LabeledImages(images, np.zeros(len(images), np.int64), "imported", str(folder))
@@ -567,25 +568,25 @@ def diagnose_own(req, out: Path, reference: str | Path | None = None, per_layer_
     model inputs by its contract. Writes what `run_diagnose` writes; a failed run leaves no folder."""
     from calib.core.data import image_hashes
     from calib.core.folders import run_folder
-    from calib.core.own import folder_splits, quantize_own
+    from calib.core.own import quantize_own
     from calib.core.runs import record, start_run
 
     if (req.engine or "openvino") != "openvino":
         raise OptionError("diagnose reads NNCF's FakeQuantize nodes from the OpenVINO IR: leave --engine out")
-    ref = own_reference(reference, req.contract, req.data_dir)
+    tree = req.tree()  # read once, for the reference, per-layer accuracy and the quantization alike
+    ref = own_reference(reference, req.contract, tree)
     validation = None
     if per_layer_accuracy:
-        if req.data_dir is None:
+        if tree is None:
             raise OptionError("--per-layer-accuracy needs labeled validation images: give --data-dir ROOT")
-        # the default reference is the validation split already read; read it only for another reference
-        validation = ref if ref.role == "validation" else folder_splits(Path(req.data_dir), req.contract)["validation"]
+        validation = tree.validation("--per-layer-accuracy needs labeled validation images")
     options = {"own": {k: str(v) if isinstance(v, Path) else v for k, v in req.__dict__.items() if k != "contract"},
                "contract": req.contract.to_dict(), "reference": str(reference or "validation"),
                "per_layer_accuracy": per_layer_accuracy, "rank_by": RankBy(rank_by)}
     with run_folder(out, overwrite):
         start_run(out, options, seeds={"calibration": req.seed},
                   inputs={"reference_images": len(ref), "reference_sha256": _images_digest(image_hashes(ref.images))})
-        q = quantize_own(req, out / "quantize")
+        q = quantize_own(req, out / "quantize", tree=tree)
         rows = measure_quantizers(q["fp32_path"], q["int8_path"], ref, quiet=quiet, contract=req.contract)
         name = f"{req.source}-{req.images}-s{req.seed}"
         info = {"model": str(req.model), "source": req.source, "set": name, "images": req.images, "seed": req.seed,

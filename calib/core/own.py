@@ -1,8 +1,9 @@
 """Your own classifier: a model file, its `InputContract`, and (optionally) your own labeled image folder.
 
-`folder_splits` reads an image-folder tree `<root>/{train,test}/<class>/*` with the contract's class names (any
-image size; resized by the contract): train is cut by `calib.core.data.train_split_indices` into a calibration
-pool and a validation split that never overlap, test is for the final accuracy only. `make_images` makes
+`Tree` reads an image-folder tree `<root>/{train,val,test}/<class>/*` with the contract's class names (any
+image size; resized by the contract), each part once and only when asked: train is cut by
+`calib.core.data.train_split_indices` into a calibration pool and a validation split that never overlap (unless
+val/ exists), test is for the final accuracy only. `make_images` makes
 calibration images at the model's input size from `noise`, `fractal`, `folder` (any unlabeled folder, refused
 where it holds a test or validation image of the tree in use) or `distylegan` (its 32x32 CIFAR-10 images,
 resized); `invert` makes them from the model's own BatchNorm statistics (source `inversion`). `quantize_own`
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -63,51 +65,72 @@ def read_labeled(folder: Path, contract: InputContract, role: str) -> LabeledIma
                          provenance={"data_root": str(folder.parent.resolve()), "classes": list(classes)})
 
 
-def folder_splits(root: Path, contract: InputContract, split: SplitConfig = SplitConfig()) -> dict[str, LabeledImages]:
-    """The calibration pool and the validation split, and `<root>/test` (role test). Validation is `<root>/val`
-    where it exists (the model's own held-out images; all of train is then the pool), else a seeded cut of
-    `<root>/train` (`split`), which the model must not have trained on."""
-    root = Path(root)
-    out: dict[str, LabeledImages] = {}
-    if (root / "val").is_dir():
-        out["validation"] = read_labeled(root / "val", contract, "validation")
-    if (root / "train").is_dir():
-        train = read_labeled(root / "train", contract, "train")
-        if "validation" in out:
-            out["calibration_pool"] = train.subset(np.arange(len(train)), role="calibration_pool")
-        else:
-            classes = tuple(train.provenance["classes"])
-            for role, idx in train_split_indices(train.labels, split, classes).items():
-                out[role] = train.subset(idx, role=role)
-    if (root / "test").is_dir():
-        out["test"] = read_labeled(root / "test", contract, "test")
-    if not out:
-        raise CalibError(f"{root} has none of train/, val/, test/ (expected <root>/{{train,val,test}}/<class>/*)")
-    if "validation" in out and "test" in out:
-        shared = np.isin(image_hashes(out["validation"].images), image_hashes(out["test"].images))
-        if shared.any():
-            raise CalibError(f"{int(shared.sum())} validation image(s) of {root} equal test images: the final "
-                             "accuracy never uses validation images")
-    return out
+@dataclass(frozen=True)
+class Tree:
+    """Your labeled tree `<root>/{train,val,test}/<class>/*` at the model's contract, each part read once and only
+    when a step asks for it: a run that needs only test/ never reads a large train/. Validation is `<root>/val`
+    where it exists (the model's own held-out images; all of train is then the calibration pool), else a seeded
+    cut of `<root>/train` (`split`), which the model must not have trained on; test is for the final accuracy."""
 
+    root: Path
+    contract: InputContract
+    split: SplitConfig = SplitConfig()
 
-def validation_from(root: Path, split: SplitConfig = SplitConfig()) -> str:
-    """Where `folder_splits` takes validation from, in words for rows."""
-    if (Path(root) / "val").is_dir():
-        return f"{Path(root) / 'val'} (held out by you)"
-    return (f"a seeded cut of {Path(root) / 'train'} ({split.validation_per_class} per class, seed {split.seed}): "
-            "the model must not have trained on it")
+    @cached_property
+    def test(self) -> LabeledImages | None:
+        return read_labeled(self.root / "test", self.contract, "test") if (self.root / "test").is_dir() else None
 
+    @cached_property
+    def parts(self) -> dict[str, LabeledImages]:
+        """The calibration pool, validation and test splits that exist; one line where the tree has none, or
+        where a validation image equals a test image."""
+        root, out = self.root, {}
+        if (root / "val").is_dir():
+            out["validation"] = read_labeled(root / "val", self.contract, "validation")
+        if (root / "train").is_dir():
+            train = read_labeled(root / "train", self.contract, "train")
+            if "validation" in out:
+                out["calibration_pool"] = train.subset(np.arange(len(train)), role="calibration_pool")
+            else:
+                classes = tuple(train.provenance["classes"])
+                for role, idx in train_split_indices(train.labels, self.split, classes).items():
+                    out[role] = train.subset(idx, role=role)
+        if self.test is not None:
+            out["test"] = self.test
+        if not out:
+            raise CalibError(f"{root} has none of train/, val/, test/ (expected <root>/{{train,val,test}}/<class>/*)")
+        if "validation" in out and "test" in out:
+            shared = np.isin(image_hashes(out["validation"].images), image_hashes(out["test"].images))
+            if shared.any():
+                raise CalibError(f"{int(shared.sum())} validation image(s) of {root} equal test images: the final "
+                                 "accuracy never uses validation images")
+        return out
 
-def heldout(root: Path | None, contract: InputContract, split: SplitConfig = SplitConfig(),
-            parts: dict[str, LabeledImages] | None = None) -> np.ndarray:
-    """Pixel hashes (at the contract's size) of the tree's test and validation images (`parts`: its splits,
-    if already read): calibration never sees them."""
-    if root is None:
-        return np.empty(0, np.uint64)
-    parts = parts if parts is not None else folder_splits(root, contract, split)
-    held = [image_hashes(parts[r].images) for r in ("test", "validation") if r in parts]
-    return np.sort(np.concatenate(held)) if held else np.empty(0, np.uint64)
+    def validation(self, why: str) -> LabeledImages:
+        """The validation split; one line saying `why` it is needed where the tree has neither val/ nor train/."""
+        if "validation" not in self.parts:
+            raise OptionError(f"--data-dir {self.root} has neither val/ nor train/: {why}")
+        return self.parts["validation"]
+
+    @property
+    def validation_from(self) -> str:
+        """Where validation comes from, in words for rows."""
+        if (self.root / "val").is_dir():
+            return f"{self.root / 'val'} (held out by you)"
+        return (f"a seeded cut of {self.root / 'train'} ({self.split.validation_per_class} per class, seed "
+                f"{self.split.seed}): the model must not have trained on it")
+
+    @cached_property
+    def heldout(self) -> np.ndarray:
+        """Sorted pixel hashes (at the contract's size) of the test and validation images: calibration never
+        sees them."""
+        held = [image_hashes(self.parts[r].images) for r in ("test", "validation") if r in self.parts]
+        return np.sort(np.concatenate(held)) if held else np.empty(0, np.uint64)
+
+    def holds_test(self, folder: Path) -> bool:
+        """Whether `folder` is the tree's test/ or inside it."""
+        test = (self.root / "test").resolve()
+        return test in (Path(folder).resolve(), *Path(folder).resolve().parents)
 
 
 def _noise(n: int, seed: int, contract: InputContract) -> np.ndarray:
@@ -142,11 +165,9 @@ def _fractal(n: int, seed: int, contract: InputContract, variants: int = 25) -> 
 
 
 def make_images(source: str, n: int, seed: int, contract: InputContract, folder: Path | None = None,
-                data_dir: Path | None = None, split: SplitConfig = SplitConfig(),
-                parts: dict[str, LabeledImages] | None = None) -> np.ndarray:
+                tree: Tree | None = None) -> np.ndarray:
     """`n` calibration images (uint8 NHWC RGB at the contract's size) from `source`; a `folder` image whose
-    pixels equal a test or validation image of `data_dir` (`parts`: its splits, if already read) is refused, as
-    is a folder inside its test/."""
+    pixels equal a test or validation image of `tree` is refused, as is a folder inside its test/."""
     if source not in SOURCES:
         raise OptionError(f"--source {source} is not one for your own model; sources: {', '.join(SOURCES)}")
     if n < 1:
@@ -167,20 +188,20 @@ def make_images(source: str, n: int, seed: int, contract: InputContract, folder:
     if folder is None:
         raise OptionError("--source folder needs --folder DIR (any folder of unlabeled images)")
     folder = Path(folder).resolve()
-    if data_dir is not None and (folder == (Path(data_dir) / "test").resolve()
-                                 or (Path(data_dir) / "test").resolve() in folder.parents):
-        raise CalibError(f"{folder} is inside the test split of {data_dir}: calibration never sees test images")
+    if tree is not None and tree.holds_test(folder):
+        raise CalibError(f"{folder} is inside the test split of {tree.root}: calibration never sees test images")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
     if not paths:
         raise CalibError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     pick = np.sort(np.random.default_rng(seed).permutation(len(paths))[:n])
     images = _read_images([paths[i] for i in pick], contract)
-    held = heldout(data_dir, contract, split, parts)
-    clash = np.isin(image_hashes(images), held)
+    if tree is None:
+        return images
+    clash = np.isin(image_hashes(images), tree.heldout)
     if clash.any():
         first = paths[pick[int(np.flatnonzero(clash)[0])]]
         raise CalibError(f"{int(clash.sum())} image(s) of {folder} (e.g. {first.name}) equal test or validation "
-                         f"images of {data_dir}: calibration never sees those")
+                         f"images of {tree.root}: calibration never sees those")
     return images
 
 
@@ -197,14 +218,22 @@ class OwnRequest:
     folder: Path | None = None
     data_dir: Path | None = None
     validation_per_class: int = 100
-    algo: str = "default"  # or accuracy-aware: validated on the tree's validation split (`folder_splits`)
+    algo: str = "default"  # or accuracy-aware: validated on the tree's validation split (`Tree`)
     max_drop: float | None = None
 
+    def tree(self) -> Tree | None:
+        """`data_dir` as a `Tree`, its train/ cut with `validation_per_class`; None without one."""
+        if self.data_dir is None:
+            return None
+        split = replace(SplitConfig(), validation_per_class=self.validation_per_class)
+        return Tree(Path(self.data_dir), self.contract, split)
 
-def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) -> dict:
+
+def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None, tree: Tree | None = None) -> dict:
     """Check the model against its contract, make the calibration set at its input size, quantize, and measure
-    FP32 and INT8 test accuracy where `data_dir` has a test/ folder. Writes `options.json`, `manifest.json`,
-    the FP32 and INT8 files and `quantize.json` under `out`; returns the row (also appended to `record_path`)."""
+    FP32 and INT8 test accuracy where `data_dir` has a test/ folder (`tree`: `req.tree()`, passed in where a
+    caller has read parts of it already). Writes `options.json`, `manifest.json`, the FP32 and INT8 files and
+    `quantize.json` under `out`; returns the row (also appended to `record_path`)."""
     from calib.core import foreign, runs
     from calib.core.contract import to_model_input
     from calib.core.engines import get_engine
@@ -222,11 +251,17 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
     if engine_name == "onnxruntime" and model.kind == "openvino":
         raise OptionError(f"{req.model} is an OpenVINO IR; quantize it with the openvino engine")
     engine = get_engine(engine_name)
-    split = replace(SplitConfig(), validation_per_class=req.validation_per_class)
     spec = QuantizeSpec(str(req.model), out, engine=engine_name, seed=req.seed, algo=req.algo,  # checks options
                         max_drop=req.max_drop)
-    parts = tree_splits(req, split)
-    validation = accuracy_aware_validation(req, parts) if req.algo != "default" else None
+    tree = tree or req.tree()
+    validation = None
+    if req.algo != "default":
+        if tree is None:
+            raise OptionError("--algo accuracy-aware validates on your labeled images: give --data-dir ROOT with "
+                              "ROOT/val/<class>/* (or ROOT/train/<class>/*, cut by a seed)")
+        validation = tree.validation("accuracy-aware quantization needs validation images")
+    if req.source == "folder" and tree is not None:
+        _ = tree.heldout  # read, and a tree whose validation and test clash refused, before the run folder exists
     options = {**{k: str(v) if isinstance(v, Path) else v for k, v in req.__dict__.items() if k != "contract"},
                "engine": engine_name, "contract": req.contract.to_dict()}
     runs.start_run(out, options, seeds={"calibration": req.seed},
@@ -240,7 +275,7 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
     if req.source == "inversion":
         images, inverted = invert(module, req.contract, req.images, req.seed)
     else:
-        images = make_images(req.source, req.images, req.seed, req.contract, req.folder, req.data_dir, split, parts)
+        images = make_images(req.source, req.images, req.seed, req.contract, req.folder, tree)
     x = to_model_input(images, req.contract)
     int8, params = engine.quantize(fp32, [x[i : i + 1] for i in range(len(x))], spec, out / "int8", validation,
                                    req.contract)
@@ -252,10 +287,10 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
                  else int8.stat().st_size, "contract": req.contract.to_dict(), "quantize": params,
                  "inversion": inverted or None,
                  "algo": req.algo, "validation_images": len(validation) if validation is not None else 0,
-                 "validation_from": validation_from(req.data_dir, split) if validation is not None else None,
+                 "validation_from": tree.validation_from if validation is not None else None,
                  "fp32_accuracy": None, "int8_accuracy": None, "int8_agreement": None, "test_images": 0}
-    if req.data_dir is not None and (Path(req.data_dir) / "test").is_dir():
-        test = parts["test"] if "test" in parts else read_labeled(Path(req.data_dir) / "test", req.contract, "test")
+    if tree is not None and tree.test is not None:
+        test = tree.test
         xt = to_model_input(test.images, req.contract)
         p32, _ = engine.predict(fp32, xt)
         p8, _ = engine.predict(int8, xt)
@@ -267,26 +302,6 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None) ->
         row = runs.record(record_path, "quantize_own", row, seeds={"calibration": req.seed},
                           inputs={"model_sha256": runs.sha256_file(Path(req.model))})
     return row
-
-
-def tree_splits(req: OwnRequest, split: SplitConfig) -> dict[str, LabeledImages]:
-    """The splits of `req.data_dir`, read once per run, and only where the run needs more than its test images
-    (accuracy-aware validation, the folder source's guard): a large train/ is not read for nothing."""
-    if req.algo != "default" and req.data_dir is None:
-        raise OptionError("--algo accuracy-aware validates on your labeled images: give --data-dir ROOT with "
-                          "ROOT/val/<class>/* (or ROOT/train/<class>/*, cut by a seed)")
-    if req.data_dir is None or (req.algo == "default" and req.source != "folder"):
-        return {}
-    return folder_splits(Path(req.data_dir), req.contract, split)
-
-
-def accuracy_aware_validation(req: OwnRequest, parts: dict[str, LabeledImages]) -> LabeledImages:
-    """The images accuracy-aware quantization validates on: the tree's validation split (never its test images,
-    never the calibration images); one line where there are none."""
-    if "validation" not in parts:
-        raise OptionError(f"--data-dir {req.data_dir} has neither val/ nor train/: accuracy-aware quantization "
-                          "needs validation images")
-    return parts["validation"]
 
 
 def check_invertible(module) -> None:
