@@ -200,6 +200,23 @@ def test_write_plots_panels_per_condition(tmp_path):
             assert im.format == "PNG" and im.size[0] > 100
 
 
+def test_heatmap_folds_an_axis_only_some_models_vary_into_their_rows():
+    """RepVGG runs fused and unfused, the other models have nothing to fuse: one panel, RepVGG's two forms as
+    rows, each paired with its own FP32 baseline."""
+    from calib.study.plot import heatmap_panels
+
+    rows = [base(), base(model="repvgg_a0", fuse=True), base(model="repvgg_a0", fuse=False)]
+    rows += [quant(fuse=True, correct=flip(FP32, 2, 0)), quant(model="repvgg_a0", fuse=True, correct=flip(FP32, 4, 0)),
+             quant(model="repvgg_a0", fuse=False, correct=flip(FP32, 6, 0))]
+    long = tables(pd.DataFrame(rows), LABELS)["long_openvino"]
+    panels = heatmap_panels(long, "delta_to_fp32", "default")
+    assert len(panels) == 1 and panels[0][0] == ""
+    table = panels[0][1]
+    assert sorted(table.index) == ["repvgg_a0 fused", "repvgg_a0 unfused", "resnet20"]
+    assert table.loc["repvgg_a0 unfused", "cifar10"] == pytest.approx(-6 / 200)
+    assert table.loc["resnet20", "cifar10"] == pytest.approx(-2 / 200)
+
+
 A, B = "AMD EPYC | avx2", "Intel Xeon | avx512_core_amx"
 
 

@@ -26,12 +26,23 @@ from calib.study.report import FACETS, load_rows, tables, varying  # noqa: E402
 FIGURE = {"dpi": 120, "palette": False}  # heatmaps keep their full colours
 
 
+ROW_WORDS = {"fuse": {"True": "fused", "False": "unfused"}}  # how a folded axis reads in a row label
+
+
 def heatmap_panels(long: pd.DataFrame, value: str, algo: str) -> list[tuple[str, pd.DataFrame]]:
-    """(title, model × source table of `value`) for each combination of the other varying axes of `algo`."""
+    """(title, model × source table of `value`) for each combination of the other varying axes of `algo`. An
+    axis only some models vary along (RepVGG's fuse) labels those models' rows instead: a panel of its own would
+    hold one model."""
     part = long[(long.algo == algo) & long[value].notna()]
     if part.empty:
         return []
     facets = varying(part, FACETS)
+    per_model = {f: part.groupby("model")[f].transform(lambda v: v.astype(str).nunique() > 1) for f in facets}
+    folded = [f for f in facets if per_model[f].any() and not per_model[f].all()]
+    for f in folded:
+        words = part[f].astype(str).map(lambda v, f=f: ROW_WORDS.get(f, {}).get(v, f"{f}={v}"))
+        part = part.assign(model=part.model.where(~per_model[f], part.model + " " + words))
+    facets = [f for f in facets if f not in folded]
     groups = part.groupby(facets, sort=True) if facets else [((), part)]
     panels = []
     for key, g in groups:
@@ -51,6 +62,8 @@ def _heatmap_figure(panels: list[tuple[str, pd.DataFrame]], title: str, scale: f
     fig, axes = plt.subplots(nrow, ncol, figsize=(ncol * (1.6 + 1.3 * cols), nrow * (1 + 0.6 * rows)),
                              squeeze=False)
     notes_by_title = dict(notes or [])
+    values = np.concatenate([(p * scale).to_numpy(float).ravel() for _, p in panels])
+    vmin, vmax = np.nanmin(values), np.nanmax(values)  # one colour scale: the panels compare by eye
     for ax, (sub, pivot) in zip(axes.flat, panels):
         annot = True
         if sub in notes_by_title:  # the value and, below it, its spread
@@ -59,7 +72,7 @@ def _heatmap_figure(panels: list[tuple[str, pd.DataFrame]], title: str, scale: f
                 lambda v: "" if pd.isna(v) else f"\n({100 * v:.0f} %)")
             annot = annot.values
         sns.heatmap(pivot * scale, annot=annot, fmt=fmt if annot is True else "", cmap=cmap, center=center, ax=ax,
-                    cbar_kws={"label": label})
+                    vmin=vmin, vmax=vmax, cbar_kws={"label": label})
         ax.set_title(sub, fontsize=9)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
