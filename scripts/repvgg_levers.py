@@ -61,6 +61,32 @@ def advanced(lever: str, batch: int):
     return AdvancedQuantizationParameters(**kw)
 
 
+def quantize(fp32, lever: str, items: list, validation: list | None = None, ignored: list[str] | None = None):
+    """`fp32` quantized by NNCF with one lever's settings, on calibration `items` (batches); accuracy_aware
+    validates on `validation` ((input, label) items) with `top1`, `ignored` names layers kept FP32."""
+    import nncf
+
+    kw = {"subset_size": len(items), "fast_bias_correction": lever != "full_bias_correction",
+          "preset": nncf.QuantizationPreset.MIXED if lever == "mixed_preset" else nncf.QuantizationPreset.PERFORMANCE}
+    if lever == "smooth_quant":
+        kw["model_type"] = nncf.ModelType.TRANSFORMER
+    if ignored is not None:
+        kw["ignored_scope"] = nncf.IgnoredScope(names=ignored)
+    batch = len(items[0])
+    if lever == "accuracy_aware":
+        return nncf.quantize_with_accuracy_control(
+            fp32, nncf.Dataset(items), nncf.Dataset(validation), top1, max_drop=0.01,
+            advanced_quantization_parameters=advanced("default", batch), **kw)
+    return nncf.quantize(fp32, nncf.Dataset(items), advanced_parameters=advanced(lever, batch), **kw)
+
+
+def validation_items(validation) -> list:
+    """(input, label) items of one image each, as `top1` reads them, from labeled images."""
+    from calib.core.data import to_model_input
+
+    return [(x[None], int(y)) for x, y in zip(to_model_input(validation.images), validation.labels)]
+
+
 def top1(compiled, data) -> float:
     """NNCF's validation function for accuracy-aware quantization: top-1 accuracy over (input, label) items."""
     data = list(data)
@@ -154,7 +180,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/repvgg"))
     args = ap.parse_args()
 
-    import nncf
     import openvino as ov
 
     from calib.core.data import load_split, to_model_input, train_splits
@@ -179,6 +204,7 @@ def main() -> None:
         g = generate(args.source, args.images // 10, args.seed)
         calib_images = g.images[: args.images]
     items = [x for x in to_model_input(calib_images).reshape(-1, 30, 3, 32, 32)]
+    val = validation_items(validation)
     common = {"model": args.model, "weights": args.weights.name, "weights_sha256": sha256_file(args.weights),
               "source": args.source, "calib_images": len(calib_images), "seed": args.seed,
               "test": test.source, "test_images": len(test), "git_sha": git_sha(), **hardware(),
@@ -198,28 +224,11 @@ def main() -> None:
                                  **throughput(fp32_xml), "fq_nodes": 0})
         worst_scope = None
         for lever in args.levers.split(","):
+            if lever == "keep_worst_fp32" and worst_scope is None:
+                print("  (keep_worst_fp32 needs the default lever first)")
+                continue
             t0 = time.perf_counter()
-            kw = dict(subset_size=len(items), advanced_parameters=advanced(lever, 30),
-                      fast_bias_correction=lever != "full_bias_correction",
-                      preset=nncf.QuantizationPreset.MIXED if lever == "mixed_preset"
-                      else nncf.QuantizationPreset.PERFORMANCE)
-            if lever == "smooth_quant":
-                kw["model_type"] = nncf.ModelType.TRANSFORMER
-            if lever == "keep_worst_fp32":
-                if worst_scope is None:
-                    print("  (keep_worst_fp32 needs the default lever first)")
-                    continue
-                kw["ignored_scope"] = nncf.IgnoredScope(names=worst_scope)
-            if lever == "accuracy_aware":
-                xv = to_model_input(validation.images)
-                val = [(xv[i : i + 1], int(validation.labels[i])) for i in range(len(xv))]
-
-                kw.pop("advanced_parameters")
-                q = nncf.quantize_with_accuracy_control(
-                    fp32, nncf.Dataset(items), nncf.Dataset(val), top1, max_drop=0.01,
-                    advanced_quantization_parameters=advanced("default", 30), **kw)
-            else:
-                q = nncf.quantize(fp32, nncf.Dataset(items), **kw)
+            q = quantize(fp32, lever, items, val, worst_scope if lever == "keep_worst_fp32" else None)
             seconds = time.perf_counter() - t0
             xml = args.out / "models" / fuse / f"{lever}.xml"
             ov.save_model(q, str(xml), compress_to_fp16=False)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 # the lever settings, one definition: run as a script, scripts/ is on the path
-from repvgg_levers import advanced, fq_count, predict, top1
+from repvgg_levers import fq_count, predict, quantize, validation_items
 
 LEVERS = ("default", "smooth_quant", "minmax", "per_tensor_weights", "mean_no_outliers", "percentile",
           "accuracy_aware")
@@ -82,7 +82,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results/repvgg"))
     args = ap.parse_args()
 
-    import nncf
 
     from calib.core.data import load_split, to_model_input, train_splits
     from calib.core.export import to_openvino
@@ -99,7 +98,7 @@ def main() -> None:
     pool, validation = splits["calibration_pool"], splits["validation"]  # the weights never saw validation
     x_calib = to_model_input(pool.images[balanced_indices(pool.labels, args.images, args.seed)])
     items = list(x_calib.reshape(-1, 30, 3, 32, 32))
-    x_val = to_model_input(validation.images)[:, None]  # one image per validation item
+    val = validation_items(validation)
     common = {"model": args.model, "weights": args.weights.name, "weights_sha256": sha256_file(args.weights),
               "source": "cifar10", "calib_images": len(x_calib), "seed": args.seed, "test": test.source,
               "test_images": len(test), "git_sha": git_sha(), **hardware(), "versions": versions()}
@@ -116,16 +115,7 @@ def main() -> None:
               f"activation channel spread median {np.median(spread):.1f}, largest {max(spread):.1f}", flush=True)
         for lever in args.levers.split(","):
             t0 = time.perf_counter()
-            kw = {"model_type": nncf.ModelType.TRANSFORMER} if lever == "smooth_quant" else {}
-            common_kw = {"subset_size": len(items), "fast_bias_correction": True,
-                         "preset": nncf.QuantizationPreset.PERFORMANCE}
-            if lever == "accuracy_aware":  # validation: the held-out train split, never the test images
-                q = nncf.quantize_with_accuracy_control(
-                    fp32, nncf.Dataset(items), nncf.Dataset(list(zip(x_val, validation.labels))), top1,
-                    max_drop=0.01, advanced_quantization_parameters=advanced("default", 30), **common_kw)
-            else:
-                q = nncf.quantize(fp32, nncf.Dataset(items), advanced_parameters=advanced(lever, 30), **common_kw,
-                                  **kw)
+            q = quantize(fp32, lever, items, val)  # accuracy_aware: the held-out train split, never the test images
             seconds = time.perf_counter() - t0
             pred = predict(q, x_test)
             acc = float((pred == test.labels).mean())
