@@ -81,6 +81,12 @@ def main() -> None:
     ap.add_argument("--levers", default=",".join(LEVERS))
     ap.add_argument("--out", type=Path, default=Path("results/repvgg"))
     args = ap.parse_args()
+    try:
+        ks = [float(v) for v in args.ks.split(",")]
+    except ValueError:
+        ap.error(f"--ks {args.ks}: comma-separated numbers, e.g. 1,4,16,64")
+    if ks[0] != 1:
+        ap.error(f"--ks {args.ks}: the first k must be 1, the unstressed network every row compares with")
 
 
     from calib.core.data import load_split, to_model_input, train_splits
@@ -103,7 +109,7 @@ def main() -> None:
               "source": "cifar10", "calib_images": len(x_calib), "seed": args.seed, "test": test.source,
               "test_images": len(test), "git_sha": git_sha(), **hardware(), "versions": versions()}
     reference = None
-    for k in (float(v) for v in args.ks.split(",")):
+    for k in ks:
         net = load_model(args.model, args.weights, fuse=True)
         stress(net, k, args.seed)
         spread = channel_spread(net, x_calib)
