@@ -341,6 +341,11 @@ def test_independent_nncf_check_agrees_with_the_study(tmp_path):
     table = pd.read_csv(tmp_path / "run" / "check.csv")
     assert len(table) == 2 and (table.subset_size_images == 15).all()
     assert (table.abs_difference <= 0.003).all() and table.within_tolerance.all()
+    from calib.core.hardware import hardware  # the cells ran and were rechecked here: one machine, both said
+
+    rows = pd.read_json(tmp_path / "run" / "rows.jsonl", lines=True)
+    assert set(table.study_hardware_key) == set(rows.hardware_key.dropna()) == {hardware()["hardware_key"]}
+    assert (table.hardware_key == hardware()["hardware_key"]).all() and "rechecked on" in result.output
 
 
 def test_independent_check_follows_the_cells_calibration_batch(tmp_path):

@@ -113,9 +113,11 @@ def study_check(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study r
     bad = int((~table.within_tolerance).sum())
 
     def text() -> None:
-        say(table.drop(columns=["cell", "calib_hash"]).to_string(index=False))
+        say(table.drop(columns=["cell", "calib_hash", "study_hardware_key", "hardware_key"]).to_string(index=False))
+        ran = ", ".join(sorted(table.study_hardware_key.dropna().astype(str).unique())) or "unrecorded"
         say(f"{len(table) - bad} of {len(table)} cells within {tolerance}; largest |difference| "
-            f"{table.abs_difference.max():.4f}; written to {out or run / 'check.csv'}")
+            f"{table.abs_difference.max():.4f}; rechecked on {table.hardware_key.iloc[0]} (the cells ran on "
+            f"{ran}); written to {out or run / 'check.csv'}")
 
     emit(records(table), format, text)
     if bad:

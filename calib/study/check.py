@@ -134,7 +134,12 @@ def check_run(run: Path, cells: int = 5, seed: int = 0, tolerance: float = 0.003
 
     results = [recheck_cell(run, row, batch_1) for row in track(picked.to_dict("records"), description="check",
                                                            transient=True, console=stderr_console())]
+    from calib.core.hardware import hardware
+
     table = pd.DataFrame(results)
+    # INT8 arithmetic follows the CPU's instruction set: say where the cell ran and where it was rechecked
+    table["study_hardware_key"] = picked["hardware_key"].tolist() if "hardware_key" in picked else None
+    table["hardware_key"] = hardware()["hardware_key"]
     table["within_tolerance"] = table.abs_difference <= tolerance
     atomic_write_bytes(out or run / "check.csv", table.to_csv(index=False).encode())
     return table
