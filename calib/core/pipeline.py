@@ -74,6 +74,7 @@ def quantize_with(spec: QuantizeSpec, cset: CalibrationSet, out: Path, fp32: Pat
     return {**info, "engine": engine.name, **rec, **facts, "subset_size_images": len(subset.images),
             "calib_per_class": subset.per_class, "seed": spec.seed, "calib_set": str(cset.path),
             "calib_hash": cset.content_hash, "calib_source": cset.manifest["source"], "calib_images": len(cset),
+            "calib_kernels": cset.manifest.get("kernels", "the generating machine's own"),
             "fp32_path": str(fp32), "int8_path": str(int8), "fp32_bytes": model_size_bytes(fp32),
             "int8_bytes": model_size_bytes(int8)}
 

@@ -164,7 +164,8 @@ def start_run(out_dir: Path, options: Any, seeds: dict[str, int] | None = None,
     return out_dir
 
 
-HARDWARE_FIELDS = ("cpu", "cpu_count", "cpu_flags", "isa_native", "isa", "onednn_max_cpu_isa", "hardware_key")
+HARDWARE_FIELDS = ("cpu", "cpu_count", "cpu_flags", "isa_native", "isa", "onednn_max_cpu_isa", "cpu_caps",
+                   "hardware_key")
 
 
 def record(path: Path, kind: str, fields: dict, seeds: dict[str, int] | None = None,
@@ -174,7 +175,7 @@ def record(path: Path, kind: str, fields: dict, seeds: dict[str, int] | None = N
     row = {"kind": kind, **fields, **{k: prov[k] for k in ("command", "time", "git_sha", "dirty", *HARDWARE_FIELDS)},
            **{f"version_{k}": v for k, v in prov["versions"].items()},
            **{f"seed_{k}": v for k, v in prov["seeds"].items()},
-           **{f"input_{k}": v for k, v in prov["inputs"].items()}}
+           **{f"input_{k}": v for k, v in prov["inputs"].items()}, **hardware.dispatched()}
     append_jsonl(path, row)
     return row
 

@@ -15,7 +15,7 @@ from calib.core.runs import sha256_file
 from calib.core.sources import Generated, balanced_labels, image_seed, register_source
 
 
-@register_source("distylegan")
+@register_source("distylegan", pinned=True)
 def distylegan(per_class: int, seed: int, checkpoint: Path | None = None) -> Generated:
     """Class-conditional samples of a DiStyleGAN generator, z ~ N(0, I) from each image's seed."""
     from calib.distylegan.networks import load_generator
@@ -29,7 +29,7 @@ def distylegan(per_class: int, seed: int, checkpoint: Path | None = None) -> Gen
                      extra={"generator_checkpoint": str(path), "generator_sha256": sha256_file(path)})
 
 
-@register_source("stylegan2-ada")
+@register_source("stylegan2-ada", pinned=True)
 def stylegan2_ada(per_class: int, seed: int, teacher: Path | None = None, trust_teacher: bool = False,
                   truncation: float = 1.0) -> Generated:
     """Conditional StyleGAN2-ADA samples (pickle or native checkpoint), truncation psi as an option."""

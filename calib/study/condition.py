@@ -98,11 +98,12 @@ def condition_id(cond: dict) -> str:
 
 def wrong_process(cell: Cell, ctx: Context) -> str | None:
     """Why this process cannot run the cell: its ISA cap is not the cell's, or it is another machine."""
-    want = isa_env(cell.isa).get(ISA_ENV, "")
-    have = os.environ.get(ISA_ENV, "")
-    if have.upper() != want.upper():
-        return (f"cell with isa {cell.isa} ran in a process with {ISA_ENV}={have or '(unset)'}; it needs a worker "
-                f"started with {ISA_ENV}={want or '(unset)'}")
+    want = isa_env(cell.isa) or {ISA_ENV: ""}
+    for var, value in want.items():
+        have = os.environ.get(var, "")
+        if have.upper() != value.upper():
+            return (f"cell with isa {cell.isa} ran in a process with {var}={have or '(unset)'}; it needs a worker "
+                    f"started with {var}={value or '(unset)'}")
     expected = ctx.hardware[cell.isa]["hardware_key"]
     here = hardware()["hardware_key"]
     if here != expected:

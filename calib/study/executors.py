@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from calib.core.errors import CalibError
-from calib.core.hardware import ISA_ENV, NATIVE, isa_env
+from calib.core.hardware import NATIVE, isa_env
 from calib.study.cells import run_cell
 from calib.study.condition import Context, resolve_context
 from calib.study.grid import Cell, Grid
@@ -28,18 +28,20 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def isa_environment(isa: str) -> Iterator[None]:
-    """This process's environment holds the ISA cap of `isa` (none for native) inside the block, so worker
-    processes started inside it have it from their first instruction. The driver itself runs no kernels meanwhile
-    (it only waits on its workers), and oneDNN in this process is unaffected."""
-    old = os.environ.get(ISA_ENV)
-    os.environ.pop(ISA_ENV, None)
-    os.environ.update(isa_env(isa))
+    """This process's environment holds every library's cap for `isa` (none for native) inside the block, so
+    worker processes started inside it have them from their first instruction. The driver itself runs no kernels
+    meanwhile (it only waits on its workers), and the libraries already loaded here are unaffected."""
+    caps = isa_env(isa)
+    old = {k: os.environ.get(k) for k in caps}
+    os.environ.update(caps)
     try:
         yield
     finally:
-        os.environ.pop(ISA_ENV, None)
-        if old is not None:
-            os.environ[ISA_ENV] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager

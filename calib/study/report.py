@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from calib.core.errors import CalibError
+from calib.core.hardware import row_hardware_key
 from calib.core.runs import atomic_write_bytes, predictions_from_str, read_jsonl
 from calib.study.grid import Cell
 
@@ -87,13 +88,16 @@ def _weights_id(row: dict) -> str:
 
 def identify(df: pd.DataFrame, cpu: str | None = None) -> pd.DataFrame:
     """`hardware_key` and `weights_id` on every row: the two things rows are never pooled or paired across.
-    Rows older than these fields get the run's CPU with an unrecorded ISA, and the weights' sha256 prefix from
-    the file name."""
+    The key is made from the row's CPU and ISA fields (`row_hardware_key`), so a capped row written before the
+    key named the cap is not pooled with a machine whose own ISA that is. Rows older than these fields get the
+    run's CPU with an unrecorded ISA, and the weights' sha256 prefix from the file name."""
     df = df.copy()
     recorded = df["hardware_key"] if "hardware_key" in df else pd.Series(None, index=df.index, dtype=object)
     fallback = f"{cpu} | ISA {UNRECORDED}" if cpu else UNRECORDED
     if "cpu" in df:
         fallback = df["cpu"].map(lambda c: f"{c} | ISA {UNRECORDED}" if isinstance(c, str) else None).fillna(fallback)
+    derived = pd.Series([row_hardware_key(r) for r in df.to_dict("records")], index=df.index, dtype=object)
+    recorded = derived.where(derived.notna(), recorded)  # from the fields: an older row's key names its cap too
     df["hardware_key"] = recorded.where(recorded.notna(), fallback)
     df["weights_id"] = [_weights_id(r) for r in df.to_dict("records")]
     return df

@@ -52,7 +52,7 @@ def hardware_fields(hw: dict) -> dict:
     is what was asked for)."""
     return {"cpu": hw["cpu"], "cpu_count": hw["cpu_count"], "cpu_flags": hw["cpu_flags"],
             "isa_native": hw["isa_native"], "isa_effective": hw["isa"], "onednn_max_cpu_isa": hw["onednn_max_cpu_isa"],
-            "hardware_key": hw["hardware_key"]}
+            "cpu_caps": hw.get("cpu_caps", {}), "hardware_key": hw["hardware_key"]}
 
 
 def failure_fields(e: Exception) -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from calib.core.errors import CalibError
-from calib.core.hardware import ISA_ENV
+from calib.core.hardware import ATEN_ENV, ISA_ENV, MKL_ENV, NUMPY_ENV
 from calib.core.runs import atomic_write_bytes, provenance, read_jsonl, to_jsonable
 from calib.study.artifacts import generate_once, set_plan
 from calib.study.cells import run_cell
@@ -147,9 +147,10 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
     if jobs < 1 or (jobs > 1 and executor != "local"):
         raise CalibError(f"--jobs {jobs}: give 1 or more worker processes, with the local executor only "
                          "(Ray sizes its own workers)")
-    if os.environ.get(ISA_ENV):
-        raise CalibError(f"{ISA_ENV}={os.environ[ISA_ENV]} is set here; unset it and list the ISA in the grid's "
-                         "`isas`, so each cell runs, and says, the ISA it was asked for")
+    capped = [f"{k}={os.environ[k]}" for k in (ISA_ENV, ATEN_ENV, NUMPY_ENV, MKL_ENV) if os.environ.get(k)]
+    if capped:
+        raise CalibError(f"{', '.join(capped)} is set here; unset it and list the ISA in the grid's `isas`, so "
+                         "each cell runs, and says, the ISA it was asked for")
     with weights_looked_up_once():
         return _run_study(grid_path, out, executor, address, data_dir, selection, progress, jobs, on_row)
 

@@ -35,6 +35,7 @@ class SourceInfo:
     name: str
     fn: Callable[..., Generated]
     description: str
+    pinned: bool = False  # images come out of float kernels: made with pinned kernels (`calib.core.pinned`)
 
     @property
     def options(self) -> list[str]:
@@ -50,9 +51,11 @@ _SOURCES: dict[str, SourceInfo] = {}
 _plugins_loaded = False
 
 
-def register_source(name: str):
+def register_source(name: str, pinned: bool = False):
+    """Register a source; `pinned=True` for one whose images come out of float kernels (a network), so that it
+    runs with the kernels every CPU shares and a seed gives the same bytes everywhere."""
     def wrap(fn: Callable[..., Generated]) -> Callable[..., Generated]:
-        _SOURCES[name] = SourceInfo(name, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        _SOURCES[name] = SourceInfo(name, fn, (fn.__doc__ or "").strip().splitlines()[0], pinned)
         return fn
 
     return wrap
@@ -101,12 +104,27 @@ def generate(source: str, per_class: int, seed: int = 0, progress: Callable[[int
     unknown = sorted(set(given) - set(info.options))
     if unknown:
         raise CalibError(f"source {source} does not take {', '.join(unknown)} (it takes: {', '.join(info.options)})")
-    if progress is not None and info.reports_progress:
-        given["progress"] = progress
-    g = info.fn(per_class=per_class, seed=seed, **given)
+    if info.pinned:
+        from calib.core.pinned import PINNED_ISA, call_pinned
+
+        g = call_pinned(_run_source, source, per_class, seed, given,
+                        progress=progress if info.reports_progress else None)
+        g.extra = {**g.extra, "kernels": f"pinned to {PINNED_ISA} (calib.core.pinned): the same bytes on every CPU"}
+    else:
+        if progress is not None and info.reports_progress:
+            given["progress"] = progress
+        g = info.fn(per_class=per_class, seed=seed, **given)
     if progress is not None:
         progress(len(g.labels), len(g.labels))
     return g
+
+
+def _run_source(source: str, per_class: int, seed: int, options: dict,
+                progress: Callable[[int, int], None] | None = None) -> Generated:
+    """A source's function by name (what a pinned process runs)."""
+    if progress is not None:
+        options = {**options, "progress": progress}
+    return source_info(source).fn(per_class=per_class, seed=seed, **options)
 
 
 def default_set_folder(source: str, per_class: int, seed: int, **options) -> Path:

@@ -256,7 +256,7 @@ def _load(model: str, weights: Path | None) -> tuple[nn.Module, Path | None]:
     return load_model(model, path, fuse=False, pretrained=path is not None), path  # unfused: keep every BN
 
 
-@register_source("inversion")
+@register_source("inversion", pinned=True)
 def inversion(per_class: int, seed: int, model: str = "resnet20", weights: Path | None = None,
               iterations: int = DEFAULTS["iterations"], batch_size: int = DEFAULTS["batch_size"],
               lr: float = DEFAULTS["lr"], w_bn: float = 1.0, w_ce: float = 1.0, w_tv: float = 1e-3,
@@ -291,7 +291,17 @@ def inversion(per_class: int, seed: int, model: str = "resnet20", weights: Path 
 
 def regenerate(set_dir: Path, ids: list[str]) -> dict[str, np.ndarray]:
     """Remake images of an inversion set from its manifest alone: each id's seed gives its index, the
-    recorded batches its batch-mates, and the recorded options and weight hash everything else."""
+    recorded batches its batch-mates, and the recorded options and weight hash everything else; with the
+    pinned kernels where the set was made with them (`calib.core.pinned`)."""
+    from calib.core.pinned import call_pinned
+
+    manifest = json.loads((Path(set_dir) / "manifest.json").read_text())
+    if "kernels" in manifest:
+        return call_pinned(_regenerate, Path(set_dir), list(ids))
+    return _regenerate(Path(set_dir), list(ids))
+
+
+def _regenerate(set_dir: Path, ids: list[str]) -> dict[str, np.ndarray]:
     from calib.core.weights import file_sha256
 
     manifest = json.loads((Path(set_dir) / "manifest.json").read_text())
