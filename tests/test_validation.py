@@ -1,11 +1,11 @@
 """Accuracy-aware validation on images the model never saw, and final accuracy on images that never validated.
 
-What a model saw comes from its weight card (`train_data`); a model that saw all of train validates on the
-seeded slice of test (`TEST_SLICE`) and is tested on the rest. Checked against the cards in the shared folder,
-against the cards `calib zoo train` writes, by index and by pixel content, and against
-`nncf.quantize_with_accuracy_control` called directly in another process.
+What a model saw comes from its weight card's fields (`calib.core.cards`, tested in test_cards.py); a model that
+saw all of train validates on the seeded slice of test (`TEST_SLICE`) and is tested on the rest. Checked by
+index and by pixel content, and against `nncf.quantize_with_accuracy_control` called directly in another process.
 """
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calib.core.cards import TRAINED_ON_ALL, TRAINED_ON_POOL
 from calib.core.data import (
-    SPLIT,
     TEST_SLICE,
     SliceConfig,
     aa_validation,
@@ -36,19 +36,25 @@ from calib.core.quantize import calibration_items, select_calibration
 from calib.core.sets import check_calibration_set, read_set, write_set
 from calib.core.sources import generate_set
 from calib.core.spec import QuantizeSpec
-from calib.core.weights import TRAINED_ON_ALL, TRAINED_ON_POOL, trained_on, weight_card, weights_trained_on
-from tests.conftest import REPO, shared_path, write_tree
+from tests.conftest import REPO, write_tree
 from tests.test_engines import train_tiny
 
 
-def _card(folder: Path, weights: Path, train_data: str | None) -> Path:
-    """A copy of `weights` in `folder` (same name, so its hash still matches) with a card saying `train_data`."""
+def _card(folder: Path, weights: Path, card: dict | None) -> Path:
+    """A copy of `weights` in `folder` (same name, so its hash still matches) with `card` beside it."""
     folder.mkdir(parents=True, exist_ok=True)
     copy = folder / weights.name
     shutil.copyfile(weights, copy)
-    if train_data is not None:
-        copy.with_suffix(".json").write_text(json.dumps({"train_data": train_data}))
+    if card is not None:
+        copy.with_suffix(".json").write_text(json.dumps(card))
     return copy
+
+
+def _pool_card(tree: Path) -> dict:
+    """The fields `calib zoo train` writes for a model trained on the calibration pool of `tree`."""
+    from calib.core.train import card_fields
+
+    return card_fields(train_splits(tree)["calibration_pool"])
 
 
 @pytest.fixture(scope="module")
@@ -58,55 +64,6 @@ def trained_tiny(tmp_path_factory, cifar_dir):
 
 def _pixels(images: np.ndarray) -> set[int]:
     return set(image_hashes(images).tolist())
-
-
-# ---------------------------------------------------------------- what the card says the model saw
-@pytest.mark.parametrize("tree", ["cifar10-lossless", "cifar10-jpeg"])
-def test_the_shared_cards_decide_what_validates(tree, official_dir):
-    """The official weights saw all 50,000 train images; of the weights trained here only repvgg_a0 held out
-    the validation split, and only of the JPEG tree it was trained on."""
-    root = shared_path("data", tree)
-    for pt in sorted(official_dir.glob("*.pt")):
-        assert weights_trained_on(pt, root)[0] == TRAINED_ON_ALL, pt.name
-    here = {pt.name.split("-")[0]: weights_trained_on(pt, root)[0] for pt in shared_path("weights").glob("*.pt")}
-    pool = TRAINED_ON_POOL if tree == "cifar10-jpeg" else TRAINED_ON_ALL
-    assert here == {"cifar10_repvgg_a0": pool, "cifar10_resnet20": TRAINED_ON_ALL,
-                    "cifar10_shufflenetv2_x2_0": TRAINED_ON_ALL}
-
-
-HELD_OUT = ("/data/tree/train minus the validation split: the calibration pool, 1,000 images "
-            "(calib.core.data.SPLIT: validation_per_class={vpc}, seed={seed}, held out and never seen in training)")
-
-
-@pytest.mark.parametrize("card,expected", [
-    ({}, TRAINED_ON_ALL),
-    ({"train_data": ""}, TRAINED_ON_ALL),
-    ({"train_data": "CIFAR-10 train, all 50,000 images"}, TRAINED_ON_ALL),
-    ({"train_data": "/data/tree/train: all 1,100 train images, the validation split included"}, TRAINED_ON_ALL),
-    ({"train_data": HELD_OUT.format(vpc=SPLIT.validation_per_class, seed=SPLIT.seed)}, TRAINED_ON_POOL),
-    ({"train_data": HELD_OUT.format(vpc=SPLIT.validation_per_class, seed=SPLIT.seed + 1)}, TRAINED_ON_ALL),
-    ({"train_data": HELD_OUT.format(vpc=SPLIT.validation_per_class + 1, seed=SPLIT.seed)}, TRAINED_ON_ALL),
-    ({"train_data": HELD_OUT.replace("/data/tree", "/data/other").format(vpc=SPLIT.validation_per_class,
-                                                                       seed=SPLIT.seed)}, TRAINED_ON_ALL),
-    ({"train_data": "/data/tree/train minus the validation split"}, TRAINED_ON_ALL),  # which cut: not said
-    ({"train_data": "held out: nothing; trained on whatever"}, TRAINED_ON_ALL),
-])
-def test_only_a_card_that_holds_out_this_trees_split_means_the_pool(card, expected):
-    assert trained_on(card, "/data/tree")[0] == expected
-
-
-def test_cards_written_by_training_say_what_they_trained_on(cifar_dir, trained_tiny, tmp_path):
-    """The card text `calib zoo train` writes, round trip: the pool means the validation split is unseen,
-    the whole train split means it is not; no card at all is all of train."""
-    from calib.core.train import describe_train_data
-
-    root = load_split("test", cifar_dir).provenance["data_root"]
-    pool = describe_train_data(train_splits(cifar_dir)["calibration_pool"])
-    whole = describe_train_data(load_split("train", cifar_dir))
-    assert trained_on({"train_data": pool}, root)[0] == TRAINED_ON_POOL
-    assert trained_on({"train_data": whole}, root)[0] == TRAINED_ON_ALL
-    assert weights_trained_on(trained_tiny, root)[0] == TRAINED_ON_ALL and not weight_card(trained_tiny)
-    assert weights_trained_on(None, root)[0] == TRAINED_ON_ALL
 
 
 # ---------------------------------------------------------------- the slice of test
@@ -148,10 +105,8 @@ def test_a_model_that_saw_all_of_train_validates_on_test_images_never_tested(tre
 
 def test_a_model_that_held_out_the_validation_split_validates_there_and_tests_on_all_of_test(cifar_dir, tmp_path,
                                                                                             weights_dir):
-    from calib.core.train import describe_train_data
-
     pool = train_splits(cifar_dir)["calibration_pool"]
-    weights = _card(tmp_path / "w", next(weights_dir.glob("cifar10_tiny_cnn-*.pt")), describe_train_data(pool))
+    weights = _card(tmp_path / "w", next(weights_dir.glob("cifar10_tiny_cnn-*.pt")), _pool_card(cifar_dir))
     split = evaluation_split(cifar_dir, weights)
     val, test = split.validation, split.test
     assert (split.trained_on, split.validation_source, val.role) == (TRAINED_ON_POOL, "train_validation_split",
@@ -186,10 +141,7 @@ def test_accuracy_aware_validates_only_on_images_the_model_never_saw(tmp_path, c
     the ranking subset explicit (all validation images) and recorded."""
     import nncf
 
-    from calib.core.train import describe_train_data
-
-    weights = trained_tiny if card == "none" else _card(
-        tmp_path / "w", trained_tiny, describe_train_data(train_splits(cifar_dir)["calibration_pool"]))
+    weights = trained_tiny if card == "none" else _card(tmp_path / "w", trained_tiny, _pool_card(cifar_dir))
     calib = generate_set("cifar10", 3, 0, tmp_path / "set", data_dir=cifar_dir)
     seen, calib_fed, kwargs = set(), set(), {}
     real = nncf.quantize_with_accuracy_control
@@ -221,19 +173,29 @@ def test_accuracy_aware_validates_only_on_images_the_model_never_saw(tmp_path, c
     assert row["aa_fp32_validation_accuracy"] == row["aa_nncf_initial_metric"]
 
 
-def _hard_tree(root: Path, counts: dict[str, int], seed: int = 3) -> Path:
-    """Classes that differ by a few grey levels in one channel under heavy noise: a tiny model learns them
-    only in part, so INT8 rounding flips some predictions and NNCF has layers to restore."""
-    return write_tree(root, counts, seed, noise=120, step=3)
+def _spread_channel(weights: Path, folder: Path, scale: float = 1000.0) -> Path:
+    """The same function with one activation channel `scale` times wider: BatchNorm 1 scales channel 0 up,
+    conv 2 scales its input down (ReLU and max-pooling commute with a positive scale). NNCF quantizes conv 2's
+    input per tensor on 256 levels, so the other channels fall below one step and INT8 loses accuracy from the
+    8-bit grid itself, on any instruction set; keeping conv 2 in FP32 restores it."""
+    import torch
+
+    sd = torch.load(weights, weights_only=True)
+    sd["features.1.weight"][0] *= scale
+    sd["features.1.bias"][0] *= scale
+    sd["features.4.weight"][:, 0] /= scale
+    tmp = folder / "spread.pt"
+    torch.save(sd, tmp)
+    return tmp.rename(folder / f"cifar10_tiny_cnn-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.pt")
 
 
 @pytest.fixture(scope="module")
 def restored(tmp_path_factory):
-    """calib's accuracy-aware run (max drop 0) of a tiny model that saw all of its train split, on a tree where
-    NNCF keeps a layer in FP32."""
+    """calib's accuracy-aware run (max drop 0) of a tiny model that saw all of its train split and has one
+    activation channel 1000 times wider than the rest, so NNCF keeps a layer in FP32 on every CPU."""
     base = tmp_path_factory.mktemp("restored")
-    tree = _hard_tree(base / "tree", {"train": 110, "test": 30})
-    weights = train_tiny(tree, base)
+    tree = write_tree(base / "tree", {"train": 110, "test": 30}, seed=3)
+    weights = _spread_channel(train_tiny(tree, base), base)
     calib = generate_set("cifar10", 3, 0, base / "set", data_dir=tree)
     row = run_quantize(QuantizeSpec(model="tiny_cnn", calib=calib, algo="accuracy-aware", max_drop=0.0,
                                        weights=weights, data_dir=tree), base / "aa", record_path=base / "r.jsonl")
@@ -300,8 +262,8 @@ print(json.dumps({
 def test_accuracy_aware_equals_nncf_called_directly_in_another_process(restored):
     """Outside truth: `nncf.quantize_with_accuracy_control` with its own plain validation function, on the same
     FP32 IR, calibration items and validation slice, in a fresh process: the same INT8 predictions on the final
-    test images, the same validation accuracies; and the layers calib reports kept in FP32 are exactly those
-    that lost their activation quantizers against NNCF's default INT8 model."""
+    test images, the same validation accuracies, and the same operations without their activation quantizers
+    against NNCF's default INT8 model."""
     r, base = restored["row"], restored["base"]
     tree, weights = restored["tree"], restored["weights"]
     cset = read_set(restored["calib"])
@@ -319,8 +281,9 @@ def test_accuracy_aware_equals_nncf_called_directly_in_another_process(restored)
     assert (r["aa_fp32_validation_accuracy"], r["aa_int8_validation_accuracy"]) == \
         (direct["fp32_validation"], direct["aa_validation"])
     assert r["aa_kept_fp32_count"] == len(r["aa_kept_fp32"]) >= 1, "the fixture should make NNCF restore a layer"
-    lost = _activation_quantized(base / "direct" / "default.xml") - _activation_quantized(Path(r["int8_path"]))
-    assert set(r["aa_kept_fp32"]) == lost
+    default = _activation_quantized(base / "direct" / "default.xml")
+    lost = default - _activation_quantized(Path(r["int8_path"]))
+    assert lost and lost == default - _activation_quantized(base / "direct" / "aa.xml")
 
 
 def test_accuracy_aware_result_is_in_the_row_and_nncf_logs_in_the_run_folder(restored):

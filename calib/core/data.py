@@ -1,16 +1,17 @@
 """CIFAR-10 splits as uint8 arrays and torch datasets, with the zoo's normalization.
 
 Two paths to the same data: torchvision's CIFAR10 download (the real path) or any image-folder tree
-`<root>/{train,test}/<class>/*` (the local path, `--data-dir` or `CALIB_CIFAR10_DIR`).
+`<root>/{train,test}/<class>/*` (the local path, `--data-dir` or `CALIB_CIFAR10_DIR`); both are read as
+arrays by `calib.core.tree`.
 
 Science hygiene lives here: `train_splits` cuts the train split into a calibration pool and a validation
 split that never overlap (one definition, `SPLIT`, for every user), every `LabeledImages` carries its `role`
 and the tree it came from, and `heldout_hashes` gives the pixel hashes of the test and validation images, so
 the quantize path can refuse them by content, whatever folder or file name they arrive under.
 
-Validation must be images the model never saw: `evaluation_split` reads the weight card and, for a model that
-trained on all of train, validates on a seeded slice of test (`TEST_SLICE`) and measures the final accuracy on
-the rest of test (`aa_validation`, `final_test`).
+Validation must be images the model never saw: `evaluation_split` reads the weight card's fields
+(`calib.core.cards.trained_on`) and, for a model that trained on all of train, validates on a seeded slice of
+test (`TEST_SLICE`) and measures the final accuracy on the rest of test (`aa_validation`, `final_test`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,23 @@ from typing import Literal
 import numpy as np
 import torch
 
+from calib.core.cards import TRAINED_ON_POOL, weights_trained_on
 from calib.core.errors import CalibError
-from calib.core.paths import calib_home, env_path
+from calib.core.paths import calib_home
+from calib.core.tree import (
+    CLASSES,
+    SPLIT,
+    SplitConfig,
+    content_sha256,
+    folder_fingerprint,
+    read_split,
+    resolve_data_dir,
+    torchvision_cache,
+)
+from calib.core.tree import IMAGE_SIZE as IMAGE_SIZE  # re-exported: the zoo's input size lives with the data
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
-IMAGE_SIZE = 32
 
 Split = Literal["train", "test"]
 Role = Literal["train", "calibration_pool", "validation", "test", "synthetic"]
@@ -74,67 +85,10 @@ def from_model_input(x: torch.Tensor) -> torch.Tensor:
     return x * std + mean
 
 
-def resolve_data_dir(data_dir: Path | None = None) -> Path | None:
-    """The local image-folder root if one is configured; None means the torchvision download path."""
-    root = data_dir or env_path("CALIB_CIFAR10_DIR")
-    if root is not None and not (root / "train").is_dir():
-        raise CalibError(f"CIFAR-10 folder {root} has no train/ sub-folder (expected <root>/{{train,test}}/<class>/*)")
-    return root
-
-
-def _read_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-    from torchvision.datasets import ImageFolder
-
-    if not folder.is_dir():
-        raise CalibError(f"missing split folder {folder}")
-    tree = ImageFolder(str(folder))
-    if tuple(tree.classes) != CLASSES:
-        raise CalibError(f"{folder}: class folders {tree.classes} are not CIFAR-10's {list(CLASSES)}")
-    images = np.empty((len(tree.samples), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    for i, (path, _) in enumerate(tree.samples):
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-        if arr.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-            raise CalibError(f"{path}: expected 32x32 RGB, got {arr.shape}")
-        images[i] = arr
-    return images, np.asarray(tree.targets, np.int64)
-
-
-def _folder_fingerprint(folder: Path) -> str:
-    """Cheap identity of a folder tree (names, sizes, mtimes), for cache keys; one stat per file."""
-    entries: list[tuple[tuple[str, ...], int, int]] = []
-
-    def walk(d: Path, rel: tuple[str, ...]) -> None:
-        with os.scandir(d) as it:
-            for e in it:
-                if e.is_dir():
-                    walk(Path(e.path), (*rel, e.name))
-                elif e.is_file():
-                    st = e.stat()
-                    entries.append(((*rel, e.name), st.st_size, st.st_mtime_ns))
-
-    walk(folder, ())
-    h = hashlib.sha256()
-    for parts, size, mtime in sorted(entries):
-        h.update(f"{'/'.join(parts)}:{size}:{mtime}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def _torchvision_cache() -> Path:
-    return calib_home() / "cifar10"
-
-
-def _content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
-    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-    h.update(np.ascontiguousarray(labels, np.int64).tobytes())
-    return h.hexdigest()
-
-
 def _with_provenance(images: np.ndarray, labels: np.ndarray, split: str, kind: str, where: Path) -> LabeledImages:
     prov = {"data": kind, "data_root": str(where), "split": split, "images": int(len(labels)),
             "per_class": np.bincount(labels, minlength=len(CLASSES)).tolist(),
-            "content_sha256": _content_sha256(images, labels)}
+            "content_sha256": content_sha256(images, labels)}
     source = f"torchvision:{where}" if kind == "torchvision" else str(where / split)
     return LabeledImages(images, labels, split, source, provenance=prov)
 
@@ -145,35 +99,8 @@ def load_split(split: Split, data_dir: Path | None = None, download: bool = True
     Any number of images per class is accepted (a 4,000-image train split with 366-422 per class, say); the
     result's `provenance` names the tree, the per-class counts and a sha256 of the decoded pixels and labels.
     """
-    if split not in ("train", "test"):
-        raise CalibError(f"unknown split {split!r} (train or test)")
-    root = resolve_data_dir(data_dir)
-    if root is None:
-        from torchvision.datasets import CIFAR10
-
-        cache = _torchvision_cache()
-        try:
-            ds = CIFAR10(str(cache), train=split == "train", download=download)
-        except (RuntimeError, OSError) as e:  # missing without download, or no network
-            msg = " ".join(str(e).split())
-            raise CalibError(f"CIFAR-10 not available in {cache} ({type(e).__name__}: {msg}); set --data-dir or "
-                             "CALIB_CIFAR10_DIR to a local tree") from None
-        return _with_provenance(np.asarray(ds.data, np.uint8), np.asarray(ds.targets, np.int64), split,
-                                "torchvision", cache.resolve())
-    folder = root / split
-    if not folder.is_dir():
-        raise CalibError(f"missing split folder {folder}")
-    cache_file = calib_home() / "decoded" / f"{split}-{_folder_fingerprint(folder)}.npz"
-    if cache_file.exists():
-        with np.load(cache_file) as z:
-            images, labels = z["images"], z["labels"]
-    else:
-        images, labels = _read_image_folder(folder)
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, cache_file)
-    return _with_provenance(images, labels, split, "folder", root.resolve())
+    images, labels, kind, where = read_split(split, data_dir, download)
+    return _with_provenance(images, labels, split, kind, where)
 
 
 def data_provenance(data_dir: Path | None = None) -> dict:
@@ -189,17 +116,6 @@ def data_provenance(data_dir: Path | None = None) -> dict:
     out["data_split"] = f"validation_per_class={SPLIT.validation_per_class},seed={SPLIT.seed}"
     out["data_test_slice"] = f"fraction={TEST_SLICE.fraction},seed={TEST_SLICE.seed}"
     return out
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """How train is cut: `validation_per_class` images per class for accuracy-aware validation."""
-
-    validation_per_class: int = 100
-    seed: int = 0
-
-
-SPLIT = SplitConfig()  # the one cut of train that the cifar10 source, validation and the guard all use
 
 
 @dataclass(frozen=True)
@@ -267,14 +183,15 @@ def indices_sha256(data: LabeledImages) -> str:
 class Evaluation:
     """The images a model's INT8 study uses besides calibration, decided by what the model saw in training:
 
-    - trained on the calibration pool (its card says the validation split was held out, for this tree and
-      `SPLIT`): accuracy-aware validation on the validation split of train, final accuracy on all of test;
-    - trained on all of train (the official weights; any card that is missing or unclear): validation on the
-      `TEST_SLICE` of test, final accuracy on the rest of test, so the two never overlap.
+    - trained on the calibration pool (its card's fields hold out the validation split of `SPLIT` and name
+      this tree by its train hash): accuracy-aware validation on the validation split of train, final
+      accuracy on all of test;
+    - trained on all of train (the official weights; a card without the fields, or for another tree or cut):
+      validation on the `TEST_SLICE` of test, final accuracy on the rest of test, so the two never overlap.
     """
 
     whole_test: LabeledImages = field(repr=False)
-    trained_on: str  # calib.core.weights.TRAINED_ON_POOL or TRAINED_ON_ALL
+    trained_on: str  # calib.core.cards.TRAINED_ON_POOL or TRAINED_ON_ALL
     trained_on_reason: str
     validation_source: str  # "train_validation_split" or "test_slice"
     data_dir: Path | None = None
@@ -314,10 +231,8 @@ class Evaluation:
 def evaluation_split(data_dir: Path | None, weights: Path | None) -> Evaluation:
     """Validation and final-test images for a model with the weight file `weights` (None: not known, so all of
     train is assumed seen) on the configured tree; see `Evaluation`."""
-    from calib.core.weights import TRAINED_ON_POOL, weights_trained_on
-
     test = load_split("test", data_dir)
-    seen, reason = weights_trained_on(weights, test.provenance["data_root"])
+    seen, reason = weights_trained_on(weights, data_dir)
     source = "train_validation_split" if seen == TRAINED_ON_POOL else "test_slice"
     return Evaluation(test, seen, reason, source, data_dir)
 
@@ -356,12 +271,12 @@ def _tree_key(data_dir: Path | None) -> tuple[str | None, Path]:
     that tree's root."""
     root = resolve_data_dir(data_dir)
     if root is None:
-        where = _torchvision_cache().resolve()
+        where = torchvision_cache().resolve()
         batches = where / "cifar-10-batches-py"
-        parts = ["torchvision", _folder_fingerprint(batches)] if batches.is_dir() else None
+        parts = ["torchvision", folder_fingerprint(batches)] if batches.is_dir() else None
     else:
         where = root.resolve()
-        parts = ["folder", *(_folder_fingerprint(root / s) for s in ("train", "test") if (root / s).is_dir())]
+        parts = ["folder", *(folder_fingerprint(root / s) for s in ("train", "test") if (root / s).is_dir())]
     if parts is None:
         return None, where
     parts += [str(where), str(SPLIT.validation_per_class), str(SPLIT.seed)]

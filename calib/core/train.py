@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from calib.core.data import MEAN, STD, LabeledImages
+from calib.core.cards import trained_on_fields
+from calib.core.data import MEAN, SPLIT, STD, LabeledImages
 from calib.core.errors import CalibError
 from calib.core.runs import append_jsonl, atomic_write_json, sha256_file, start_run
 from calib.core.zoo import create_model
@@ -86,15 +87,33 @@ def accuracy(model: nn.Module, data: LabeledImages, device: torch.device, batch_
     return correct / len(data)
 
 
-def describe_train_data(train: LabeledImages) -> str:
-    """The card's `train_data`: which images the model saw, so validation can be checked as unseen."""
-    from calib.core.data import SPLIT
+def tree_split_name(data: LabeledImages, split: str) -> str:
+    """Where `data` came from, as a card names it: the tree's folder name and the split, never the training
+    machine's full path (cards travel with the weights)."""
+    prov = data.provenance
+    if prov.get("data") == "torchvision":
+        return f"torchvision CIFAR-10 {split}"
+    if prov.get("data_root"):
+        return f"{Path(prov['data_root']).name}/{split}"
+    return f"in-memory {split} images"
 
+
+def describe_train_data(train: LabeledImages) -> str:
+    """The card's `train_data`, for people; what reading trusts are the fields of `card_fields`."""
+    tree = tree_split_name(train, "train")
     if train.role == "calibration_pool":
-        return (f"{train.source} minus the validation split: the calibration pool, {len(train):,} images "
+        return (f"{tree} minus the validation split: the calibration pool, {len(train):,} images "
                 f"(calib.core.data.SPLIT: validation_per_class={SPLIT.validation_per_class}, seed={SPLIT.seed}, "
                 "held out and never seen in training)")
-    return f"{train.source}: all {len(train):,} train images, the validation split included"
+    return f"{tree}: all {len(train):,} train images, the validation split included"
+
+
+def card_fields(train: LabeledImages) -> dict:
+    """`trained_on`, `held_out` and `trained_on_tree` for the card, with the train split's content hash as rows
+    record it (`data_train_sha256`), so the tree is recognised under any folder name."""
+    prov = train.provenance
+    sha = prov.get("content_sha256") if prov.get("split") == "train" else None
+    return trained_on_fields(train.role == "calibration_pool", tree_split_name(train, "train"), sha)
 
 
 def _rng_state() -> dict:
@@ -183,7 +202,7 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
                "recipe": f"SGD lr {cfg.lr} Nesterov momentum {cfg.momentum}, weight decay {cfg.weight_decay}, "
                          f"batch {cfg.batch_size}, cosine to 0 after {cfg.warmup_epochs} warm-up epochs, "
                          f"RandomCrop(32, padding 4) + horizontal flip, seed {cfg.seed}",
-               "train_data": describe_train_data(train)}
+               "train_data": describe_train_data(train), **card_fields(train)}
     if epoch == cfg.epochs:
         tmp = out_dir / ".final.pt"
         torch.save({k: v.float().cpu() for k, v in model.state_dict().items()}, tmp)
@@ -192,7 +211,7 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
         summary["file"] = final.name
         if test is not None:
             summary["test_accuracy"] = accuracy(model, test, device)
-            summary["test_data"] = test.source
+            summary["test_data"] = tree_split_name(test, "test")
         atomic_write_json(final.with_suffix(".json"), summary)
     return summary
 

@@ -8,7 +8,6 @@ is checked against; an official file's prefix is also the one its registration n
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from calib.core.cards import card_accuracies, weight_card
 from calib.core.errors import CalibError
 from calib.core.paths import calib_home
 from calib.core.runs import sha256_file
@@ -162,17 +162,6 @@ def load_model(name: str, path: Path | None = None, weights_dir: WeightsDirs = N
     return reparameterize(model) if fuse else model
 
 
-def weight_card(path: Path) -> dict:
-    """The `.json` written beside a weight file (how it was trained, its test accuracy), if any."""
-    card = Path(path).with_suffix(".json")
-    if not card.exists():
-        return {}
-    try:
-        return json.loads(card.read_text())
-    except json.JSONDecodeError:
-        raise CalibError(f"weight card {card} is not valid JSON") from None
-
-
 def zoo_test_accuracy(name: str, path: Path | None = None, data_dir: Path | None = None, fuse: bool = True) -> dict:
     """Top-1 of a zoo model in PyTorch FP32 on the whole test split of the configured tree, measured now, with
     the weight file's provenance and the card's accuracy for that same tree when the card states one."""
@@ -192,61 +181,3 @@ def zoo_test_accuracy(name: str, path: Path | None = None, data_dir: Path | None
             if test.provenance["data"] == "folder" else test.source, **weights_provenance(file),
             "card_accuracies": stated, "card_accuracy_same_data": same_tree[0] if same_tree else None,
             "published_top1": model_info(name).published_top1}
-
-
-# accuracy keys of weight cards and the key that names the data each was measured on
-_CARD_ACCURACIES = {"test_accuracy": "test_data", "test_accuracy_lossless_1k": "lossless_test",
-                    "test_accuracy_jpeg_10k": "jpeg_test"}
-
-
-def card_accuracies(card: dict) -> list[tuple[float, str]]:
-    """(accuracy, data it was measured on) for every test accuracy a weight card states."""
-    return [(float(card[k]), str(card.get(data, k))) for k, data in _CARD_ACCURACIES.items()
-            if isinstance(card.get(k), int | float)]
-
-
-TRAINED_ON_POOL = "calibration_pool"  # the validation split of `calib.core.data.SPLIT` was held out
-TRAINED_ON_ALL = "all_train"  # every train image may have been seen (the conservative answer)
-_HELD_OUT = re.compile(r"minus the validation split|calibration pool|held out")
-_ALL = re.compile(r"validation split included|\ball\b")
-_CUT = re.compile(r"validation_per_class\s*=\s*(\d+)\D+?seed\s*[= ]\s*(\d+)")
-
-
-def trained_on(card: dict, data_root: str | Path) -> tuple[str, str]:
-    """Which train images a model saw, from its weight card's `train_data`, for the CIFAR-10 tree `data_root`:
-    (`TRAINED_ON_POOL` or `TRAINED_ON_ALL`, the reason in words).
-
-    The rule: the calibration pool only when `train_data` says the validation split was held out ("minus the
-    validation split", "calibration pool", "held out"), names the same cut as `calib.core.data.SPLIT`
-    (validation_per_class and seed), names this tree (`<root>/train`, or the root itself) and says nothing of
-    "all" images or the validation split "included". Anything else, a missing card or field included, is all
-    of train: a held-out split is only trusted when the card states it for this very tree and cut.
-    """
-    from calib.core.data import SPLIT
-
-    text = card.get("train_data")
-    if not isinstance(text, str) or not text.strip():
-        return TRAINED_ON_ALL, "no train_data on the weight card: all of train assumed"
-    low = " ".join(text.lower().split())
-    if _ALL.search(low) or not _HELD_OUT.search(low):
-        return TRAINED_ON_ALL, f"card: {text}"
-    cut = _CUT.search(low)
-    if cut is None or (int(cut[1]), int(cut[2])) != (SPLIT.validation_per_class, SPLIT.seed):
-        return TRAINED_ON_ALL, (f"card holds out a validation split other than calib.core.data.SPLIT "
-                                f"(validation_per_class={SPLIT.validation_per_class}, seed={SPLIT.seed}), or "
-                                f"names none: all of train assumed ({text})")
-    root = Path(data_root)
-    if f"{root.name}/train".lower() not in low and str(root).lower() not in low:
-        return TRAINED_ON_ALL, f"card holds out the validation split of another tree than {root}: all of train " \
-                               f"assumed ({text})"
-    return TRAINED_ON_POOL, f"card: {text}"
-
-
-def weights_trained_on(path: Path | None, data_root: str | Path) -> tuple[str, str]:
-    """`trained_on` for a weight file's card; `path=None` (weights not known) is all of train."""
-    if path is None:
-        return TRAINED_ON_ALL, "weights not known (a model file or random weights): all of train assumed"
-    card = weight_card(path)
-    if not card:
-        return TRAINED_ON_ALL, f"no weight card beside {Path(path).name}: all of train assumed"
-    return trained_on(card, data_root)
