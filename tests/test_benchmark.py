@@ -14,6 +14,7 @@ from calib.core.benchmark import benchmark_models, benchmark_sources, compare_en
 from calib.core.engines import Protocol, list_engines
 from calib.core.runs import predictions_from_str, read_jsonl
 from calib.core.sources import generate_set
+from calib.core.speed import ratio_interval
 
 runner = CliRunner()
 FAST = Protocol(warmup_s=0.05, duration_s=0.1, repeats=3)
@@ -50,6 +51,18 @@ def test_benchmark_models_times_pytorch_under_the_same_protocol(tmp_path):
         assert r["pytorch_fps"] > 0 and r["pytorch_latency_fps"] > 0
         if r["engine"] in list_engines(int8=True):
             assert r["int8_fps"] > 0 and r["int8_bytes"] > 0
+            assert r["speedup_low"] <= r["speedup"] <= r["speedup_high"] and len(r["speedup_runs"]) == 3
+
+
+def test_a_ratio_of_paired_repeats_is_the_median_ratio_with_a_bootstrap_interval():
+    """Closed forms: equal ratios leave no interval; the median of the per-repeat ratios is the ratio; one slow
+    repeat of both (a slow spell of the machine, hitting both turns) moves neither."""
+    same = ratio_interval([100, 200, 400], [200, 400, 800])
+    assert (same["ratio"], same["ratio_low"], same["ratio_high"]) == (2.0, 2.0, 2.0)
+    mixed = ratio_interval([100, 100, 100, 100, 100], [150, 200, 200, 250, 200])
+    assert mixed["ratio"] == 2.0 and mixed["ratio_low"] <= 2.0 <= mixed["ratio_high"]
+    assert mixed["ratio_runs"] == [1.5, 2.0, 2.0, 2.5, 2.0] and 1.5 <= mixed["ratio_low"] and mixed["ratio_high"] <= 2.5
+    assert ratio_interval([100, 10, 100], [200, 20, 200])["ratio"] == 2.0
 
 
 def test_benchmark_sources_records_the_images_it_made(tmp_path):
@@ -64,7 +77,8 @@ def test_evaluate_vs_benchmark_app_compares_like_with_like(tmp_path, cifar_dir):
     """benchmark_app reports the device configuration it compiled with; it must equal the evaluator's."""
     r = evaluate_vs_benchmark_app("tiny_cnn", tmp_path, cifar_dir, seconds=1, batch=8, repeats=1,
                                   record_path=tmp_path / "r.jsonl")
-    assert r["ratio"] == pytest.approx(r["eval_fps"] / r["benchmark_app_fps"])
+    assert r["ratio"] == pytest.approx(r["eval_fps"] / r["benchmark_app_fps"], rel=1e-3)  # one repeat
+    assert r["ratio_low"] == r["ratio"] == r["ratio_high"]
     assert r["benchmark_app_fps"] > 0 and r["eval_fps"] > 0 and r["batch"] == 8
     assert "-b 8" in r["benchmark_app_command"] and f"-nireq {r['requests']}" in r["benchmark_app_command"]
     assert r["INFERENCE_PRECISION_HINT"] == "f32" and int(r["NUM_STREAMS"]) >= 1

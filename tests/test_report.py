@@ -283,3 +283,24 @@ def test_isa_side_by_side_pairs_each_seed_with_its_native_run():
     assert q.delta == pytest.approx(-3 / 400)  # (-3 + 0) images over 2 seeds x 200 images
     assert q.flips_to_wrong == 1.5 and q.flips_to_right == 0 and q.predictions_changed == 1.5
     assert f.delta == 0 and f.predictions_changed == 0 and f.verdict == NO_CHANGE
+
+
+def test_a_machine_capped_to_another_ones_isa_is_never_pooled_with_it_but_listed_beside_it():
+    """Both machines' capped rows once carried "AMD EPYC | avx2": the key is now made from the rows' fields, so
+    an AVX2 machine and an AVX-512 one capped to AVX2 get their own tables, and their common cells are listed
+    as expected equal, with the differences counted."""
+    avx2 = dict(cpu="AMD EPYC", isa_native="avx2", isa_effective="avx2", hardware_key="AMD EPYC | avx2")
+    capped = dict(cpu="AMD EPYC", isa_native="avx512_core_bf16", isa_effective="avx2",
+                  hardware_key="AMD EPYC | avx2")  # as written before the key named the cap
+    rows = [base(isa="avx2", **avx2), base(isa="avx2", **capped)]
+    for seed, moved in enumerate((0, 0, 2)):
+        rows.append(quant(seed=seed, isa="avx2", correct=flip(FP32, 3, 0), **avx2))
+        rows.append(quant(seed=seed, isa="avx2", correct=flip(FP32, 3 + moved, 0), **capped))
+    out = tables(pd.DataFrame(rows), LABELS)
+    assert {"cells_openvino__amd-epyc-avx2", "cells_openvino__amd-epyc-avx512_core_bf16-capped-to-avx2"} <= set(out)
+    eq = out["expected_equal"].iloc[0]
+    assert (eq.kernels_isa, eq.machine_a, eq.machine_b) == ("avx2", "AMD EPYC | avx2",
+                                                            "AMD EPYC | avx512_core_bf16 capped to avx2")
+    assert (eq.cells, eq.same_predictions, eq.different) == (4, 3, 1)
+    assert eq.max_abs_accuracy_difference == pytest.approx(2 / 200)
+    assert eq.cells_that_differ == "resnet20 openvino cifar10 default s2"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from calib.cli import app
 from calib.core.errors import CalibError
 from calib.core.runs import read_jsonl
-from calib.study.grid import Selection, expand, load_grid
+from calib.study.grid import Cell, Selection, expand, load_grid
 from calib.study.report import write_report
 from calib.study.rows import newest_rows
 from calib.study.runner import run_study
@@ -448,21 +448,27 @@ print(json.dumps(out))
 
 
 def test_a_capped_isa_cell_computes_what_openvino_computes_with_the_cap_set_by_hand(tmp_path, monkeypatch):
-    """An sse41 cell runs (and is timed) in a worker started with ONEDNN_MAX_CPU_ISA=SSE41: a separate Python
-    with the variable set by hand reads the cell's IRs and predicts the same classes with the same kernels, and
-    those kernels are not the native ones."""
+    """An sse41 cell runs (and is timed) in a worker started with every library capped at SSE4.1, in a slot
+    beside native cells: a separate Python with ONEDNN_MAX_CPU_ISA=SSE41 set by hand reads the cell's IRs and
+    predicts the same classes with the same kernels, and those kernels are not the native ones; the libraries'
+    own reports in the row say the caps held."""
+    from calib.core import hardware
+
     quick_speed(monkeypatch)
     grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]')
                       .replace("seeds = [0, 1]", "seeds = [0]")
                       .replace("benchmark = false", QUICK_SPEED + '\nisas = ["native", "sse41"]'))
-    summary = run_study(grid, tmp_path / "run", progress=False)
+    summary = run_study(grid, tmp_path / "run", progress=False, jobs=2)  # both ISAs share two slots
     rows = {(r["kind"], r["isa"]): r for r in read_jsonl(tmp_path / "run" / "rows.jsonl")}
     assert summary["ok"] == len(rows) == 4, rows
     capped = [rows["baseline", "sse41"], rows["quantize", "sse41"]]
     assert {(r["onednn_max_cpu_isa"], r["isa_effective"]) for r in capped} == {("SSE41", "sse41")}
     assert rows["quantize", "native"]["onednn_max_cpu_isa"] == ""
-    assert capped[0]["hardware_key"].endswith("| sse41") and capped[0]["condition"] != rows[
-        "baseline", "native"]["condition"]
+    assert all(r["cpu_caps"] == hardware.cap_env("sse41") for r in capped)  # every library capped, and said so
+    assert all(r["torch_cpu_capability"] not in ("AVX2", "AVX512") for r in capped)
+    assert not [t for r in capped for t in r["numpy_simd"] if t.startswith(("X86_V3", "X86_V4", "AVX"))]
+    assert capped[0]["hardware_key"].endswith(f"{capped[0]['isa_native']} capped to sse41") and capped[0][
+        "condition"] != rows["baseline", "native"]["condition"]
     files = [str(tmp_path / "run" / r["model_file"]) for r in capped]
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="SSE41")
     done = subprocess.run([sys.executable, "-c", BY_HAND, *files], env=env, capture_output=True, text=True,
@@ -478,8 +484,8 @@ def test_a_capped_isa_cell_computes_what_openvino_computes_with_the_cap_set_by_h
     assert "sse42" not in native and native != capped[1]["ov_kernels"]  # the cap changed the kernels
     # each timing was taken by a process of the cell's ISA (the key holds that process's own hardware_key)
     timings = read_jsonl(tmp_path / "run" / "speed.jsonl")
-    assert {(t["key"]["isa"], t["key"]["hardware_key"].rsplit("| ", 1)[1]) for t in timings} == {
-        ("native", capped[0]["isa_native"]), ("sse41", "sse41")}
+    assert {(t["key"]["isa"], t["key"]["hardware_key"].split(" | ", 1)[1]) for t in timings} == {
+        ("native", capped[0]["isa_native"]), ("sse41", f"{capped[0]['isa_native']} capped to sse41")}
     assert all(r["int8_fps" if r["kind"] == "quantize" else "fp32_fps"] > 0 for r in rows.values())
     assert rows["baseline", "sse41"]["pytorch_fps"] > 0  # PyTorch (oneDNN too) timed under the cap as well
 
@@ -548,3 +554,25 @@ def test_accuracy_aware_table_tells_fused_from_unfused_and_judges_the_promise():
     table = accuracy_aware_table(cells)
     assert list(zip(table.fuse, table.max_drop_kept)) == [(False, "within validation sampling error"),
                                                           (True, "yes")]
+
+
+def test_time_left_comes_from_what_finished_cells_of_each_kind_took():
+    """Long cells run first and timing runs last, so a count of cells is no clock: each cell left is expected to
+    take what its kind took, its work shared by the slots, each timed cell's speed measured alone."""
+    from calib.study.schedule import Estimate
+
+    aa = [Cell("quantize", "resnet56", algo="accuracy-aware", seed=s) for s in range(3)]
+    quick = [Cell("quantize", "resnet20", seed=s) for s in range(4)]
+    timed = Cell("baseline", "resnet20")
+    est = Estimate([*aa, *quick, timed], jobs=2, timed={timed})
+    assert est.left() is None  # nothing finished: no estimate
+    est.work_done(aa[0], {"status": "ok", "wall_seconds": 60.0})
+    assert est.left() == pytest.approx((2 * 60 + 4 * 60 + 60) / 2 + Estimate.SPEED_PRIOR)  # only one kind known
+    est.work_done(quick[0], {"status": "ok", "wall_seconds": 6.0})
+    any_kind = (60 + 6) / 2  # a baseline's kind has not finished yet: any kind's mean
+    assert est.left() == pytest.approx((2 * 60 + 3 * 6 + any_kind) / 2 + Estimate.SPEED_PRIOR)
+    est.work_done(timed, {"status": "ok", "wall_seconds": 2.0})  # its work; its speed is still to come
+    est.row(timed, {"status": "ok", "wall_seconds": 9.0, "speed_seconds": 7.0})
+    assert est.left() == pytest.approx((2 * 60 + 3 * 6) / 2)
+    est.row(quick[1], {"status": "skipped", "wall_seconds": 0.0})  # a skipped cell is no measure of its kind
+    assert est.left() == pytest.approx((2 * 60 + 2 * 6) / 2)

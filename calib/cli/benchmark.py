@@ -55,11 +55,13 @@ def benchmark_models_cmd(
             app_row = evaluate_vs_benchmark_app(app_check, out, data_dir=data_dir, record_path=record_path)
 
     def text() -> None:
-        t = result_table("model", "engine", "FP32 tput", "INT8 tput", "INT8/FP32", "FP32 lat", "INT8 lat",
-                         "FP32 MB", "INT8 MB", "PyTorch tput", "PyTorch lat", caption=f"img/s; {protocol.describe()}")
+        t = result_table("model", "engine", "FP32 tput", "INT8 tput", "INT8/FP32 [95 %]", "FP32 lat", "INT8 lat",
+                         "FP32 MB", "INT8 MB", "PyTorch tput", "PyTorch lat",
+                         caption=f"img/s; {protocol.describe()}; INT8/FP32 from interleaved repeats")
         for r in rows:
-            t.add_row(r["model"], r["engine"], *(_num(r.get(k), d) for k, d in (
-                ("fp32_fps", 0), ("int8_fps", 0), ("speedup", 2), ("fp32_latency_fps", 0), ("int8_latency_fps", 0))),
+            t.add_row(r["model"], r["engine"], _num(r.get("fp32_fps"), 0), _num(r.get("int8_fps"), 0),
+                      _interval(r, "speedup"), *(_num(r.get(k), d) for k, d in (
+                          ("fp32_latency_fps", 0), ("int8_latency_fps", 0))),
                 _num(r.get("fp32_bytes"), 2, 1e6), _num(r.get("int8_bytes"), 2, 1e6), _num(r.get("pytorch_fps"), 0),
                 _num(r.get("pytorch_latency_fps"), 0))
         console.print(t)
@@ -104,10 +106,21 @@ def _num(value, digits: int, scale: float = 1.0) -> str:
     return "-" if value is None else f"{value / scale:.{digits}f}"
 
 
+def _interval(r: dict, key: str) -> str:
+    """`1.93 [1.85, 2.01]`: a ratio with its interval, or the ratio alone where there is none."""
+    if r.get(key) is None:
+        return "-"
+    if r.get(f"{key}_low") is None:
+        return f"{r[key]:.2f}"
+    return f"{r[key]:.2f} [{r[f'{key}_low']:.2f}, {r[f'{key}_high']:.2f}]"
+
+
 def _print_app_ratio(r: dict) -> None:
     say(f"{r['model']} INT8 IR, batch {r['batch']}, {r['NUM_STREAMS']} streams, {r['requests']} requests, "
         f"{r['INFERENCE_NUM_THREADS']} threads, precision {r['INFERENCE_PRECISION_HINT']}: calib evaluate "
-        f"{r['eval_fps']:.0f} img/s, benchmark_app {r['benchmark_app_fps']:.0f} img/s, ratio {r['ratio']:.3f}")
+        f"{r['eval_fps']:.0f} img/s, benchmark_app {r['benchmark_app_fps']:.0f} img/s, ratio "
+        f"{_interval({'r': r['ratio'], 'r_low': r.get('ratio_low'), 'r_high': r.get('ratio_high')}, 'r')} "
+        "(interleaved repeats, 95 % bootstrap interval)")
 
 
 @app.command("evaluate-vs-app")

@@ -42,6 +42,7 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
     from calib.core.progress import duration, fd_stdout, progress
     from calib.study.grid import Selection, load_grid, select
     from calib.study.runner import run_study
+    from calib.study.schedule import Estimate
 
     if not grid.is_file():
         raise OptionError(f"grid file {grid} does not exist")
@@ -63,9 +64,13 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
         raise OptionError(f"--out {out} is a file; give a folder for the run")
     counts = {"ok": 0, "skipped": 0, "error": 0}
     log = run_log()
-    with progress(f"study {g.name}", total, quiet) as advance:
+    cells = {c.id: c for c in select(g, selection)}
+    estimate = Estimate(list(cells.values()), jobs, {c for c in cells.values() if g.times(c)})
+    with progress(f"study {g.name}", total, quiet, left=estimate.left) as advance:
 
         def on_row(row: dict) -> None:  # every cell's row: those done before first, then each as it is written
+            if row.get("cell") in cells:
+                estimate.row(cells[row["cell"]], row)
             status = row.get("status", "error")
             counts[status] = counts.get(status, 0) + 1
             advance(description=f"study {g.name}: {counts['ok']} ok, {counts['skipped']} skipped, "
@@ -77,13 +82,14 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
 
         with fd_stdout(log.stream if log is not None else sys.stderr):
             s = run_study(grid, out, executor.value, address, data_dir, selection, jobs=jobs, progress=False,
-                          on_row=on_row)
+                          on_row=on_row, on_work=estimate.work_done)
     if log is not None:
         log.save(out / "calib.log")
     say(f"{out}: {s['cells']} cells ({s['ran']} run now, {s['skipped_done']} already done); "
         f"{s['ok']} ok, {s['skipped']} skipped, {s['errors']} errors")
-    say(f"wall time {duration(s['wall_seconds'])}; peak resident memory {s['peak_rss_mib'] / 1024:.2f} GiB, all "
-        "processes together")
+    say(f"wall time {duration(s['wall_seconds'])}, CPU {s['cpu_percent']:.0f} % of the {100 * s['cpu_count']} % "
+        f"{s['cpu_count']} cores offer; peak resident memory {s['peak_rss_mib'] / 1024:.2f} GiB, all processes "
+        "together")
     if s["errors"]:
         say(f"the errors, one row each: {out / 'rows.jsonl'} (status error, with the reason)")
 

@@ -17,7 +17,15 @@ from calib.core.pipeline import fp32_file, quantize_with
 from calib.core.runs import record
 from calib.core.sets import CalibrationSet, read_set
 from calib.core.spec import QuantizeSpec
-from calib.core.speed import Protocol, bench_file, model_size_bytes, speed_fields, time_model
+from calib.core.speed import (
+    Protocol,
+    bench_file,
+    interleaved,
+    model_size_bytes,
+    ratio_interval,
+    speed_fields,
+    time_model,
+)
 
 
 def memory_set(source: str = "noise", per_class: int = 10, seed: int = 0) -> CalibrationSet:
@@ -49,8 +57,13 @@ def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, o
                 q = quantize_for_speed(name, engine.name, cset, out, trained)
                 row |= speed_fields("fp32", bench_file(q["fp32_path"], protocol))
                 row |= speed_fields("int8", bench_file(q["int8_path"], protocol))
-                row |= {"speedup": row["int8_fps"] / row["fp32_fps"], "fp32_bytes": q["fp32_bytes"],
-                        "int8_bytes": q["int8_bytes"]}
+                turns = interleaved({"fp32": (engine, q["fp32_path"]), "int8": (engine, q["int8_path"])}, protocol)
+                paired = ratio_interval(turns["fp32"], turns["int8"])
+                row |= {"speedup": paired["ratio"], "speedup_low": paired["ratio_low"],
+                        "speedup_high": paired["ratio_high"], "speedup_runs": paired["ratio_runs"],
+                        "speedup_protocol": "INT8 / FP32 throughput, interleaved repeats (FP32 INT8 FP32 INT8 ...), "
+                                            "median of the per-repeat ratios, 95 % bootstrap interval",
+                        "fp32_bytes": q["fp32_bytes"], "int8_bytes": q["int8_bytes"]}
             else:
                 path = engine.export(load_model(name, pretrained=trained), out / f"{name}-{engine.name}")
                 row |= speed_fields("fp32", bench_file(path, protocol)) | {"fp32_bytes": model_size_bytes(path)}
@@ -118,8 +131,10 @@ def evaluate_vs_benchmark_app(model: str, out: Path, data_dir: Path | None = Non
             raise CalibError(f"benchmark_app ran with {app['config']} and {app['requests']} requests, the evaluator "
                              f"with {config} and {requests}: not like with like")
         apps.append(app["fps"])
-    ratio = float(np.median(evals) / np.median(apps))
+    paired = ratio_interval(apps, evals)  # repeat i of each ran back to back
+    ratio = paired["ratio"]
     row = {"model": model, "ir": str(xml), "batch": batch, "requests": requests, **config,
+           "ratio_low": paired["ratio_low"], "ratio_high": paired["ratio_high"], "ratio_runs": paired["ratio_runs"],
            "eval_fps": float(np.median(evals)), "eval_fps_runs": evals, "eval_accuracy": ev["accuracy"],
            "benchmark_app_fps": float(np.median(apps)), "benchmark_app_runs": apps,
            "benchmark_app_seconds": seconds, "benchmark_app_command": app["command"], "ratio": ratio}

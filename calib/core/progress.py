@@ -88,10 +88,12 @@ def stderr_console():
 
 
 @contextmanager
-def progress(description: str, total: float | None = None, quiet: bool = False) -> Iterator[Callable[..., None]]:
+def progress(description: str, total: float | None = None, quiet: bool = False,
+             left: Callable[[], float | None] | None = None) -> Iterator[Callable[..., None]]:
     """Yield `advance(n=1, total=None, description=None, completed=None)`; `total=None` shows a spinner.
 
-    `completed` sets the count instead of adding `n` (for callbacks that report `(done, total)`).
+    `completed` sets the count instead of adding `n` (for callbacks that report `(done, total)`). `left()`, where
+    given, is the seconds left (for work whose items take unequal times); else the count's rate says it.
     """
     from rich.errors import LiveError
     from rich.progress import (
@@ -104,10 +106,15 @@ def progress(description: str, total: float | None = None, quiet: bool = False) 
         TimeRemainingColumn,
     )
 
+    remaining = TextColumn("{task.fields[left]}") if left is not None else TimeRemainingColumn()
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=stderr_console(), transient=True,
+                   TimeElapsedColumn(), remaining, console=stderr_console(), transient=True,
                    disable=not enabled(quiet))
-    task = bar.add_task(description, total=total)
+    task = bar.add_task(description, total=total, left="")
+
+    def left_text() -> str:
+        seconds = left() if left is not None else None
+        return f"about {duration(seconds)} left" if seconds is not None else ""
     t0 = time.perf_counter()
     first: list[float] = []  # the count when counting began (a resumed study starts above 0)
 
@@ -117,14 +124,17 @@ def progress(description: str, total: float | None = None, quiet: bool = False) 
             first.append(completed if completed is not None else 0.0)
         fields = {"total": total, "description": description, "completed": completed}
         bar.update(task, advance=None if completed is not None else n,
-                   **{k: v for k, v in fields.items() if v is not None})
+                   **{k: v for k, v in fields.items() if v is not None}, left=left_text())
 
     def line() -> str:
         t = bar.tasks[0]
         elapsed = time.perf_counter() - t0
         done_now = t.completed - (first[0] if first else 0.0)
-        left = (t.total - t.completed) * elapsed / done_now if t.total and done_now > 0 else None
-        return status_line(t.description, t.completed, t.total, elapsed, left)
+        if left is not None:
+            seconds = left()
+        else:
+            seconds = (t.total - t.completed) * elapsed / done_now if t.total and done_now > 0 else None
+        return status_line(t.description, t.completed, t.total, elapsed, seconds)
 
     def note(text: str) -> None:
         """One line on stderr (above the bar on a terminal), also with `quiet`: for errors worth seeing."""

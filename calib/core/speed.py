@@ -68,6 +68,44 @@ def time_model(engine: Engine | str, model, protocol: Protocol = Protocol()) -> 
             "protocol_text": protocol.describe()}
 
 
+def ratio_interval(base: list[float], other: list[float], confidence: float = 0.95, resamples: int = 2000,
+                   seed: int = 0) -> dict:
+    """`other / base` from paired repeats (repeat i of each ran back to back): the median of the per-repeat
+    ratios and a bootstrap interval over the repeats (seeded); a noisy machine shows as a wide interval."""
+    a, b = np.asarray(base, float), np.asarray(other, float)
+    if len(a) != len(b) or not len(a):
+        raise ValueError("paired repeats: give as many runs of each, at least one")
+    ratios = b / a
+    rng = np.random.default_rng(seed)
+    boot = np.median(ratios[rng.integers(0, len(ratios), (resamples, len(ratios)))], axis=1)
+    tail = (1 - confidence) / 2
+    return {"ratio": round(float(np.median(ratios)), 4), "ratio_low": round(float(np.quantile(boot, tail)), 4),
+            "ratio_high": round(float(np.quantile(boot, 1 - tail)), 4),
+            "ratio_runs": [round(float(r), 4) for r in ratios]}
+
+
+def interleaved(models: dict[str, tuple[Engine | str, Any]], protocol: Protocol = Protocol()) -> dict[str, list[float]]:
+    """Throughput of several models timed in turns (A B A B ...): every model is compiled and warmed up first,
+    then repeat i of each runs back to back, so a slow spell of the machine hits all of them alike. Returns
+    each name's images/s per repeat."""
+    runners = {}
+    try:
+        for name, (engine, model) in models.items():
+            engine = get_engine(engine) if isinstance(engine, str) else engine
+            runners[name] = engine.throughput_runner(model, protocol)
+            _throughput_run(runners[name], protocol.warmup_s)
+        runs: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(protocol.repeats):
+            for name, runner in runners.items():
+                t0 = time.perf_counter()
+                n = _throughput_run(runner, protocol.duration_s)
+                runs[name].append(n * protocol.batch / (time.perf_counter() - t0))
+        return runs
+    finally:
+        for runner in runners.values():
+            runner.close()
+
+
 def bench_file(path: str | Path, protocol: Protocol = Protocol()) -> dict:
     """Throughput and latency of a model file (.xml, .onnx, .pt2, ...) with its engine, under `protocol`."""
     return time_model(engine_for_file(path), path, protocol)

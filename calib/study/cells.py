@@ -7,8 +7,10 @@ library versions, and shared by its cells (`calib.study.artifacts`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -67,6 +69,16 @@ def run_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None, sp
     return row
 
 
+@contextlib.contextmanager
+def step(steps: dict[str, float], name: str) -> Iterator[None]:
+    """Add the seconds the block takes to `steps[name]`: a row says where its cell's time went."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        steps[name] = round(steps.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
 def _test_fields(test) -> dict:
     from calib.core.data import indices_sha256
 
@@ -91,18 +103,24 @@ def baseline_cell(grid: Grid, cell: Cell, out: Path, weights: Path | None, data_
     from calib.core.speed import model_size_bytes
     from calib.core.weights import load_model
 
-    path = fp32_export(cell.model, cell.engine, cell.fuse, weights, out)
-    row = {"fp32_bytes": model_size_bytes(path), "trained_weights": weights is not None,
-           "model_file": str(path.relative_to(out)), **_kernel_fields(path)}
+    steps: dict[str, float] = {}
+    with step(steps, "export"):
+        path = fp32_export(cell.model, cell.engine, cell.fuse, weights, out)
+    with step(steps, "kernels"):
+        row = {"fp32_bytes": model_size_bytes(path), "trained_weights": weights is not None,
+               "model_file": str(path.relative_to(out)), **_kernel_fields(path)}
     if weights is not None:
-        test = test_for(weights, data_dir)
+        with step(steps, "test_images"):
+            test = test_for(weights, data_dir)
         if measures_pytorch(grid, cell):
-            model = load_model(cell.model, weights, fuse=cell.fuse)
-            row["pytorch_accuracy"] = evaluate(model, test, engine=get_engine("pytorch"))["accuracy"]
-        fp32 = evaluate(path, test)
+            with step(steps, "pytorch"):
+                model = load_model(cell.model, weights, fuse=cell.fuse)
+                row["pytorch_accuracy"] = evaluate(model, test, engine=get_engine("pytorch"))["accuracy"]
+        with step(steps, "evaluate"):
+            fp32 = evaluate(path, test)
         row |= {"fp32_accuracy": fp32["accuracy"], "fp32_predictions": predictions_to_str(fp32["predictions"]),
                 **_test_fields(test)}
-    return row
+    return row | {"step_seconds": steps}
 
 
 def _jsonable(value) -> bool:
@@ -128,20 +146,29 @@ def quantize_cell(grid: Grid, cell: Cell, out: Path, weights: Path, data_dir: Pa
     from calib.core.runs import predictions_to_str
     from calib.core.sets import read_set
 
-    cset = read_set(set_for(grid, cell, out, data_dir))
+    steps: dict[str, float] = {}
+    with step(steps, "set"):
+        cset = read_set(set_for(grid, cell, out, data_dir))
     spec = quantize_spec(grid, cell, cset.path, weights, data_dir)
     if spec.subset_size:
         spec = replace(spec, subset_size=min(spec.subset_size, len(cset)))
-    fp32 = fp32_export(cell.model, cell.engine, cell.fuse, weights, out)
-    q = quantize_with(spec, cset, out / "models" / f"{cell.id}-{cid[:8]}", fp32)
+    with step(steps, "export"):
+        fp32 = fp32_export(cell.model, cell.engine, cell.fuse, weights, out)
+    with step(steps, "quantize"):
+        q = quantize_with(spec, cset, out / "models" / f"{cell.id}-{cid[:8]}", fp32)
     row = result_fields(q, out)
-    test = test_for(weights, data_dir)
-    int8 = evaluate(q["int8_path"], test)
+    with step(steps, "test_images"):
+        test = test_for(weights, data_dir)
+    with step(steps, "evaluate"):
+        int8 = evaluate(q["int8_path"], test)
+    with step(steps, "kernels"):
+        kernels = _kernel_fields(Path(q["int8_path"]))
     row |= {"int8_accuracy": int8["accuracy"], "int8_predictions": predictions_to_str(int8["predictions"]),
-            **_test_fields(test), **_kernel_fields(Path(q["int8_path"]))}
+            **_test_fields(test), **kernels}
     if grid.diagnose and str(q["int8_path"]).endswith(".xml"):
-        row["diagnose_layers"] = diagnose_cell(cell, q, out, data_dir)
-    return row
+        with step(steps, "diagnose"):
+            row["diagnose_layers"] = diagnose_cell(cell, q, out, data_dir)
+    return row | {"step_seconds": steps}
 
 
 def diagnose_cell(cell: Cell, q: dict, out: Path, data_dir: Path | None) -> int:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,13 +74,86 @@ def _alone(bar, memory: PeakMemory | None) -> Iterator[None]:
         bar.start()
 
 
+class Slots:
+    """`jobs` slots, each one share of the cores with one worker process per ISA, started the first time that
+    slot runs a cell of that ISA (with the ISA's caps from its first instruction). A slot runs one cell at a
+    time, so cells of every ISA share one longest-first queue and no two cells ever share a core."""
+
+    def __init__(self, jobs: int, pin: bool = True):
+        self.shares = core_shares(jobs, pin)
+        self.pools: dict[tuple[int, str], object] = {}
+        self.lock = threading.Lock()  # pools start under it: os.environ holds one ISA's caps at a time
+
+    def pool(self, slot: int, isa: str):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with self.lock:
+            if (slot, isa) not in self.pools:
+                context = multiprocessing.get_context("spawn")
+                share = context.Queue()
+                share.put(self.shares[slot])
+                with isa_environment(isa):
+                    pool = ProcessPoolExecutor(1, mp_context=context, initializer=pin_worker, initargs=(share,))
+                    pool.submit(int).result()  # the worker starts here, inside the ISA's environment
+                self.pools[(slot, isa)] = pool
+            return self.pools[(slot, isa)]
+
+    def forget(self, slot: int, isa: str) -> None:
+        """Drop a slot's worker of an ISA (it died): the next cell starts a fresh one."""
+        with self.lock:
+            pool = self.pools.pop((slot, isa), None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.shutdown()
+
+
+def _work_in_slots(grid: Grid, cells: list[Cell], out: Path, data_dir: Path | None, jobs: int, ctx: Context,
+                   finish: Callable[[Cell, dict], None]) -> None:
+    """Every cell's work in `jobs` slots (`Slots`), longest first across all ISAs; `finish` gets each row in this
+    thread as cells end."""
+    order = deque(longest_first(cells))
+    taken = threading.Lock()
+    done: queue.Queue = queue.Queue()
+    slots = Slots(jobs)
+
+    def work(slot: int) -> None:
+        while True:
+            with taken:
+                if not order:
+                    return
+                cell = order.popleft()
+            try:
+                row = slots.pool(slot, cell.isa).submit(run_cell, grid, cell, out, data_dir, False, ctx).result()
+            except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
+                slots.forget(slot, cell.isa)
+                row = error_row(grid, cell, f"worker process failed: {type(e).__name__}: {e}", ctx, data_dir)
+            done.put((cell, row))
+
+    threads = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in range(min(jobs, len(cells)))]
+    try:
+        for t in threads:
+            t.start()
+        for _ in cells:
+            finish(*done.get())
+        for t in threads:
+            t.join()
+    finally:
+        slots.close()
+
+
 def run_local(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, data_dir: Path | None, jobs: int,
               progress: bool, ctx: Context | None = None, memory: PeakMemory | None = None,
-              on_row: Callable[[dict], None] | None = None) -> None:
+              on_row: Callable[[dict], None] | None = None,
+              on_work: Callable[[Cell, dict], None] | None = None) -> None:
     """Every cell's work, then the speed of the timed cells, one at a time with nothing else running (a timed
-    cell's row is written only once its speed is in, so a run killed before that redoes the cell). Native cells
-    work in this process (`jobs` 1) or a pool of `jobs` processes; each capped ISA in a pool of its own, its speed
-    in one fresh process of that ISA."""
+    cell's row is written only once its speed is in, so a run killed before that redoes the cell). With `jobs`
+    1, native cells work in this process and each capped ISA in a process of its own; with more, in `jobs` slots
+    that take the longest cells first whatever their ISA (`Slots`). Each capped ISA's speed is timed in one fresh
+    process of that ISA. `on_work(cell, row)` is told when a cell's work is done (a timed one's row comes later)."""
     from concurrent.futures import as_completed
 
     from rich.progress import Progress
@@ -89,22 +165,26 @@ def run_local(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, data_di
         task = bar.add_task(f"study {grid.name}", total=len(cells))
 
         def finish(cell: Cell, row: dict) -> None:
+            if on_work is not None:
+                on_work(cell, row)
             if row.pop("speed_pending", False):
                 pending[cell] = row
                 return
             append_row(rows_path, row, on_row)
             bar.advance(task)
 
-        for isa, group in groups.items():
-            if isa == NATIVE and jobs == 1:
+        if jobs > 1:
+            bar.update(task, description=f"{len(cells)} cells in {jobs} slots")
+            _work_in_slots(grid, cells, out, data_dir, jobs, ctx, finish)
+        for isa, group in groups.items() if jobs == 1 else ():
+            if isa == NATIVE:
                 for cell in group:
                     bar.update(task, description=f"{cell.kind} {cell.model} {cell.engine} {cell.source} {cell.algo}")
                     finish(cell, run_cell(grid, cell, out, data_dir, False, ctx))
                 continue
-            workers = min(jobs, len(group))
-            with worker_pool(isa, workers) as pool:
+            with worker_pool(isa, 1) as pool:
                 futures = {pool.submit(run_cell, grid, c, out, data_dir, False, ctx): c for c in longest_first(group)}
-                bar.update(task, description=f"{len(futures)} cells ({isa}) in {workers} processes")
+                bar.update(task, description=f"{len(futures)} cells ({isa}) in 1 process")
                 for future in as_completed(futures):
                     try:
                         row = future.result()

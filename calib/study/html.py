@@ -190,6 +190,7 @@ def _reference_view(side: pd.DataFrame) -> pd.DataFrame:
 _TITLES = {"engines_side_by_side": "Engines side by side (same model, source and set size)",
            "reference_side_by_side": "Side by side with the reference study (every column)",
            "isa_side_by_side": "Capped instruction sets against native, same CPU",
+           "expected_equal": "Capped cells beside another machine's of the same instruction set (expected equal)",
            "not_ok": "Cells not run (skipped or failed, with the reason)"}
 _PREFIXES = (("table1_", "Table 1: default INT8, accuracy and speed ({})"),
              ("table2_", "Table 2: accuracy-aware INT8 ({})"),
@@ -210,7 +211,7 @@ def _order(name: str) -> tuple:
     base, machine = split_name(name)
     rank = {"table1_": 0, "table2_": 1, "accuracy_aware_": 1.5, "engines_side_by_side": 2,
             "reference_side_by_side": 3, "long_": 4,
-            "speed_": 5, "cells_": 6, "isa_side_by_side": 7, "not_ok": 9}
+            "speed_": 5, "cells_": 6, "isa_side_by_side": 7, "expected_equal": 8, "not_ok": 9}
     return machine, next((r for k, r in rank.items() if base.startswith(k)), 8), base
 
 

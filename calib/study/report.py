@@ -506,6 +506,85 @@ def isa_side_by_side(df: pd.DataFrame, labels: np.ndarray | None = None,
     return pd.DataFrame(out).reindex(columns=cols)
 
 
+def _kernels_isa(row: dict) -> str:
+    """The ISA a row's kernels ran: its effective ISA, or its CPU's own for a native row."""
+    isa = row.get("isa_effective") or row.get("isa")
+    return str(row.get("isa_native") if not isinstance(isa, str) or isa == "native" else isa)
+
+
+def _cell_name(r: dict) -> str:
+    return f"{r['model']} {r['engine']} {r['source'] or 'fp32'} {r['algo']} s{r['seed']}"
+
+
+def expected_equal(df: pd.DataFrame) -> pd.DataFrame:
+    """Capped cells beside the same cells of another machine whose kernels ran the same ISA (an AVX2 machine and
+    an AVX-512 one capped to AVX2): expected equal, never pooled. One row per pair of machines: how many cells
+    both ran (same condition, seed, weights, calibration set and test images), how many gave the same per-image
+    predictions, the largest accuracy difference, and the cells that differ."""
+    df = _normalize(df)
+    ok = df[df.status == "ok"].copy()
+    if ok.empty or not ok.hardware_key.astype(str).str.contains(" capped to ").any():
+        return pd.DataFrame()
+    for col in ("calib_hash", "test_indices_sha256", "fp32_predictions", "int8_predictions", "fp32_accuracy",
+                "int8_accuracy"):
+        if col not in ok:
+            ok[col] = None
+    ok["kernels_isa"] = [_kernels_isa(r) for r in ok.to_dict("records")]
+    ok["pred"] = np.where(ok.kind == "baseline", ok.fp32_predictions, ok.int8_predictions)
+    ok["acc"] = np.where(ok.kind == "baseline", ok.fp32_accuracy, ok.int8_accuracy).astype(float)
+    key = ["kind", *[c for c in CONDITION if c != "isa"], "seed", "calib_hash", "test_indices_sha256", "kernels_isa"]
+    ok[key] = ok[key].astype(str)
+    pairs: dict[tuple, list] = {}
+    for _, group in ok.groupby(key, dropna=False):
+        rows = group.drop_duplicates("hardware_key", keep="last").to_dict("records")
+        for a in rows:
+            for b in rows:
+                if a["hardware_key"] < b["hardware_key"] and " capped to " in a["hardware_key"] + b["hardware_key"]:
+                    pairs.setdefault((a["kernels_isa"], a["hardware_key"], b["hardware_key"]), []).append((a, b))
+    out = []
+    for (isa, machine_a, machine_b), members in sorted(pairs.items()):
+        same = [a["pred"] == b["pred"] for a, b in members]
+        differ = [a for (a, _), s in zip(members, same) if not s]
+        out.append({"kernels_isa": isa, "machine_a": machine_a, "machine_b": machine_b, "cells": len(members),
+                    "same_predictions": int(sum(same)), "different": len(differ),
+                    "max_abs_accuracy_difference": max(abs(a["acc"] - b["acc"]) for a, b in members),
+                    "cells_that_differ": "; ".join(_cell_name(r) for r in differ)})
+    return pd.DataFrame(out)
+
+
+STEPS = ["set", "export", "quantize", "test_images", "evaluate", "kernels", "pytorch", "diagnose", "time"]
+
+
+def _cell_kind(row: dict) -> str:
+    if row["kind"] == "baseline":
+        return "FP32 baseline"
+    capped = "" if row.get("isa") in (None, "native") else f", capped at {row['isa']}"
+    return f"{row['algo']}, {row['engine']}{capped}"
+
+
+def time_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Where a run's cell time went: per kind of cell, the count, the sum of the cells' seconds and its share,
+    and the seconds of each step inside the cells (`step_seconds`; `time` is the speed measurement). Cells of
+    every machine in the rows, newest row per cell."""
+    ok = df[df.status == "ok"]
+    if ok.empty or "wall_seconds" not in ok:
+        return pd.DataFrame()
+    rows = []
+    for r in ok.to_dict("records"):
+        steps = r.get("step_seconds") if isinstance(r.get("step_seconds"), dict) else {}
+        speed = r.get("speed_seconds")
+        rows.append({"cells": _cell_kind(r), "seconds": float(r.get("wall_seconds") or 0.0),
+                     **{k: float(steps.get(k, 0.0)) for k in STEPS if k != "time"},
+                     "time": float(speed) if isinstance(speed, int | float) and not pd.isna(speed) else 0.0})
+    t = pd.DataFrame(rows).groupby("cells").agg(count=("seconds", "size"), seconds=("seconds", "sum"),
+                                                 **{k: (k, "sum") for k in STEPS})
+    t.insert(2, "share", t.seconds / t.seconds.sum())
+    t = t.sort_values("seconds", ascending=False).reset_index()
+    total = {"cells": "all", "count": int(t["count"].sum()), "seconds": t.seconds.sum(), "share": 1.0,
+             **{k: t[k].sum() for k in STEPS}}
+    return pd.concat([t, pd.DataFrame([total])], ignore_index=True)
+
+
 def _machine_tables(df: pd.DataFrame, labels: np.ndarray | None, subsets: dict | None) -> dict[str, pd.DataFrame]:
     """The tables of one machine's rows (see `tables`)."""
     cells = cell_table(df, labels, subsets)
@@ -546,7 +625,8 @@ def tables(df: pd.DataFrame, labels: np.ndarray | None = None) -> dict[str, pd.D
     (accuracy-aware), `long_` (per condition), `cells_` (per seed), `speed_` (each distinct timed model);
     `engines_side_by_side`, `reference_side_by_side`. With several machines in the rows, each of these names
     ends in `__<machine_slug>`. Across machines: `isa_side_by_side` (capped ISAs against native on one CPU,
-    where the run has them) and `not_ok`. Each table's `attrs["machine"]` names its machine."""
+    where the run has them), `expected_equal` (a machine capped to the ISA of another, where the rows have both)
+    and `not_ok`. Each table's `attrs["machine"]` names its machine."""
     labels = labels if labels is not None else df.attrs.get("test_labels")
     subsets = df.attrs.get("test_subsets")
     df = _normalize(df)
@@ -561,6 +641,12 @@ def tables(df: pd.DataFrame, labels: np.ndarray | None = None) -> dict[str, pd.D
     isa = isa_side_by_side(df, labels, subsets)
     if not isa.empty:
         out["isa_side_by_side"] = isa
+    equal = expected_equal(df)
+    if not equal.empty:
+        out["expected_equal"] = equal
+    spent = time_table(df)
+    if not spent.empty:
+        out["time"] = spent
     cols = ["kind", "model", "source", "algo", "engine", "isa", "status", "reason", "hardware_key"]
     out["not_ok"] = df[df.status != "ok"].reindex(columns=cols).drop_duplicates(
         subset=["status", "reason", "model", "source", "hardware_key"])
@@ -573,13 +659,17 @@ def _markdown(table: pd.DataFrame) -> str:
     def fmt(col: str) -> str:
         if col.endswith("_spread"):
             return ".3f"
-        if "fps" in col.lower() or col.endswith("_images") or col in ("seeds", "per_class", "subset_size",
-                                                                         "repeats", "cells"):
+        if "speedup" in col or "ratio" in col:  # before "fps": fps_ratio is a ratio
+            return ".2f"
+        if "fps" in col.lower() or col.endswith("_images") or col in (
+                "seeds", "per_class", "subset_size", "repeats", "cells", "same_predictions", "different"):
             return ".0f"
-        if col in ("max_drop", "seconds_each"):
+        if col in ("max_drop", "seconds_each", "share"):
             return ".2f"
-        if "speedup" in col or "ratio" in col:
-            return ".2f"
+        if col == "seconds" or col in STEPS:
+            return ".1f"
+        if col == "count":
+            return ".0f"
         if col.startswith("mcnemar") or col.startswith("flips") or col == "predictions_changed":
             return ".3g"
         return ".4f"

@@ -134,10 +134,12 @@ def prepare(grid: Grid, todo: list[Cell], out: Path, data_dir: Path | None = Non
 
 def run_study(grid_path: Path, out: Path, executor: str = "local", address: str | None = None,
               data_dir: Path | None = None, selection: Selection = Selection(), progress: bool = True,
-              jobs: int = 1, on_row: Callable[[dict], None] | None = None) -> dict:
+              jobs: int = 1, on_row: Callable[[dict], None] | None = None,
+              on_work: Callable[[Cell, dict], None] | None = None) -> dict:
     """Run every cell of a grid whose resolved condition has no `ok` row yet into `out`; returns counts, wall
-    time and peak memory. `on_row(row)` hears of every cell's row: first the ok rows of cells done before, then
-    each row as it is written (the CLI's progress).
+    time, CPU time of every process and peak memory. `on_row(row)` hears of every cell's row: first the ok rows
+    of cells done before, then each row as it is written (the CLI's progress); `on_work(cell, row)` of each
+    cell's work as it ends (a timed cell's row comes after its speed, at the end).
 
     `jobs` > 1 does every cell's work in that many local worker processes (NNCF's statistics collection is
     single-threaded Python, so two cores do twice the work); speed is always timed with nothing else running.
@@ -152,11 +154,20 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
         raise CalibError(f"{', '.join(capped)} is set here; unset it and list the ISA in the grid's `isas`, so "
                          "each cell runs, and says, the ISA it was asked for")
     with weights_looked_up_once():
-        return _run_study(grid_path, out, executor, address, data_dir, selection, progress, jobs, on_row)
+        return _run_study(grid_path, out, executor, address, data_dir, selection, progress, jobs, on_row, on_work)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that ended (the workers, once their pools close)."""
+    import resource
+
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
 def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, data_dir: Path | None,
-               selection: Selection, progress: bool, jobs: int, on_row: Callable[[dict], None] | None) -> dict:
+               selection: Selection, progress: bool, jobs: int, on_row: Callable[[dict], None] | None,
+               on_work: Callable[[Cell, dict], None] | None = None) -> dict:
     grid = load_grid(grid_path)
     cells = select(grid, selection)  # an unknown value fails here, before anything is written
     grid = resolve_grid(grid, data_dir)
@@ -183,7 +194,7 @@ def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, d
         for c in cells:
             if cids[c] in done:
                 on_row(ok_rows[cids[c]])
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     with PeakMemory() as memory:
         if todo:
             _record_test_labels(out, data_dir)
@@ -198,12 +209,15 @@ def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, d
         if executor == "ray":
             run_ray(grid, runnable, out, rows_path, address, data_dir, ctx, memory, on_row)
         else:
-            run_local(grid, runnable, out, rows_path, data_dir, jobs, progress, ctx, memory, on_row)
+            run_local(grid, runnable, out, rows_path, data_dir, jobs, progress, ctx, memory, on_row, on_work)
     newest = {r["condition"]: r for r in read_jsonl(rows_path) if "condition" in r}
     status = [newest[cids[c]].get("status") if cids[c] in newest else "missing" for c in cells]
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     summary = {"cells": len(cells), "ran": len(todo), "skipped_done": len(cells) - len(todo),
                "ok": status.count("ok"), "skipped": status.count("skipped"), "errors": status.count("error"),
-               "wall_seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(memory.mib, 1),
+               "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+               "cpu_percent": round(100 * cpu / wall, 0) if wall > 0 else 0.0, "cpu_count": os.cpu_count(),
+               "peak_rss_mib": round(memory.mib, 1),
                "peak_rss_one_process_mib": round(peak_rss_mib(), 1), "executor": executor, "jobs": jobs,
                "hardware_keys": sorted({ctx.hardware[c.isa]["hardware_key"] for c in cells})}
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())

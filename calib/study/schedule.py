@@ -46,3 +46,56 @@ def pin_worker(shares) -> None:
 
         os.sched_setaffinity(0, cores)
         torch.set_num_threads(len(cores))
+
+
+class Estimate:
+    """Time left in a run, from the cells that finished: each cell left is expected to take what finished cells
+    of its kind took (same model, kind, algorithm, engine and ISA; else same kind, algorithm and engine; else
+    any), its work shared by `jobs` slots, and each timed cell's speed measured alone at the end. A count of
+    cells is no clock here: the longest cells run first and the timing runs last."""
+
+    SPEED_PRIOR = 8.0  # seconds to time one model file (1 s warm-up, 5 x 1 s) before any was timed
+
+    def __init__(self, cells: list[Cell], jobs: int, timed: set[Cell] | None = None):
+        self.work_left = list(cells)
+        self.speed_left = [c for c in cells if c in (timed or set())]
+        self.jobs = jobs
+        self.seconds: dict[tuple, list[float]] = {}
+        self.speed: list[float] = []
+
+    @staticmethod
+    def _keys(cell: Cell) -> list[tuple]:
+        return [(cell.model, cell.kind, cell.algo, cell.engine, cell.isa), (cell.kind, cell.algo, cell.engine), ()]
+
+    def _drop(self, cells: list[Cell], cell: Cell) -> bool:
+        if cell in cells:
+            cells.remove(cell)
+            return True
+        return False
+
+    def work_done(self, cell: Cell, row: dict) -> None:
+        """A cell's work ended (its speed, if timed, is still to come)."""
+        if self._drop(self.work_left, cell) and row.get("status") == "ok":
+            seconds = float(row.get("wall_seconds") or 0.0) - float(row.get("speed_seconds") or 0.0)
+            for key in self._keys(cell):
+                self.seconds.setdefault(key, []).append(seconds)
+
+    def row(self, cell: Cell, row: dict) -> None:
+        """A cell's row arrived: its work (if not reported already) and its speed are done."""
+        self.work_done(cell, row)
+        if self._drop(self.speed_left, cell) and isinstance(row.get("speed_seconds"), int | float):
+            self.speed.append(float(row["speed_seconds"]))
+
+    def _expected(self, cell: Cell) -> float | None:
+        for key in self._keys(cell):
+            if self.seconds.get(key):
+                return sum(self.seconds[key]) / len(self.seconds[key])
+        return None
+
+    def left(self) -> float | None:
+        """Seconds left, or None before any cell finished."""
+        if not self.seconds:
+            return None
+        work = sum(self._expected(c) or 0.0 for c in self.work_left) / max(1, min(self.jobs, len(self.work_left)))
+        speed = sum(self.speed) / len(self.speed) if self.speed else self.SPEED_PRIOR
+        return work + speed * len(self.speed_left)
