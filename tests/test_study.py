@@ -576,3 +576,22 @@ def test_time_left_comes_from_what_finished_cells_of_each_kind_took():
     assert est.left() == pytest.approx((2 * 60 + 3 * 6) / 2)
     est.row(quick[1], {"status": "skipped", "wall_seconds": 0.0})  # a skipped cell is no measure of its kind
     assert est.left() == pytest.approx((2 * 60 + 2 * 6) / 2)
+
+
+def test_a_grid_that_times_nothing_pairs_with_one_that_times_by_the_accuracy_condition(tmp_path, monkeypatch):
+    """The main job is a smaller grid than the whole study and times less: its rows pair with the whole grid's by
+    the part of the condition that decides accuracy, and every accuracy and prediction must be equal."""
+    quick_speed(monkeypatch)
+    text = GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]')
+    timed = tmp_path / "timed"
+    timed.mkdir()
+    run_study(write_grid(timed, text.replace("benchmark = false", QUICK_SPEED)), timed / "run", progress=False)
+    untimed = tmp_path / "untimed"
+    untimed.mkdir()
+    run_study(write_grid(untimed, text.replace("seeds = [0, 1]", "seeds = [1]")), untimed / "run", progress=False)
+    by_accuracy = CliRunner().invoke(app, ["study", "compare", str(timed / "run"), str(untimed / "run"), "--by",
+                                           "accuracy"])
+    assert by_accuracy.exit_code == 0, by_accuracy.output
+    assert "paired 2 cells" in by_accuracy.output and "identical in every compared field" in by_accuracy.output
+    by_condition = CliRunner().invoke(app, ["study", "compare", str(timed / "run"), str(untimed / "run")])
+    assert by_condition.exit_code == 1 and "paired 0 cells" in by_condition.output  # timed: another condition

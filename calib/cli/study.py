@@ -94,6 +94,40 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
         say(f"the errors, one row each: {out / 'rows.jsonl'} (status error, with the reason)")
 
 
+class PairBy(str, Enum):
+    condition = "condition"
+    accuracy = "accuracy"
+
+
+@app.command("compare")
+def study_compare(before: Annotated[Path, typer.Argument(metavar="BEFORE", help="Study run folder (or rows file).")],
+                  after: Annotated[Path, typer.Argument(metavar="AFTER", help="Study run folder (or rows file).")],
+                  by: Annotated[PairBy, typer.Option(
+                      help="Pair rows by their whole condition, or by the part that decides accuracy (a grid that "
+                           "times less pairs with one that times more).")] = PairBy.condition,
+                  models: Annotated[str | None, typer.Option(help="Only these models (comma-separated).")] = None,
+                  ) -> None:
+    """Are two runs the same, cell by cell? Every field both rows hold, but when, how long and how fast.
+
+    Exit 0 when at least one pair was compared and no compared field differs; 1 otherwise."""
+    from calib.study.compare import compare
+
+    for run in (before, after):
+        if not run.exists():
+            raise OptionError(f"{run} does not exist")
+    key = "condition" if by == PairBy.condition else "accuracy_condition"
+    c = compare(before, after, key, [m.strip() for m in models.split(",")] if models else None)
+    for line in c.examples:
+        say(line)
+    say(f"paired {c.paired} cells by {key} ({c.statuses}); only in {before}: {c.only_before}; only in {after}: "
+        f"{c.only_after}")
+    if c.fields_only_in_one:
+        say(f"fields only one run's rows hold (not compared): {', '.join(sorted(c.fields_only_in_one))}")
+    say("identical in every compared field" if c.identical else
+        f"fields that differ: {dict(c.differ)}" if c.paired else "no cell in common")
+    raise typer.Exit(0 if c.identical else 1)
+
+
 @app.command("check")
 def study_check(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study run folder.")],
                 cells: Annotated[int, typer.Option(min=0, help="How many OpenVINO cells to recheck, drawn at "

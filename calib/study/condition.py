@@ -92,6 +92,12 @@ def condition(grid: Grid, cell: Cell, ctx: Context, weights: Path | None, data_d
     return json.loads(json.dumps(to_jsonable(cond), sort_keys=True, default=str))
 
 
+def accuracy_part(cond: dict) -> dict:
+    """The part of a condition that decides accuracy and predictions: all of it but the speed protocol, so a grid
+    that times fewer cells still pairs with one that times more (`calib study compare --by accuracy`)."""
+    return {k: v for k, v in cond.items() if k != "speed"}
+
+
 def condition_id(cond: dict) -> str:
     return hashlib.sha256(json.dumps(cond, sort_keys=True).encode()).hexdigest()[:16]
 

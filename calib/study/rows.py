@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from calib.core.runs import append_jsonl, atomic_write_bytes
-from calib.study.condition import Context, condition, condition_id
+from calib.study.condition import Context, accuracy_part, condition, condition_id
 from calib.study.grid import Cell, Grid
 from calib.study.plan import weights_or_reason
 
@@ -40,7 +40,8 @@ def newest_rows(rows: list[dict]) -> dict[str, dict]:
 
 def identity_fields(cond: dict, ctx: Context) -> dict:
     """The flat row fields that say which condition a row is: its id, weights, data, versions, git state."""
-    return {"condition": condition_id(cond), "weights_sha256": cond["weights_sha256"],
+    return {"condition": condition_id(cond), "accuracy_condition": condition_id(accuracy_part(cond)),
+            "weights_sha256": cond["weights_sha256"],
             "data_train_sha256": ctx.data.get("data_train_sha256"),
             "data_test_sha256": ctx.data.get("data_test_sha256"),
             "git_sha": ctx.git["git_sha"], "dirty": ctx.git["dirty"],
