@@ -233,3 +233,46 @@ def study_plot(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study ru
         written = write_plots(run, out)
     for p in written:
         say(f"wrote {p}")
+
+
+@app.command("blocks")
+def study_blocks(files: Annotated[list[Path] | None, typer.Argument(
+                     metavar="FILE", help="Markdown pages; default README.md, results/**/*.md and docs/**/*.md "
+                                                "of the repository.")] = None,
+                 check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 and name the pages whose "
+                                                                     "blocks differ from the rows.")] = False,
+                 repo: Annotated[Path | None, typer.Option(help="Repository whose rows the blocks read; default the "
+                                                                "nearest folder above with pyproject.toml and "
+                                                                "results/.")] = None,
+                 list_: Annotated[bool, typer.Option("--list", help="List the blocks and what each shows.")]
+                 = False) -> None:
+    """Refill the generated blocks of Markdown pages from the committed rows (the text between
+    `<!-- begin NAME: ... -->` and `<!-- end NAME -->`), so the numbers a page quotes are the rows' numbers."""
+    from calib.study.blocks import block_info, build, find_repo, list_blocks
+
+    if list_:
+        for name in list_blocks():
+            say(f"{name}: {block_info(name).description}")
+        return
+    for f in files or []:
+        if not f.is_file():
+            raise OptionError(f"{f} is not a file")
+    if repo is not None and not repo.is_dir():
+        raise OptionError(f"--repo {repo} is not a folder")
+    root = repo or find_repo(Path.cwd())
+    with spinner("study blocks"):
+        changed = build(root, files or None, check)
+    if check:
+        for path in changed:
+            say(f"{path}: blocks differ from the rows")
+        if changed:
+            pages = "1 page is" if len(changed) == 1 else f"{len(changed)} pages are"
+            err_console.print(f"[red]error:[/red] {pages} out of date; `calib study blocks` refills them",
+                              highlight=False)
+            raise typer.Exit(1)
+        say("every block is up to date with the rows")
+        return
+    for path in changed:
+        say(f"rewrote {path}")
+    say(f"{len(changed)} page{'s' if len(changed) > 1 else ''} rewritten" if changed
+        else "every block was already up to date with the rows")
