@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The tests that quantize, run once per instruction set this CPU offers: every library capped at that level in
-# the test process's environment (calib.core.hardware.cap_env), and once natively. Prints one line per level.
-#   scripts/isa_levels.sh [pytest args...]    e.g. scripts/isa_levels.sh -m "not slow"
+# The tests whose outcome rests on INT8 arithmetic (quantize, evaluate, accuracy-aware restoration), run once per
+# instruction set this CPU offers, every library capped at that level in the test process's environment
+# (calib.core.hardware.cap_env), and once natively. One line per level:
+#   scripts/isa_levels.sh [pytest args...] > results/tests/isa-levels.txt
 set -uo pipefail
 cd "$(dirname "$0")/.."
-tests=(tests/test_validation.py tests/test_quantize.py tests/test_engines.py tests/test_engine_options.py
-       tests/test_diagnose.py tests/test_foreign.py)
+tests=(tests/test_validation.py tests/test_quantize.py tests/test_engines.py tests/test_engine_options.py)
 levels=$(python -c "from calib.core.hardware import supported_isas; print(' '.join(supported_isas()))")
 native=$(python -c "from calib.core.hardware import native_isa, cpu_model; print(native_isa())")
 echo "cpu: $(python -c 'from calib.core.hardware import cpu_model; print(cpu_model())'); native ISA: $native"

@@ -314,3 +314,27 @@ def command_times(repo: Path) -> str:
                      f"{100 * r['cores']} % its {r['cores']} cores offer, exit {r['exit_code']} ({machine}; "
                      f"commit {sha})")
     return "\n".join(lines or ["- not measured yet"]) + "\n"
+
+
+def _time_section(repo: Path, run: Path, title: str) -> str:
+    """A run's wall time and CPU share (its summary) and where its cells' time went (`time_table`)."""
+    from calib.study.report import load_rows, markdown_table, time_table
+
+    summary = json.loads((repo / run / "summary.json").read_text())
+    head = (f"**{title}** ([`{run.as_posix()}`]({run.as_posix()})): {summary['cells']} cells "
+            f"({summary['ok']} ok, {summary['skipped']} skipped, {summary['errors']} errors), wall "
+            f"{_duration(summary['wall_seconds'])}")
+    if "cpu_percent" in summary:
+        head += f", CPU {summary['cpu_percent']:.0f} % of {100 * summary['cpu_count']} %"
+    head += f"; {', '.join(summary.get('hardware_keys', []))}"
+    return head + "\n\n" + markdown_table(time_table(load_rows(repo / run)))
+
+
+@register_block("main-time")
+def main_time(repo: Path) -> str:
+    """The main job before and after the scheduling work: wall time, CPU share, seconds per kind of cell and step."""
+    parts = []
+    for run, title in ((Path("results/study/main-before"), "Before"), (MAIN, "After")):
+        if (repo / run / "summary.json").is_file():
+            parts.append(_time_section(repo, run, title))
+    return "\n\n".join(parts) or "not measured yet\n"

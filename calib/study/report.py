@@ -653,7 +653,7 @@ def tables(df: pd.DataFrame, labels: np.ndarray | None = None) -> dict[str, pd.D
     return out
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame) -> str:
     """Accuracies with 4 decimals, speeds as whole numbers, spreads and speed-ups with 2-3, p-values with 3
     significant; the machine line above."""
     def fmt(col: str) -> str:
@@ -685,7 +685,7 @@ def write_report(run: Path, out: Path | None = None) -> list[Path]:
     out = out or run / "report"
     written = []
     for name, table in tables(load_rows(run)).items():
-        for suffix, text in ((".csv", table.to_csv(index=False)), (".md", _markdown(table))):
+        for suffix, text in ((".csv", table.to_csv(index=False)), (".md", markdown_table(table))):
             path = out / f"{name}{suffix}"
             atomic_write_bytes(path, text.encode())
             written.append(path)
