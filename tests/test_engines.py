@@ -292,3 +292,26 @@ def test_no_engine_reaches_back_into_benchmark_or_pipeline():
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 same_package = file.parent.name == "engines" and node.module == "calib.core.engines"
                 assert not private or same_package, (file.name, node.module, private)
+
+
+@pytest.mark.parametrize("name", ["images", "x"])
+def test_onnx_runtime_quantizes_a_model_whose_input_has_any_name(tmp_path, tiny, name):
+    """Most exporters do not call the input `input`: ONNX Runtime's calibration feeds the graph's own name, and
+    the INT8 model predicts as ONNX Runtime's FP32 session of the same file does on most images."""
+    import onnxruntime as ort
+    import torch
+
+    from calib.core.engines import get_engine
+    from calib.core.spec import QuantizeSpec
+
+    fp32 = tmp_path / "net.onnx"
+    torch.onnx.export(tiny, (torch.zeros(1, 3, 32, 32),), str(fp32), input_names=[name], output_names=["logits"],
+                      dynamic_axes={name: {0: "batch"}}, dynamo=False)
+    x = np.random.default_rng(0).normal(size=(20, 3, 32, 32)).astype(np.float32)
+    int8, record = get_engine("onnxruntime").quantize(fp32, [x[:10], x[10:]], QuantizeSpec("tiny_cnn", tmp_path),
+                                                       tmp_path / "q")
+    session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [name]
+    got = session.run(None, {name: x})[0].argmax(1)
+    want = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {name: x})[0].argmax(1)
+    assert (got == want).mean() >= 0.8

@@ -221,7 +221,7 @@ A, B = "AMD EPYC | avx2", "Intel Xeon | avx512_core_amx"
 
 
 def test_rows_are_never_paired_or_pooled_across_machines():
-    from calib.study.report import _markdown
+    from calib.study.report import markdown_table
 
     rows = [base(hardware_key=A), quant(hardware_key=A, correct=flip(FP32, 3, 0)),
             quant(hardware_key=B, correct=flip(FP32, 1, 0)), quant(hardware_key=B, seed=1, correct=FP32)]
@@ -233,7 +233,7 @@ def test_rows_are_never_paired_or_pooled_across_machines():
     assert b.fp32_accuracy.isna().all() and (b.verdict == "").all()  # B has no baseline: nothing to pair with
     long_a = out[f"long_openvino__{slug[A]}"]
     assert long_a.seeds.tolist() == [1] and long_a.int8_accuracy.tolist() == [pytest.approx(177 / 200)]
-    assert _markdown(out[f"table1_openvino__{slug[B]}"]).startswith("Machine: Intel Xeon | avx512_core_amx")
+    assert markdown_table(out[f"table1_openvino__{slug[B]}"]).startswith("Machine: Intel Xeon | avx512_core_amx")
 
 
 def test_baselines_are_keyed_by_fusing_isa_and_weights():
@@ -261,7 +261,7 @@ def test_speed_only_rows_are_not_accuracy_seeds():
 
 
 def test_rows_from_a_dirty_tree_are_marked():
-    from calib.study.report import _markdown
+    from calib.study.report import markdown_table
 
     rows = [base(hardware_key=A), quant(hardware_key=A, dirty=True, git_sha="abc-dirty"),
             quant(hardware_key=A, source="noise")]
@@ -269,7 +269,7 @@ def test_rows_from_a_dirty_tree_are_marked():
     t1 = out["table1_openvino"]
     assert t1["INT8 cifar10 acc"].iloc[0].endswith("†") and not t1["INT8 noise acc"].iloc[0].endswith("†")
     assert out["cells_openvino"].set_index("source").dirty.to_dict() == {"cifar10": True, "noise": False}
-    assert "2 of 3 rows" not in _markdown(t1) and "1 of 3 rows come from a dirty tree" in _markdown(t1)
+    assert "2 of 3 rows" not in markdown_table(t1) and "1 of 3 rows come from a dirty tree" in markdown_table(t1)
 
 
 def test_isa_side_by_side_pairs_each_seed_with_its_native_run():

@@ -42,11 +42,24 @@ HISTOGRAM = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128},
              "percentile": {"num_bins": 2048, "percentile": 99.999, "symmetric": True}}
 
 
+def input_name(path: Path | str) -> str:
+    """The model's one image input, as its graph names it (exporters name it `input`, `images`, `x`, ...)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in weights]
+    if len(names) != 1:
+        raise CalibError(f"{path} has {len(names)} inputs ({', '.join(names)}); calib quantizes image classifiers "
+                         "with one image input")
+    return names[0]
+
+
 class ItemReader:
     """`CalibrationDataReader` over prepared items (duck-typed: ORT only calls get_next/rewind). Its min-max
     calibrator keeps the extremes of everything it sees, so items of several images give the same ranges."""
 
-    def __init__(self, items: list[np.ndarray], input_name: str = "input"):
+    def __init__(self, items: list[np.ndarray], input_name: str):
         self.items, self.input_name, self.pos = items, input_name, 0
 
     def get_next(self) -> dict | None:
@@ -94,7 +107,7 @@ def histogram_ranges(model: Path, items: list[np.ndarray], method, settings: dic
     with contextlib.redirect_stdout(sys.stderr):  # its progress lines print to stdout, where rows go
         calibrator = create_calibrator(model, None, augmented_model_path=str(augmented), calibrate_method=method,
                                        extra_options=dict(settings))
-        calibrator.collect_data(ItemReader(items))
+        calibrator.collect_data(ItemReader(items, input_name(model)))
         save_tensors_data(calibrator.compute_data(), cache)
     del calibrator
 
@@ -137,7 +150,8 @@ class OnnxRuntimeEngine(Engine):
             if method in HISTOGRAM:
                 cache = Path(tmp) / "ranges.json"
                 histogram_ranges(prepped, items, methods[method], HISTOGRAM[method], cache)
-            quantize_static(str(prepped), str(int8), ItemReader(items), quant_format=QuantFormat.QDQ, per_channel=True,
+            quantize_static(str(prepped), str(int8), ItemReader(items, input_name(prepped)),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=reduce_range, weight_type=QuantType.QInt8,
                             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                             calibrate_method=methods[method], extra_options={"ActivationSymmetric": symmetric},
