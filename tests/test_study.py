@@ -556,26 +556,43 @@ def test_accuracy_aware_table_tells_fused_from_unfused_and_judges_the_promise():
                                                           (True, "yes")]
 
 
-def test_time_left_comes_from_what_finished_cells_of_each_kind_took():
+def test_time_left_comes_from_what_finished_cells_of_each_model_and_kind_took():
     """Long cells run first and timing runs last, so a count of cells is no clock: each cell left is expected to
-    take what its kind took, its work shared by the slots, each timed cell's speed measured alone."""
+    take what its model and kind took, a pair not seen yet its model's factor times its kind's; the work is
+    shared by the slots, each timed cell's speed measured alone."""
     from calib.study.schedule import Estimate
 
     aa = [Cell("quantize", "resnet56", algo="accuracy-aware", seed=s) for s in range(3)]
-    quick = [Cell("quantize", "resnet20", seed=s) for s in range(4)]
-    timed = Cell("baseline", "resnet20")
-    est = Estimate([*aa, *quick, timed], jobs=2, timed={timed})
+    r20 = [Cell("quantize", "resnet20", seed=s) for s in range(3)]
+    r56 = [Cell("quantize", "resnet56", seed=s) for s in range(2)]
+    base20, base56 = Cell("baseline", "resnet20"), Cell("baseline", "resnet56")
+    est = Estimate([*aa, *r20, *r56, base20, base56], jobs=2, timed={base20})
     assert est.left() is None  # nothing finished: no estimate
-    est.work_done(aa[0], {"status": "ok", "wall_seconds": 60.0})
-    assert est.left() == pytest.approx((2 * 60 + 4 * 60 + 60) / 2 + Estimate.SPEED_PRIOR)  # only one kind known
-    est.work_done(quick[0], {"status": "ok", "wall_seconds": 6.0})
-    any_kind = (60 + 6) / 2  # a baseline's kind has not finished yet: any kind's mean
-    assert est.left() == pytest.approx((2 * 60 + 3 * 6 + any_kind) / 2 + Estimate.SPEED_PRIOR)
-    est.work_done(timed, {"status": "ok", "wall_seconds": 2.0})  # its work; its speed is still to come
-    est.row(timed, {"status": "ok", "wall_seconds": 9.0, "speed_seconds": 7.0})
-    assert est.left() == pytest.approx((2 * 60 + 3 * 6) / 2)
-    est.row(quick[1], {"status": "skipped", "wall_seconds": 0.0})  # a skipped cell is no measure of its kind
-    assert est.left() == pytest.approx((2 * 60 + 2 * 6) / 2)
+    ok = {"status": "ok"}
+    est.work_done(aa[0], ok | {"wall_seconds": 60.0})
+    est.work_done(r20[0], ok | {"wall_seconds": 4.0})
+    est.work_done(base20, ok | {"wall_seconds": 2.0})
+    est.work_done(base56, ok | {"wall_seconds": 6.0})  # resnet56 takes 3 times resnet20
+    # left: 2 accuracy-aware cells as the first, 2 resnet20 cells as theirs, 2 resnet56 default cells 3 x 4 s
+    assert est.left() == pytest.approx((2 * 60 + 2 * 4 + 2 * 12) / 2 + Estimate.SPEED_PRIOR)
+    est.row(base20, ok | {"wall_seconds": 9.0, "speed_seconds": 7.0})  # its speed is in
+    assert est.left() == pytest.approx((2 * 60 + 2 * 4 + 2 * 12) / 2)
+    est.row(r20[1], {"status": "skipped", "wall_seconds": 0.0})  # a skipped cell is no measure of its kind
+    assert est.left() == pytest.approx((2 * 60 + 4 + 2 * 12) / 2)
+
+
+def test_time_left_of_the_committed_main_run_holds_after_a_quarter():
+    """The main job's committed rows scheduled again as the slots order them, each cell taking the seconds it
+    took: after a quarter of the run, every time-left estimate is within a fifth of the time that was left
+    (while at least 30 s were)."""
+    from calib.core.runs import read_jsonl
+    from calib.study.schedule import simulate
+
+    points = simulate(read_jsonl(REPO / "results" / "study" / "main" / "rows.jsonl"), jobs=2)
+    end = points[-1][0]
+    errors = [abs(left - actual) / actual for t, left, actual in points
+              if t >= end / 4 and actual >= 30 and left is not None]
+    assert errors and max(errors) <= 0.21
 
 
 def test_a_grid_that_times_nothing_pairs_with_one_that_times_by_the_accuracy_condition(tmp_path, monkeypatch):

@@ -18,15 +18,19 @@ def by_isa(cells: list[Cell]) -> dict[str, list[Cell]]:
 
 
 def longest_first(cells: list[Cell]) -> list[Cell]:
-    """Cells in the order a pool should start them: likely long ones first (accuracy-aware, then OpenVINO, then
-    larger models), so that no long cell is left to run alone at the end."""
+    """Cells in the order slots should start them: likely long ones first (accuracy-aware, then OpenVINO, then
+    larger models), so no long cell is left alone at the end; but one cell of every (model, kind) pair before
+    the second of any, so the time-left estimate has seen every pair early."""
     from calib.core.zoo import model_info
 
     def cost(cell: Cell) -> tuple:
         madds = model_info(cell.model).madds_m or 0.0
         return cell.kind != "quantize", cell.algo != "accuracy-aware", cell.engine != "openvino", -madds
 
-    return sorted(cells, key=cost)
+    ordered = sorted(cells, key=cost)
+    seen: set[tuple] = set()
+    first = [c for c in ordered if (c.model, kind_of(c)) not in seen and not seen.add((c.model, kind_of(c)))]
+    return first + [c for c in ordered if c not in set(first)]
 
 
 def core_shares(workers: int, pin: bool = True) -> list[list[int]]:
@@ -48,11 +52,47 @@ def pin_worker(shares) -> None:
         torch.set_num_threads(len(cores))
 
 
+# Relative seconds of a cell's work by kind (kind, algorithm, engine), from the study's committed rows: before
+# any cell of a kind has finished, it is expected to take its prior times what finished cells took per unit of
+# prior. Accuracy-aware search is several default quantizations; ONNX Runtime and baselines are lighter.
+PRIOR = {("quantize", "accuracy-aware", "openvino"): 5.0, ("quantize", "default", "openvino"): 1.0,
+         ("quantize", "default", "onnxruntime"): 0.6, ("baseline", "default", "openvino"): 0.6,
+         ("baseline", "default", "onnxruntime"): 0.35}
+
+
+def kind_of(cell: Cell) -> tuple:
+    """What a cell's cost depends on besides its model: its kind, algorithm, engine and whether it is capped."""
+    return cell.kind, cell.algo, cell.engine, cell.isa != NATIVE
+
+
+def prior(cell: Cell) -> float:
+    return PRIOR.get(kind_of(cell)[:3], 1.0)
+
+
+def _geomean(values: list[float]) -> float:
+    import math
+
+    values = [max(v, 1e-3) for v in values]
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
+def fit_factors(seconds: dict[tuple, float]) -> tuple[dict, dict]:
+    """Model and kind factors with `seconds[(model, kind)] ~ model_factor[model] * kind_factor[kind]`, fitted by
+    alternating geometric means over the (model, kind) pairs seen."""
+    models = {m: 1.0 for m, _ in seconds}
+    kinds = {k: PRIOR.get(k[:3], 1.0) for _, k in seconds}
+    for _ in range(20):
+        models = {m: _geomean([t / kinds[k] for (mm, k), t in seconds.items() if mm == m]) for m in models}
+        kinds = {k: _geomean([t / models[m] for (m, kk), t in seconds.items() if kk == k]) for k in kinds}
+    return models, kinds
+
+
 class Estimate:
-    """Time left in a run, from the cells that finished: each cell left is expected to take what finished cells
-    of its kind took (same model, kind, algorithm, engine and ISA; else same kind, algorithm and engine; else
-    any), its work shared by `jobs` slots, and each timed cell's speed measured alone at the end. A count of
-    cells is no clock here: the longest cells run first and the timing runs last."""
+    """Time left in a run, from the cells that finished. A cell left is expected to take what finished cells of
+    its model and kind took; a pair not seen yet, its model's factor times its kind's (`fit_factors` over the
+    pairs seen; the probes `longest_first` starts with see every model and kind early), else its `prior` in the
+    seconds finished cells took per unit of prior. The work is shared by `jobs` slots, and each timed cell's speed
+    is measured alone at the end. A count of cells is no clock here: long cells run first, timing runs last."""
 
     SPEED_PRIOR = 8.0  # seconds to time one model file (1 s warm-up, 5 x 1 s) before any was timed
 
@@ -60,12 +100,8 @@ class Estimate:
         self.work_left = list(cells)
         self.speed_left = [c for c in cells if c in (timed or set())]
         self.jobs = jobs
-        self.seconds: dict[tuple, list[float]] = {}
+        self.seconds: dict[tuple, list[float]] = {}  # (model, kind) -> seconds of its finished cells
         self.speed: list[float] = []
-
-    @staticmethod
-    def _keys(cell: Cell) -> list[tuple]:
-        return [(cell.model, cell.kind, cell.algo, cell.engine, cell.isa), (cell.kind, cell.algo, cell.engine), ()]
 
     def _drop(self, cells: list[Cell], cell: Cell) -> bool:
         if cell in cells:
@@ -77,8 +113,7 @@ class Estimate:
         """A cell's work ended (its speed, if timed, is still to come)."""
         if self._drop(self.work_left, cell) and row.get("status") == "ok":
             seconds = float(row.get("wall_seconds") or 0.0) - float(row.get("speed_seconds") or 0.0)
-            for key in self._keys(cell):
-                self.seconds.setdefault(key, []).append(seconds)
+            self.seconds.setdefault((cell.model, kind_of(cell)), []).append(seconds)
 
     def row(self, cell: Cell, row: dict) -> None:
         """A cell's row arrived: its work (if not reported already) and its speed are done."""
@@ -86,16 +121,63 @@ class Estimate:
         if self._drop(self.speed_left, cell) and isinstance(row.get("speed_seconds"), int | float):
             self.speed.append(float(row["speed_seconds"]))
 
-    def _expected(self, cell: Cell) -> float | None:
-        for key in self._keys(cell):
-            if self.seconds.get(key):
-                return sum(self.seconds[key]) / len(self.seconds[key])
-        return None
-
     def left(self) -> float | None:
         """Seconds left, or None before any cell finished."""
         if not self.seconds:
             return None
-        work = sum(self._expected(c) or 0.0 for c in self.work_left) / max(1, min(self.jobs, len(self.work_left)))
+        means = {pair: sum(v) / len(v) for pair, v in self.seconds.items()}
+        aa = {pair: t for pair, t in means.items() if pair[1][1] == "accuracy-aware"}
+        # accuracy-aware time depends on how much NNCF restores, not only on the model: factors from the rest
+        models, kinds = fit_factors({p: t for p, t in means.items() if p not in aa} or means)
+        typical_model = _geomean(list(models.values()))
+        for kind in {k for _, k in aa} - set(kinds):
+            kinds[kind] = _geomean([t / models.get(m, typical_model) for (m, k), t in aa.items() if k == kind])
+        unit = _geomean([kinds[k] / PRIOR.get(k[:3], 1.0) for k in kinds])  # seconds per unit of prior
+
+        def expected(cell: Cell) -> float:
+            kind = kind_of(cell)
+            if (cell.model, kind) in means:
+                return means[cell.model, kind]
+            return models.get(cell.model, typical_model) * kinds.get(kind, prior(cell) * unit)
+
+        work = sum(map(expected, self.work_left)) / max(1, min(self.jobs, len(self.work_left)))
         speed = sum(self.speed) / len(self.speed) if self.speed else self.SPEED_PRIOR
         return work + speed * len(self.speed_left)
+
+
+def simulate(rows: list[dict], jobs: int) -> list[tuple[float, float | None, float]]:
+    """A finished run's cells scheduled again, as `longest_first` orders them, on `jobs` slots, each taking the
+    seconds its row took, and fed to `Estimate` as they end: (elapsed, estimated seconds left, seconds actually
+    left) after each. What the estimate would have said of that run, from its own rows."""
+    fields = set(Cell.__dataclass_fields__)
+    done = {Cell(**{k: v for k, v in r.items() if k in fields}): r for r in rows if r.get("status") == "ok"}
+    work = {c: float(r["wall_seconds"]) - float(r.get("speed_seconds") or 0.0) for c, r in done.items()}
+    estimate = Estimate(list(done), jobs)
+    free = [0.0] * jobs
+    ends = []
+    for cell in longest_first(list(done)):
+        slot = free.index(min(free))
+        free[slot] += work[cell]
+        ends.append((free[slot], cell))
+    end = max(free)
+    out = []
+    for t, cell in sorted(ends, key=lambda e: e[0]):
+        estimate.work_done(cell, done[cell])
+        out.append((t, estimate.left(), end - t))
+    return out
+
+
+def replay(rows: list[dict], jobs: int) -> list[tuple[float, float | None, float]]:
+    """A finished run's rows fed to `Estimate` in the order they finished: (elapsed, estimated seconds left,
+    seconds actually left) after each, elapsed counted from the first cell's start."""
+    fields = set(Cell.__dataclass_fields__)
+    cells = [(Cell(**{k: v for k, v in r.items() if k in fields}), r) for r in rows if r.get("status") == "ok"]
+    estimate = Estimate([c for c, _ in cells], jobs, {c for c, r in cells if r.get("timed")})
+    events = sorted([(r["work_finished_at"], 0, c, r) for c, r in cells if "work_finished_at" in r]
+                    + [(r["finished_at"], 1, c, r) for c, r in cells], key=lambda e: (e[0], e[1]))
+    start, end = min(r["started_at"] for _, r in cells), max(r["finished_at"] for _, r in cells)
+    out = []
+    for t, kind, cell, row in events:
+        (estimate.work_done if kind == 0 else estimate.row)(cell, row)
+        out.append((t - start, estimate.left(), end - t))
+    return out
