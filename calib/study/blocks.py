@@ -317,24 +317,58 @@ def command_times(repo: Path) -> str:
 
 
 def _time_section(repo: Path, run: Path, title: str) -> str:
-    """A run's wall time and CPU share (its summary) and where its cells' time went (`time_table`)."""
+    """A run's wall time and CPU share (its summary) and where its cells' time went (`time_table`), over the
+    cells of its newest run (the folder may also hold rows of earlier runs and other machines)."""
     from calib.study.report import load_rows, markdown_table, time_table
 
     summary = json.loads((repo / run / "summary.json").read_text())
-    head = (f"**{title}** ([`{run.as_posix()}`]({run.as_posix()})): {summary['cells']} cells "
-            f"({summary['ok']} ok, {summary['skipped']} skipped, {summary['errors']} errors), wall "
-            f"{_duration(summary['wall_seconds'])}")
+    machines = summary.get("hardware_keys", [])
+    head = (f"**{title}** ([`{run.as_posix()}`](/{run.as_posix()})): {summary['ran']} cells run "
+            f"({summary['ok']} ok, {summary['skipped']} skipped, {summary['errors']} errors of {summary['cells']}), "
+            f"wall {_duration(summary['wall_seconds'])}")
+    timed = repo / run / "time-v.txt"  # GNU time's report, for runs whose summary has no CPU share
     if "cpu_percent" in summary:
         head += f", CPU {summary['cpu_percent']:.0f} % of {100 * summary['cpu_count']} %"
-    head += f"; {', '.join(summary.get('hardware_keys', []))}"
-    return head + "\n\n" + markdown_table(time_table(load_rows(repo / run)))
+    elif timed.is_file() and (m := re.search(r"Percent of CPU this job got: (\d+)%", timed.read_text())):
+        head += f", CPU {m[1]} % (GNU time, [`time-v.txt`](/{(run / 'time-v.txt').as_posix()}))"
+    head += f"; {', '.join(machines)}"
+    rows = load_rows(repo / run)
+    starts = sorted(int(m.stem.split("-")[1]) for m in (repo / run).glob("manifest-*.json"))
+    if starts and "started_at" in rows:  # this run's cells: those that started after its manifest was written
+        rows = rows[rows.started_at.fillna(0) >= starts[-1]]
+    return head + "\n\n" + markdown_table(time_table(rows))
 
 
-@register_block("main-time")
-def main_time(repo: Path) -> str:
-    """The main job before and after the scheduling work: wall time, CPU share, seconds per kind of cell and step."""
-    parts = []
-    for run, title in ((Path("results/study/main-before"), "Before"), (MAIN, "After")):
-        if (repo / run / "summary.json").is_file():
-            parts.append(_time_section(repo, run, title))
+def _before_after(repo: Path, runs: tuple[tuple[Path, str], ...]) -> str:
+    parts = [_time_section(repo, run, title) for run, title in runs if (repo / run / "summary.json").is_file()]
     return "\n\n".join(parts) or "not measured yet\n"
+
+
+@register_block("time-main")
+def time_main(repo: Path) -> str:
+    """The main job before and after the scheduling work: wall time, CPU share, seconds per kind of cell and step."""
+    return _before_after(repo, ((Path("results/study/main-before"), "Before"), (MAIN, "After")))
+
+
+@register_block("time-official")
+def time_official(repo: Path) -> str:
+    """The whole official grid before and after the scheduling work, on this machine's cells."""
+    return _before_after(repo, ((Path("results/study/official-before"), "Before"),
+                                (Path("results/study/official"), "After")))
+
+
+@register_block("expected-equal")
+def expected_equal_block(repo: Path) -> str:
+    """The official grid's cells capped at one machine's ISA beside that machine's own: how many are equal."""
+    from calib.study.report import expected_equal, load_rows
+
+    table = expected_equal(load_rows(repo / "results" / "study" / "official"))
+    if table.empty:
+        return "- no machine capped to another's ISA in the rows yet\n"
+    lines = []
+    for r in table.to_dict("records"):
+        lines.append(f"- {r['machine_b']} against {r['machine_a']}: {r['same_predictions']} of {r['cells']} cells "
+                     f"give the same prediction on every test image; the largest accuracy difference is "
+                     f"{100 * r['max_abs_accuracy_difference']:.2f} points"
+                     + (f" ({r['cells_that_differ']})" if r["different"] else ""))
+    return "\n".join(lines) + "\n"
