@@ -82,7 +82,7 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
 
         with fd_stdout(log.stream if log is not None else sys.stderr):
             s = run_study(grid, out, executor.value, address, data_dir, selection, jobs=jobs, progress=False,
-                          on_row=on_row, on_work=estimate.work_done)
+                          on_row=on_row, on_work=estimate.work_done, on_start=estimate.started)
     if log is not None:
         log.save(out / "calib.log")
     say(f"{out}: {s['cells']} cells ({s['ran']} run now, {s['skipped_done']} already done); "

@@ -12,9 +12,11 @@ one key.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 # CPU flags (as /proc/cpuinfo spells them) that decide which INT8/BF16 kernels a library can pick
@@ -153,6 +155,22 @@ def isa_env(isa: str, flags: frozenset[str] | None = None) -> dict[str, str]:
     if isa not in ISA_LEVELS or native not in ISA_LEVELS or _rank(isa) >= _rank(native):
         return {}
     return cap_env(isa)
+
+
+@contextlib.contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    """This process's environment holds `variables` inside the block (processes started there inherit them from
+    their first instruction), and is as it was after."""
+    old = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def caps_of(env: dict[str, str] | None = None) -> dict[str, str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from calib.core.hardware import cap_env
+from calib.core.hardware import cap_env, environment
 
 PINNED_ISA = "avx2"
 T = TypeVar("T")
@@ -54,17 +54,9 @@ def call_pinned(fn: Callable[..., T], *args, progress: Callable[[int, int], None
         return fn(*args, **kwargs, **({"progress": progress} if progress is not None else {}))
     ctx = multiprocessing.get_context("spawn")
     updates = ctx.Queue() if progress is not None else None
-    old = {k: os.environ.get(k) for k in pinned_env()}
-    os.environ.update(pinned_env())  # the child is started inside `submit` and inherits it from its first instruction
-    try:
+    with environment(pinned_env()):  # the child is started inside `submit`: pinned from its first instruction
         pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_child_init, initargs=(updates,))
         future = pool.submit(_call_with_progress, fn, args, kwargs)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     with pool:
         if updates is not None:
             def forward() -> None:

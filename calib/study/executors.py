@@ -11,13 +11,14 @@ import contextlib
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from calib.core.errors import CalibError
-from calib.core.hardware import NATIVE, isa_env
+from calib.core.hardware import NATIVE, environment, isa_env
 from calib.study.cells import run_cell
 from calib.study.condition import Context, resolve_context
 from calib.study.grid import Cell, Grid
@@ -29,22 +30,11 @@ if TYPE_CHECKING:
     from calib.study.memory import PeakMemory
 
 
-@contextlib.contextmanager
-def isa_environment(isa: str) -> Iterator[None]:
+def isa_environment(isa: str) -> contextlib.AbstractContextManager[None]:
     """This process's environment holds every library's cap for `isa` (none for native) inside the block, so
     worker processes started inside it have them from their first instruction. The driver itself runs no kernels
     meanwhile (it only waits on its workers), and the libraries already loaded here are unaffected."""
-    caps = isa_env(isa)
-    old = {k: os.environ.get(k) for k in caps}
-    os.environ.update(caps)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return environment(isa_env(isa))
 
 
 @contextlib.contextmanager
@@ -112,12 +102,12 @@ class Slots:
 
 
 def _work_in_slots(grid: Grid, cells: list[Cell], out: Path, data_dir: Path | None, jobs: int, ctx: Context,
-                   finish: Callable[[Cell, dict], None]) -> None:
-    """Every cell's work in `jobs` slots (`Slots`), longest first across all ISAs; `finish` gets each row in this
-    thread as cells end."""
+                   finish: Callable[[Cell, dict], None], on_start: Callable[[Cell, float], None] | None = None) -> None:
+    """Every cell's work in `jobs` slots (`Slots`), longest first across all ISAs; `on_start(cell, time)` and
+    `finish(cell, row)` are called in this thread as cells start and end."""
     order = deque(longest_first(cells))
     taken = threading.Lock()
-    done: queue.Queue = queue.Queue()
+    events: queue.Queue = queue.Queue()
     slots = Slots(jobs)
 
     def work(slot: int) -> None:
@@ -126,19 +116,27 @@ def _work_in_slots(grid: Grid, cells: list[Cell], out: Path, data_dir: Path | No
                 if not order:
                     return
                 cell = order.popleft()
+            events.put(("start", cell, time.time()))
             try:
                 row = slots.pool(slot, cell.isa).submit(run_cell, grid, cell, out, data_dir, False, ctx).result()
             except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
                 slots.forget(slot, cell.isa)
                 row = error_row(grid, cell, f"worker process failed: {type(e).__name__}: {e}", ctx, data_dir)
-            done.put((cell, row))
+            events.put(("done", cell, row))
 
     threads = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in range(min(jobs, len(cells)))]
     try:
         for t in threads:
             t.start()
-        for _ in cells:
-            finish(*done.get())
+        ended = 0
+        while ended < len(cells):
+            what, cell, detail = events.get()
+            if what == "start":
+                if on_start is not None:
+                    on_start(cell, detail)
+                continue
+            finish(cell, detail)
+            ended += 1
         for t in threads:
             t.join()
     finally:
@@ -148,7 +146,8 @@ def _work_in_slots(grid: Grid, cells: list[Cell], out: Path, data_dir: Path | No
 def run_local(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, data_dir: Path | None, jobs: int,
               progress: bool, ctx: Context | None = None, memory: PeakMemory | None = None,
               on_row: Callable[[dict], None] | None = None,
-              on_work: Callable[[Cell, dict], None] | None = None) -> None:
+              on_work: Callable[[Cell, dict], None] | None = None,
+              on_start: Callable[[Cell, float], None] | None = None) -> None:
     """Every cell's work, then the speed of the timed cells, one at a time with nothing else running (a timed
     cell's row is written only once its speed is in, so a run killed before that redoes the cell). With `jobs`
     1, native cells work in this process and each capped ISA in a process of its own; with more, in `jobs` slots
@@ -175,11 +174,13 @@ def run_local(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, data_di
 
         if jobs > 1:
             bar.update(task, description=f"{len(cells)} cells in {jobs} slots")
-            _work_in_slots(grid, cells, out, data_dir, jobs, ctx, finish)
+            _work_in_slots(grid, cells, out, data_dir, jobs, ctx, finish, on_start)
         for isa, group in groups.items() if jobs == 1 else ():
             if isa == NATIVE:
                 for cell in group:
                     bar.update(task, description=f"{cell.kind} {cell.model} {cell.engine} {cell.source} {cell.algo}")
+                    if on_start is not None:
+                        on_start(cell, time.time())
                     finish(cell, run_cell(grid, cell, out, data_dir, False, ctx))
                 continue
             with worker_pool(isa, 1) as pool:

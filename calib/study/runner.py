@@ -135,11 +135,13 @@ def prepare(grid: Grid, todo: list[Cell], out: Path, data_dir: Path | None = Non
 def run_study(grid_path: Path, out: Path, executor: str = "local", address: str | None = None,
               data_dir: Path | None = None, selection: Selection = Selection(), progress: bool = True,
               jobs: int = 1, on_row: Callable[[dict], None] | None = None,
-              on_work: Callable[[Cell, dict], None] | None = None) -> dict:
+              on_work: Callable[[Cell, dict], None] | None = None,
+              on_start: Callable[[Cell, float], None] | None = None) -> dict:
     """Run every cell of a grid whose resolved condition has no `ok` row yet into `out`; returns counts, wall
     time, CPU time of every process and peak memory. `on_row(row)` hears of every cell's row: first the ok rows
     of cells done before, then each row as it is written (the CLI's progress); `on_work(cell, row)` of each
-    cell's work as it ends (a timed cell's row comes after its speed, at the end).
+    cell's work as it ends (a timed cell's row comes after its speed, at the end); `on_start(cell, time)` of each
+    cell's start (local executor).
 
     `jobs` > 1 does every cell's work in that many local worker processes (NNCF's statistics collection is
     single-threaded Python, so two cores do twice the work); speed is always timed with nothing else running.
@@ -154,7 +156,8 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
         raise CalibError(f"{', '.join(capped)} is set here; unset it and list the ISA in the grid's `isas`, so "
                          "each cell runs, and says, the ISA it was asked for")
     with weights_looked_up_once():
-        return _run_study(grid_path, out, executor, address, data_dir, selection, progress, jobs, on_row, on_work)
+        return _run_study(grid_path, out, executor, address, data_dir, selection, progress, jobs, on_row, on_work,
+                          on_start)
 
 
 def _cpu_seconds() -> float:
@@ -167,7 +170,8 @@ def _cpu_seconds() -> float:
 
 def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, data_dir: Path | None,
                selection: Selection, progress: bool, jobs: int, on_row: Callable[[dict], None] | None,
-               on_work: Callable[[Cell, dict], None] | None = None) -> dict:
+               on_work: Callable[[Cell, dict], None] | None = None,
+              on_start: Callable[[Cell, float], None] | None = None) -> dict:
     grid = load_grid(grid_path)
     cells = select(grid, selection)  # an unknown value fails here, before anything is written
     grid = resolve_grid(grid, data_dir)
@@ -209,7 +213,7 @@ def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, d
         if executor == "ray":
             run_ray(grid, runnable, out, rows_path, address, data_dir, ctx, memory, on_row)
         else:
-            run_local(grid, runnable, out, rows_path, data_dir, jobs, progress, ctx, memory, on_row, on_work)
+            run_local(grid, runnable, out, rows_path, data_dir, jobs, progress, ctx, memory, on_row, on_work, on_start)
     newest = {r["condition"]: r for r in read_jsonl(rows_path) if "condition" in r}
     status = [newest[cids[c]].get("status") if cids[c] in newest else "missing" for c in cells]
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0

@@ -4,6 +4,8 @@ process kept to its own share of the cores."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 from calib.core.hardware import NATIVE
 from calib.study.grid import Cell
@@ -102,6 +104,14 @@ class Estimate:
         self.jobs = jobs
         self.seconds: dict[tuple, list[float]] = {}  # (model, kind) -> seconds of its finished cells
         self.speed: list[float] = []
+        self.running: dict[Cell, float] = {}  # cell -> when its work started (time.time())
+        self.lock = threading.RLock()  # the runner reports while the progress line asks
+
+    def started(self, cell: Cell, at: float | None = None) -> None:
+        """A cell's work started (in a slot): from then on its elapsed time counts against what it is expected
+        to take."""
+        with self.lock:
+            self.running[cell] = time.time() if at is None else at
 
     def _drop(self, cells: list[Cell], cell: Cell) -> bool:
         if cell in cells:
@@ -111,18 +121,27 @@ class Estimate:
 
     def work_done(self, cell: Cell, row: dict) -> None:
         """A cell's work ended (its speed, if timed, is still to come)."""
-        if self._drop(self.work_left, cell) and row.get("status") == "ok":
-            seconds = float(row.get("wall_seconds") or 0.0) - float(row.get("speed_seconds") or 0.0)
-            self.seconds.setdefault((cell.model, kind_of(cell)), []).append(seconds)
+        with self.lock:
+            self.running.pop(cell, None)
+            if self._drop(self.work_left, cell) and row.get("status") == "ok":
+                seconds = float(row.get("wall_seconds") or 0.0) - float(row.get("speed_seconds") or 0.0)
+                self.seconds.setdefault((cell.model, kind_of(cell)), []).append(seconds)
 
     def row(self, cell: Cell, row: dict) -> None:
         """A cell's row arrived: its work (if not reported already) and its speed are done."""
-        self.work_done(cell, row)
-        if self._drop(self.speed_left, cell) and isinstance(row.get("speed_seconds"), int | float):
-            self.speed.append(float(row["speed_seconds"]))
+        with self.lock:
+            self.work_done(cell, row)
+            if self._drop(self.speed_left, cell) and isinstance(row.get("speed_seconds"), int | float):
+                self.speed.append(float(row["speed_seconds"]))
 
-    def left(self) -> float | None:
-        """Seconds left, or None before any cell finished."""
+    def left(self, now: float | None = None) -> float | None:
+        """Seconds left at `now` (time.time()), or None before any cell finished. A running cell has its expected
+        time less what it has run left; one that has run longer than expected, a third as long again (the longer
+        an accuracy-aware search has run, the more it is likely still to restore)."""
+        with self.lock:
+            return self._left(time.time() if now is None else now)
+
+    def _left(self, now: float) -> float | None:
         if not self.seconds:
             return None
         means = {pair: sum(v) / len(v) for pair, v in self.seconds.items()}
@@ -140,7 +159,14 @@ class Estimate:
                 return means[cell.model, kind]
             return models.get(cell.model, typical_model) * kinds.get(kind, prior(cell) * unit)
 
-        work = sum(map(expected, self.work_left)) / max(1, min(self.jobs, len(self.work_left)))
+        def remaining(cell: Cell) -> float:
+            if cell not in self.running:
+                return expected(cell)
+            ran = max(0.0, now - self.running[cell])
+            return expected(cell) - ran if ran < expected(cell) else 0.3 * ran
+
+        times = [remaining(c) for c in self.work_left]
+        work = max(sum(times) / max(1, min(self.jobs, len(times))), max(times, default=0.0))
         speed = sum(self.speed) / len(self.speed) if self.speed else self.SPEED_PRIOR
         return work + speed * len(self.speed_left)
 
@@ -167,17 +193,28 @@ def simulate(rows: list[dict], jobs: int) -> list[tuple[float, float | None, flo
     return out
 
 
-def replay(rows: list[dict], jobs: int) -> list[tuple[float, float | None, float]]:
-    """A finished run's rows fed to `Estimate` in the order they finished: (elapsed, estimated seconds left,
-    seconds actually left) after each, elapsed counted from the first cell's start."""
+def replay(rows: list[dict], jobs: int, every: float = 10.0) -> list[tuple[float, float | None, float]]:
+    """A finished run's rows fed to `Estimate` as they happened (each cell's start, end of work and row), asked
+    every `every` seconds as the progress line asks: (elapsed, estimated seconds left, seconds actually left),
+    elapsed counted from the first cell's start."""
     fields = set(Cell.__dataclass_fields__)
-    cells = [(Cell(**{k: v for k, v in r.items() if k in fields}), r) for r in rows if r.get("status") == "ok"]
+    cells = [(Cell(**{k: v for k, v in r.items() if k in fields}), r) for r in rows
+             if r.get("status") == "ok" and "started_at" in r]
     estimate = Estimate([c for c, _ in cells], jobs, {c for c, r in cells if r.get("timed")})
-    events = sorted([(r["work_finished_at"], 0, c, r) for c, r in cells if "work_finished_at" in r]
-                    + [(r["finished_at"], 1, c, r) for c, r in cells], key=lambda e: (e[0], e[1]))
-    start, end = min(r["started_at"] for _, r in cells), max(r["finished_at"] for _, r in cells)
-    out = []
-    for t, kind, cell, row in events:
-        (estimate.work_done if kind == 0 else estimate.row)(cell, row)
-        out.append((t - start, estimate.left(), end - t))
+    events = sorted([(r["started_at"], 0, i) for i, (_, r) in enumerate(cells)]
+                    + [(r.get("work_finished_at", r["finished_at"]), 1, i) for i, (_, r) in enumerate(cells)]
+                    + [(r["finished_at"], 2, i) for i, (_, r) in enumerate(cells)])
+    start, end = events[0][0], max(r["finished_at"] for _, r in cells)
+    out, pos, t = [], 0, start + every
+    while t < end:
+        while pos < len(events) and events[pos][0] <= t:
+            at, kind, i = events[pos]
+            cell, row = cells[i]
+            if kind == 0:
+                estimate.started(cell, at)
+            else:
+                (estimate.work_done if kind == 1 else estimate.row)(cell, row)
+            pos += 1
+        out.append((t - start, estimate.left(t), end - t))
+        t += every
     return out
