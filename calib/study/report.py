@@ -661,13 +661,13 @@ def markdown_table(table: pd.DataFrame) -> str:
             return ".3f"
         if "speedup" in col or "ratio" in col:  # before "fps": fps_ratio is a ratio
             return ".2f"
+        if col == "seconds" or col in STEPS:  # before "_images": test_images is a step here
+            return ".1f"
         if "fps" in col.lower() or col.endswith("_images") or col in (
                 "seeds", "per_class", "subset_size", "repeats", "cells", "same_predictions", "different"):
             return ".0f"
         if col in ("max_drop", "seconds_each", "share"):
             return ".2f"
-        if col == "seconds" or col in STEPS:
-            return ".1f"
         if col == "count":
             return ".0f"
         if col.startswith("mcnemar") or col.startswith("flips") or col == "predictions_changed":
