@@ -191,30 +191,3 @@ def simulate(rows: list[dict], jobs: int) -> list[tuple[float, float | None, flo
         estimate.work_done(cell, done[cell])
         out.append((t, estimate.left(), end - t))
     return out
-
-
-def replay(rows: list[dict], jobs: int, every: float = 10.0) -> list[tuple[float, float | None, float]]:
-    """A finished run's rows fed to `Estimate` as they happened (each cell's start, end of work and row), asked
-    every `every` seconds as the progress line asks: (elapsed, estimated seconds left, seconds actually left),
-    elapsed counted from the first cell's start."""
-    fields = set(Cell.__dataclass_fields__)
-    cells = [(Cell(**{k: v for k, v in r.items() if k in fields}), r) for r in rows
-             if r.get("status") == "ok" and "started_at" in r]
-    estimate = Estimate([c for c, _ in cells], jobs, {c for c, r in cells if r.get("timed")})
-    events = sorted([(r["started_at"], 0, i) for i, (_, r) in enumerate(cells)]
-                    + [(r.get("work_finished_at", r["finished_at"]), 1, i) for i, (_, r) in enumerate(cells)]
-                    + [(r["finished_at"], 2, i) for i, (_, r) in enumerate(cells)])
-    start, end = events[0][0], max(r["finished_at"] for _, r in cells)
-    out, pos, t = [], 0, start + every
-    while t < end:
-        while pos < len(events) and events[pos][0] <= t:
-            at, kind, i = events[pos]
-            cell, row = cells[i]
-            if kind == 0:
-                estimate.started(cell, at)
-            else:
-                (estimate.work_done if kind == 1 else estimate.row)(cell, row)
-            pos += 1
-        out.append((t - start, estimate.left(t), end - t))
-        t += every
-    return out
