@@ -62,7 +62,8 @@ def make_step(net: nn.Module, batch: int, channels_last: bool, compiled: bool, v
     return step, hooks
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command line; `argv` lets the test suite run it at toy size in-process."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batches", default="25,50,100,200")
@@ -71,7 +72,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compile time reported)")
     p.add_argument("--weights", type=Path, default=None, help="default: as calib finds them (CALIB_WEIGHTS_DIR)")
     p.add_argument("--record", type=Path, default=Path("runs/records.jsonl"))
-    a = p.parse_args()
+    a = p.parse_args(argv)
     net, _ = _load(a.model, a.weights)
     for q in net.parameters():
         q.requires_grad_(False)

@@ -115,7 +115,7 @@ def throughput(xml, seconds: float = 1.0, repeats: int = 5, batch: int = 16) -> 
         q.wait_all()
         return n * batch / (time.perf_counter() - t0)
 
-    run(0.5)
+    run(min(0.5, seconds))
     runs = [run(seconds) for _ in range(repeats)]
     med = float(np.median(runs))
     return {"fps_median": round(med, 1), "fps_min": round(min(runs), 1), "fps_max": round(max(runs), 1),
@@ -167,7 +167,8 @@ def fq_count(model) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command line; `argv` lets the test suite run it at toy size in-process."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="repvgg_a0")
     ap.add_argument("--weights", type=Path, required=True)
@@ -178,7 +179,9 @@ def main() -> None:
     ap.add_argument("--fuse", default="fused,unfused")
     ap.add_argument("--worst", type=int, default=3, help="keep_worst_fp32: quantizers kept FP32 (diagnose ranks)")
     ap.add_argument("--out", type=Path, default=Path("results/repvgg"))
-    args = ap.parse_args()
+    ap.add_argument("--speed-seconds", type=float, default=1.0, help="each timed throughput repeat")
+    ap.add_argument("--speed-repeats", type=int, default=5, help="timed throughput repeats (median, spread)")
+    args = ap.parse_args(argv)
 
     import openvino as ov
 
@@ -221,7 +224,7 @@ def main() -> None:
         ov.save_model(fp32, str(fp32_xml), compress_to_fp16=False)
         print(f"{fuse}: FP32 {fp32_acc:.4f}", flush=True)
         append_jsonl(rows_path, {**common, "fuse": fuse, "lever": "fp32", "accuracy": fp32_acc,
-                                 **throughput(fp32_xml), "fq_nodes": 0})
+                                 **throughput(fp32_xml, args.speed_seconds, args.speed_repeats), "fq_nodes": 0})
         worst_scope = None
         for lever in args.levers.split(","):
             if lever == "keep_worst_fp32" and worst_scope is None:
@@ -237,7 +240,7 @@ def main() -> None:
             row = {**common, "fuse": fuse, "lever": lever, "accuracy": acc, "fp32_accuracy": fp32_acc,
                    "drop_points": round(100 * (acc - fp32_acc), 2),
                    "agreement": float((pred == fp32_pred).mean()), "quantize_seconds": round(seconds, 1),
-                   "fq_nodes": fq_count(q), **throughput(xml)}
+                   "fq_nodes": fq_count(q), **throughput(xml, args.speed_seconds, args.speed_repeats)}
             if lever == "default":
                 diag = rank(measure_quantizers(fp32, q, validation))
                 (args.out / f"diagnose-{fuse}.json").write_text(json.dumps(diag, indent=1, default=str))

@@ -71,7 +71,8 @@ def channel_spread(net, x: np.ndarray) -> list[float]:
     return [float(p.max() / p.median().clamp_min(1e-12)) for _, p in sorted(peaks.items())]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command line; `argv` lets the test suite run it at toy size in-process."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="repvgg_a0")
     ap.add_argument("--weights", type=Path, required=True)
@@ -80,14 +81,13 @@ def main() -> None:
     ap.add_argument("--ks", default="1,4,16,64")
     ap.add_argument("--levers", default=",".join(LEVERS))
     ap.add_argument("--out", type=Path, default=Path("results/repvgg"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     try:
         ks = [float(v) for v in args.ks.split(",")]
     except ValueError:
         ap.error(f"--ks {args.ks}: comma-separated numbers, e.g. 1,4,16,64")
     if ks[0] != 1:
         ap.error(f"--ks {args.ks}: the first k must be 1, the unstressed network every row compares with")
-
 
     from calib.core.data import load_split, to_model_input, train_splits
     from calib.core.export import to_openvino

@@ -251,6 +251,7 @@ def families_accuracy_aware(repo: Path) -> str:
 
 
 MAIN = Path("results/study/main")
+OFFICIAL = Path("results/study/official")
 TIMES = Path("results/timing/commands.jsonl")
 
 
@@ -259,14 +260,14 @@ def _interval(r) -> str:
            f"{_SHORT.get(r.verdict, r.verdict)}"
 
 
-@register_block("main-table")
-def main_table(repo: Path) -> str:
-    """The main job: INT8 − FP32 per network and source, OpenVINO default and accuracy-aware, ONNX Runtime."""
+def _study_table(repo: Path, run: Path) -> str:
+    """INT8 − FP32 per network and source, OpenVINO default and accuracy-aware, ONNX Runtime: one table per
+    machine of the run's rows (a capped ISA is a machine of its own)."""
     import pandas as pd
 
     from calib.study.report import load_rows, machine_line, tables
 
-    named = tables(load_rows(repo / MAIN))
+    named = tables(load_rows(repo / run))
     longs = {n: t for n, t in named.items() if n.startswith("long_")}
     machines = sorted({t.attrs.get("machine", "") for t in longs.values()})
     parts = []
@@ -277,22 +278,37 @@ def main_table(repo: Path) -> str:
                     and t.attrs.get("machine") == machine), pd.DataFrame())
         aa = next((t for n, t in named.items() if n.startswith("accuracy_aware_openvino")
                    and t.attrs.get("machine") == machine), pd.DataFrame())
-        lines = ["| model | source | FP32 | OpenVINO default | OpenVINO accuracy-aware (FP32 layers) | ONNX Runtime |",
-                 "|---|---|---|---|---|---|"]
+        if ov.empty:
+            continue
+        lines = ["| model | source | seeds | FP32 | OpenVINO default | OpenVINO accuracy-aware (FP32 layers) | "
+                 "ONNX Runtime |", "|---|---|---|---|---|---|---|"]
         for (model, source), part in ov[ov.source != ""].groupby(["model", "source"], sort=True):
             default = part[part.algo == "default"]
             accurate = part[part.algo == "accuracy-aware"]
             onnx = ort[(ort.model == model) & (ort.source == source)] if not ort.empty else ort
-            kept = aa[(aa.model == model) & (aa.source == source)] if not aa.empty else aa
-            layers = "/".join(str(int(n)) for n in kept.aa_kept_fp32_count) if len(kept) else ""
+            kept = aa[(aa.model == model) & (aa.source == source)].sort_values("seed") if not aa.empty else aa
+            layers = "/".join("-" if n != n else str(int(n)) for n in kept.aa_kept_fp32_count) if len(kept) else ""
             lines.append(" | ".join([
-                f"| {model}", source, f"{default.iloc[0].fp32_accuracy:.4f}" if len(default) else "-",
+                f"| {model}", source, f"{int(default.iloc[0].seeds)}" if len(default) else "-",
+                f"{default.iloc[0].fp32_accuracy:.4f}" if len(default) else "-",
                 _interval(default.iloc[0]) if len(default) else "-",
                 f"{_interval(accurate.iloc[0])} ({layers})" if len(accurate) else "-",
                 _interval(onnx.iloc[0]) if len(onnx) else "-"]) + " |")
         parts.append(machine_line(ov) + "\n\n" + "\n".join(lines) if len(machines) > 1 or machine else
                      "\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+@register_block("main-table")
+def main_table(repo: Path) -> str:
+    """The main job: INT8 − FP32 per network and source, OpenVINO default and accuracy-aware, ONNX Runtime."""
+    return _study_table(repo, MAIN)
+
+
+@register_block("official-table")
+def official_table(repo: Path) -> str:
+    """The whole official grid, per machine: INT8 − FP32 over its seeds, both engines and both algorithms."""
+    return _study_table(repo, OFFICIAL)
 
 
 @register_block("command-times")
@@ -368,3 +384,521 @@ def expected_equal_block(repo: Path) -> str:
                      f"{100 * r['max_abs_accuracy_difference']:.2f} points"
                      + (f" ({r['cells_that_differ']})" if r["different"] else ""))
     return "\n".join(lines) + "\n"
+
+
+# ---- tables of the other committed rows (results/*/) -------------------------------------------------------
+
+def _jsonl(repo: Path, path: str) -> list[dict]:
+    """The rows of one committed JSON-lines file; a missing file is a mistake on a page that quotes it."""
+    from calib.core.runs import read_jsonl
+
+    if not (repo / path).is_file():
+        raise CalibError(f"{repo / path} is missing: a generated block reads its rows from there")
+    return read_jsonl(repo / path)
+
+
+def _md(header: list[str], rows: list[list]) -> str:
+    """A Markdown pipe table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
+
+
+def _machines(rows: list[dict]) -> str:
+    """The line naming the machines a block's rows come from (the rows' `hardware_key`, else CPU and cores)."""
+    names = sorted({r.get("hardware_key") or f"{r.get('cpu', '?')}, {r.get('cpu_count', '?')} cores"
+                    for r in rows if r.get("cpu") or r.get("hardware_key")})
+    return f"Machine: {'; '.join(names) or 'not recorded'}."
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+def _mean_sd(values: list[float]) -> str:
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+@register_block("quantize-resnet20")
+def quantize_resnet20(repo: Path) -> str:
+    """ResNet20, one 300-image set: FP32 IR, default and accuracy-aware INT8 (results/quantize)."""
+    rows = [r for r in _jsonl(repo, "results/quantize/records.jsonl") if r["kind"] == "quantize"]
+    table = _md(["model", "algorithm", "max drop", "validation", "FP32 IR", "INT8", "quantize s"],
+                [[r["model"], r["algo"], r.get("max_drop", "-"),
+                  f"{r['validation_images']} {r['validation_role']} images" if r.get("validation_images") else "-",
+                  f"{r['fp32_accuracy']:.4f}", f"{r['int8_accuracy']:.4f}", f"{r['quantize_seconds']:.1f}"]
+                 for r in rows])
+    return _machines(rows) + "\n\n" + table
+
+
+@register_block("benchmark-models")
+def benchmark_models(repo: Path) -> str:
+    """`calib benchmark models`: FP32 and INT8 throughput, sizes and PyTorch speed of the five models."""
+    rows = [r for r in _jsonl(repo, "results/benchmark/records.jsonl") if r["kind"] == "benchmark"]
+    table = _md(["model", "FP32 IR img/s", "INT8 img/s", "INT8/FP32", "FP32 MB", "INT8 MB", "PyTorch batch 1 img/s"],
+                [[r["model"], f"{r['fp32_fps']:.0f}", f"{r['int8_fps']:.0f}", f"{r['speedup']:.2f}",
+                  _mb(r["fp32_bytes"]), _mb(r["int8_bytes"]), f"{r['pytorch_fps']:.0f}"] for r in rows])
+    return _machines(rows) + "\n\n" + table
+
+
+def _engines_table(rows: list[dict], latency: bool) -> str:
+    header = ["engine", "FP32 acc", "INT8 acc", "FP32 img/s", "INT8 img/s", "INT8/FP32"]
+    header += ["FP32 latency img/s", "INT8 latency img/s"] if latency else []
+    out = []
+    for r in sorted(rows, key=lambda r: r["engine"]):
+        int8 = "int8_fps" in r
+        line = [r["engine"], f"{r['fp32_accuracy']:.4f}", f"{r['int8_accuracy']:.4f}" if int8 else "-",
+                f"{r['fp32_fps']:.0f}", f"{r['int8_fps']:.0f}" if int8 else "-",
+                f"{r['speedup']:.2f}" if int8 else "-"]
+        if latency:
+            line += [f"{r['fp32_latency_fps']:.0f}", f"{r['int8_latency_fps']:.0f}" if int8 else "-"]
+        out.append(line + [_mb(r["fp32_bytes"]), _mb(r["int8_bytes"]) if int8 else "-"])
+    return _md(header + ["FP32 MB", "INT8 MB"], out)
+
+
+@register_block("benchmark-engines")
+def benchmark_engines(repo: Path) -> str:
+    """`calib benchmark engines` (results/benchmark): both engines on ResNet20 and one 300-image set."""
+    rows = [r for r in _jsonl(repo, "results/benchmark/records.jsonl") if r["kind"] == "compare_engines"]
+    return _machines(rows) + "\n\n" + _engines_table(rows, latency=False)
+
+
+@register_block("benchmark-speeds")
+def benchmark_speeds(repo: Path) -> str:
+    """`calib evaluate` against benchmark_app, the sources' and the generators' speed (results/benchmark)."""
+    rows = _jsonl(repo, "results/benchmark/records.jsonl")
+    lines = []
+    for r in rows:
+        if r["kind"] == "evaluate_vs_benchmark_app":
+            lines.append(f"- `calib evaluate` on the INT8 {r['model']} IR: {r['eval_fps']:.0f} img/s; benchmark_app "
+                         f"on the same IR: {r['benchmark_app_fps']:.0f} img/s; ratio {r['ratio']:.2f}")
+        elif r["kind"] == "benchmark_sources":
+            lines.append(f"- Sources: fractal {r['fractal_images_per_s']:.0f} images/s; inversion of "
+                         f"{r['inversion_model']} {r['inversion_s_per_image']:.2f} s per image "
+                         f"({r['inversion_iterations']} iterations, batch {r['inversion_batch']})")
+        elif r["kind"] == "benchmark_generators":
+            lines.append(f"- Generators (batch {r['batch']}, {r['threads']} threads): DiStyleGAN "
+                         f"{r['distylegan_images_per_s']:.0f} images/s ({r['distylegan_params'] / 1e6:.2f}M "
+                         f"parameters), StyleGAN2 at the CIFAR-10 configuration {r['stylegan2_images_per_s']:.1f} "
+                         f"images/s ({r['stylegan2_params'] / 1e6:.1f}M parameters): {r['ratio']:.2f} times "
+                         "DiStyleGAN's favour")
+    return _machines(rows) + "\n\n" + "\n".join(lines) + "\n"
+
+
+@register_block("sets-quality")
+def sets_quality(repo: Path) -> str:
+    """`calib inspect`: each source's set under ResNet20 (class accuracy, entropy, Fréchet and BN distances)."""
+    rows = sorted(_jsonl(repo, "results/sets/inspect.jsonl"), key=lambda r: r["frechet_distance"])
+    table = _md(["source", "images", "ResNet20 accuracy on the set's labels", "mean entropy", "Fréchet distance",
+                 "BN-statistics distance", "pixel mean (r, g, b)", "grid"],
+                [[r["source"], r["images"], f"{r['class_accuracy']:.3f}", f"{r['mean_entropy']:.3f}",
+                  f"{r['frechet_distance']:.3f}", f"{r['bn_distance']:.2f}",
+                  ", ".join(f"{r[f'pixel_mean_{c}']:.2f}" for c in "rgb"),
+                  f"[{r['source']}.png](sets/{r['source']}.png)"] for r in rows])
+    return _machines(rows) + " Fréchet reference: " + rows[0]["frechet_reference"] + ".\n\n" + table
+
+
+@register_block("training-cards")
+def training_cards(repo: Path) -> str:
+    """The cards of the models trained on a lent GPU (results/training/*/): epochs, test accuracy, seconds."""
+    cards = [json.loads(p.read_text()) for p in sorted((repo / "results" / "training").glob("*/cifar10_*.json"))]
+    gpu = [c for c in cards if "hardware" in c]
+    table = _md(["model", "epochs", "test accuracy", "train seconds", "hardware"],
+                [[c["model"], c["epochs"], f"{c['test_accuracy']:.4f}", f"{c['train_seconds']:.0f}", c["hardware"]]
+                 for c in gpu])
+    return table
+
+
+@register_block("reference-table")
+def reference_table(repo: Path) -> str:
+    """The reference study's rows (results/study/reference): accuracy and speed per model and source."""
+    from calib.study.report import load_rows, markdown_table, tables
+
+    named = tables(load_rows(repo / "results" / "study" / "reference"))
+    return "\n".join(markdown_table(t) for n, t in sorted(named.items()) if n.startswith("table1_openvino"))
+
+
+@register_block("extended-means")
+def extended_means(repo: Path) -> str:
+    """The extended grid's ResNet20 rows: mean INT8 accuracy over seeds per source, subset size and engine."""
+    from collections import defaultdict
+
+    rows = [r for r in _jsonl(repo, "results/study/extended/rows.jsonl")
+            if r.get("status") == "ok" and r.get("int8_accuracy") is not None]
+    acc: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        acc[(r["source"], r["subset_size"], r["fast_bias_correction"], r["engine"])].append(r["int8_accuracy"])
+    keys = sorted({k[:3] for k in acc}, key=lambda k: (k[0], k[1], not k[2]))
+    table = _md(["source", "subset", "bias correction", "OpenVINO INT8 (mean ± sd)", "ONNX Runtime INT8 (mean ± sd)"],
+                [[s, n, "fast" if fast else "full", _mean_sd(acc[(s, n, fast, "openvino")]) if acc.get(
+                    (s, n, fast, "openvino")) else "-", _mean_sd(acc[(s, n, fast, "onnxruntime")]) if acc.get(
+                    (s, n, fast, "onnxruntime")) else "-"] for s, n, fast in keys])
+    fp32 = sorted({f"{r['engine']} {r['fp32_accuracy']:.4f}" for r in _jsonl(repo, "results/study/extended/rows.jsonl")
+                   if r.get("kind") == "baseline" and r.get("fp32_accuracy") is not None})
+    from calib.study.report import load_rows
+
+    machines = sorted(load_rows(repo / "results" / "study" / "extended").hardware_key.dropna().unique())
+    return (f"Machine: {'; '.join(machines)}. FP32: {', '.join(fp32) or '-'}; seeds per cell: "
+            f"{max(len(v) for v in acc.values())}.\n\n" + table)
+
+
+@register_block("gpu-shufflenetv2-ort")
+def gpu_shufflenetv2_ort(repo: Path) -> str:
+    """ShuffleNetV2_x2_0 trained briefly on a lent GPU machine, then ONNX Runtime INT8 from four sources."""
+    run = repo / "results" / "gpu-shufflenetv2-ort"
+    card = json.loads(next(run.glob("cifar10_*.json")).read_text())
+    rows = [json.loads(p.read_text()) for p in sorted(run.glob("quantize_*.json.txt"))]
+    table = _md(["source", "FP32 (ONNX)", "INT8 (QDQ, per-channel, min-max)"],
+                [[r["calib_source"], f"{r['fp32_accuracy']:.4f}", f"{r['int8_accuracy']:.4f}"] for r in rows])
+    return (f"Trained {card['epochs']} epochs in {card['train_seconds']:.0f} s on {card.get('hardware', '?')} (test "
+            f"accuracy {card['test_accuracy']:.4f}); quantized on that machine's CPU. {_machines(rows)}\n\n" + table)
+
+
+# ---- docs/results.md ----------------------------------------------------------------------------------------
+
+def spread_series(folder: Path) -> pd.DataFrame:  # noqa: F821 (pandas is imported lazily)
+    """Every timed repeat of `quiet-spread.jsonl` (calib) and `machine-spread.txt` (benchmark_app) in `folder`,
+    one row per repeat, with its throughput over its series' median (`vs_median`)."""
+    import pandas as pd
+
+    rows = []
+    for i, r in enumerate(_jsonl(folder, "quiet-spread.jsonl")):
+        for key in ("fp32_runs", "int8_runs", "fp32_latency_runs", "int8_latency_runs"):
+            rows += [{"series": f"calib {r['model']} {key.removesuffix('_runs').replace('_', ' ')} (run {i + 1})",
+                      "repeat": k + 1, "fps": v} for k, v in enumerate(r[key])]
+    for line in (folder / "machine-spread.txt").read_text().splitlines():
+        if m := re.match(r"t=(\d+)s fps=\[([^\]]*)\]", line):
+            rows += [{"series": f"benchmark_app resnet20 int8, {m[1]} s runs", "repeat": k + 1, "fps": float(v)}
+                     for k, v in enumerate(m[2].split(","))]
+    df = pd.DataFrame(rows)
+    df["vs_median"] = df.fps / df.groupby("series").fps.transform("median")
+    return df
+
+
+@register_block("speed-spread")
+def speed_spread(repo: Path) -> str:
+    """Repeat-to-repeat throughput spread on the AVX2 machine: calib's repeats and benchmark_app's, per series."""
+    folder = repo / "results" / "benchmark"
+    df = spread_series(folder)
+    spread = df.groupby("series").fps.agg(lambda v: (v.max() - v.min()) / v.median()).sort_values()
+    inside = int((spread <= 0.05).sum())
+    machine = (folder / "machine-spread.txt").read_text().splitlines()[0].lstrip("# ").rsplit(",", 1)[0]
+    return (f"Machine: {machine}. {len(spread)} series; spread (max − min) / median from "
+            f"{100 * spread.min():.0f} % to {100 * spread.max():.0f} %; {inside} of them within 5 %.\n\n"
+            + _md(["series", "repeats", "median img/s", "spread"],
+                  [[name, int((df.series == name).sum()), f"{df[df.series == name].fps.median():.0f}",
+                    f"{100 * s:.0f} %"] for name, s in spread.items()]))
+
+
+def _check(repo: Path, path: str) -> str:
+    import csv
+
+    rows = list(csv.DictReader((repo / path).open()))
+    same = sum(float(r["abs_difference"]) == 0 for r in rows)
+    where = sorted({f"cells: {r['study_hardware_key']}, rechecked: {r['hardware_key']}" for r in rows})
+    largest = max(float(r["abs_difference"]) for r in rows)
+    return (f"- [`{Path(path).name}`](/{path}): {len(rows)} cells ({', '.join(sorted({r['algo'] for r in rows}))}), "
+            f"{same} of {len(rows)} identical, largest |difference| {largest:.4f} ({'; '.join(where)})\n")
+
+
+@register_block("check-official")
+def check_official(repo: Path) -> str:
+    """`calib study check` on the official grid: cells redone with NNCF and OpenVINO called directly."""
+    return _check(repo, "results/study/official/check.csv")
+
+
+@register_block("check-families")
+def check_families(repo: Path) -> str:
+    """`calib study check` on the families grid, real-image and inversion cells."""
+    return _check(repo, "results/study/families/check.csv") + _check(repo, "results/study/families/check-inversion.csv")
+
+
+# ---- results/repvgg -----------------------------------------------------------------------------------------
+
+def _newest(rows: list[dict], *keys: str) -> dict[tuple, dict]:
+    """The newest row of each combination of `keys` (a rerun replaces an earlier row)."""
+    return {tuple(r[k] for k in keys): r for r in rows}
+
+
+@register_block("repvgg-levers")
+def repvgg_levers(repo: Path) -> str:
+    """`scripts/repvgg_levers.py`: fused and unfused RepVGG_a0, one NNCF lever at a time, with its IR's speed."""
+    rows = _newest(_jsonl(repo, "results/repvgg/levers.jsonl"), "fuse", "lever")
+    speed = {tuple(Path(r["file"]).with_suffix("").parts[-2:]): r for r in _jsonl(repo, "results/repvgg/speed.jsonl")}
+    out = []
+    for (fuse, lever), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] != "fp32", kv[0][1] != "default")):
+        s = speed.get((fuse, lever))
+        fps = f"{s['model_fps']:.0f} ({100 * s['model_fps_spread']:.0f} %)" if s else "-"
+        if lever == "fp32":
+            out.append([fuse, "FP32", f"{r['accuracy']:.4f}", "-", "-", 0, "-", fps])
+            continue
+        out.append([fuse, lever, f"{r['accuracy']:.4f}", f"{r['drop_points']:+.2f}", f"{100 * r['agreement']:.1f} %",
+                    r["fq_nodes"], f"{r['quantize_seconds']:.0f}", fps])
+    first = next(iter(rows.values()))
+    return (_machines(list(rows.values())) + f" {first['calib_images']} calibration images, {first['test_images']} "
+            "test images.\n\n" + _md(["network", "lever", "accuracy", "INT8 − FP32 (points)",
+                                      "same predictions as FP32", "FakeQuantize nodes", "quantize s",
+                                      "img/s (spread)"], out))
+
+
+@register_block("repvgg-outliers")
+def repvgg_outliers(repo: Path) -> str:
+    """Per-channel weight outliers of RepVGG_a0 fused and unfused: the largest and the median ratio over layers."""
+    import statistics
+
+    lines = []
+    for fuse in ("unfused", "fused"):
+        layers = json.loads((repo / "results" / "repvgg" / f"weights-{fuse}.json").read_text())
+        ratios = [r["outlier_ratio"] for r in layers]
+        worst = max(layers, key=lambda r: r["outlier_ratio"])
+        lines.append(f"- {fuse}: {len(layers)} convolutions, outlier ratio median {statistics.median(ratios):.2f}, "
+                     f"largest {worst['outlier_ratio']:.2f} (`{worst['layer']}`)")
+    return "\n".join(lines) + "\n"
+
+
+@register_block("repvgg-stress")
+def repvgg_stress(repo: Path) -> str:
+    """`scripts/repvgg_stress.py`: the fused network with activation channels spread k-fold, per lever."""
+    rows = _newest(_jsonl(repo, "results/repvgg/stress.jsonl"), "k", "lever")
+    levers = list(dict.fromkeys(lever for _, lever in rows))
+    ks = sorted({k for k, _ in rows})
+    out = []
+    for k in ks:
+        any_row = next(r for (kk, _), r in rows.items() if kk == k)
+        out.append([f"{k:g}", f"{any_row['activation_spread_median']:.1f}, {any_row['activation_spread_max']:.1f}",
+                    f"{100 * any_row['fp32_same_as_unstressed']:.2f} %"]
+                   + [f"{r['accuracy']:.4f} ({r['drop_points']:+.2f}; {r['fq_nodes']} FQ)" if (r := rows.get((k, lv)))
+                      else "-" for lv in levers])
+    return (_machines(list(rows.values())) + " FP32 accuracy " + f"{next(iter(rows.values()))['fp32_accuracy']:.4f}"
+            + ".\n\n" + _md(["k", "activation spread (median, largest)", "FP32 same as k = 1"] + levers, out))
+
+
+# ---- results/inversion --------------------------------------------------------------------------------------
+
+@register_block("inversion-table")
+def inversion_table(repo: Path) -> str:
+    """calib's inversion against MCT's data generation: speed and INT8 accuracy per model, method and set size."""
+    import statistics
+    from collections import defaultdict
+
+    rows = [r for r in _jsonl(repo, "results/inversion/table.jsonl") if r["kind"] == "benchmark_inversion"]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in _newest(rows, "model", "method", "images", "seed_set").values():
+        groups[(r["model"], r["method"], r["images"])].append(r)
+    out = []
+    for (model, method, images), part in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        sp = [r["s_per_image"] for r in part]
+        out.append([model, method, images, len(part), f"{statistics.median(sp):.3f} ({min(sp):.3f}-{max(sp):.3f})",
+                    _mean_sd([r["int8_accuracy"] for r in part]), f"{part[0]['fp32_accuracy']:.4f}",
+                    f"{statistics.mean(r['bn_distance_set'] for r in part):.2f}"])
+    return (_machines(rows) + "\n\n" + _md(["model", "method", "images", "seeds", "s/image, median (range)",
+                                             "INT8 accuracy (mean ± sd)", "FP32", "BN distance"], out))
+
+
+@register_block("inversion-speed")
+def inversion_speed(repo: Path) -> str:
+    """`calib benchmark inversion-speed`: the old and today's inversion settings timed in one run."""
+    rows = [r for r in _jsonl(repo, "results/inversion/table.jsonl") if r["kind"] == "inversion_speed"]
+    r = rows[-1]
+    return (f"{_machines([r])} {r['images']} images, {r['torch_threads']} threads: old settings (`{r['old_method']}`) "
+            f"{r['old_s_per_image']:.3f} s per image, today's (`{r['new_method']}`) {r['new_s_per_image']:.3f} s: "
+            f"{r['ratio']:.2f} times faster.\n")
+
+
+@register_block("inversion-levers")
+def inversion_levers(repo: Path) -> str:
+    """`scripts/inversion_levers.py`: one inversion step per variant, ms per image, on 2 threads."""
+    rows = [r for r in _jsonl(repo, "results/inversion/levers.jsonl") if r.get("torch_threads") == 2]
+    runs, current = [], None  # one run of the script: rows from its "batch 100" on
+    for r in rows:
+        if r["variant"] == "batch 100":
+            current = {}
+            runs.append(current)
+        if current is not None:
+            current[r["variant"]] = r
+    models = [r.get("model", f"run {i + 1}") for i, r in enumerate(run["batch 100"] for run in runs)]
+    variants = list(dict.fromkeys(v for run in runs for v in run))
+    out = [[v] + [f"{run[v]['ms_per_image_iteration']:.2f} ({run[v]['relative_to_batch_100']:.2f})" if v in run
+                  else "-" for run in runs] for v in variants]
+    return _machines(rows) + "\n\n" + _md(["variant"] + [f"{m} ms/image (× batch 100)" for m in models], out)
+
+
+# ---- results/diagnose ---------------------------------------------------------------------------------------
+
+DIAGNOSE = Path("results/diagnose")
+DIAGNOSE_ORDER = ("resnet20-official", "resnet32-official", "resnet44-official", "resnet56-official",
+                  "shufflenetv2_x0_5-official", "resnet20-here", "shufflenetv2_x2_0-here")
+
+
+def _diagnose_rows(repo: Path) -> dict[str, pd.DataFrame]:  # noqa: F821
+    import pandas as pd
+
+    runs = {p.parent.name: pd.read_json(p, lines=True) for p in sorted((repo / DIAGNOSE).glob("*/rows.jsonl"))}
+    return {name: runs[name] for name in sorted(runs, key=lambda n: (n not in DIAGNOSE_ORDER, DIAGNOSE_ORDER.index(n)
+                                                                     if n in DIAGNOSE_ORDER else 0, n))}
+
+
+def _worst(repo: Path, run: str, n: int = 5) -> str:
+    """The `n` worst activation quantizers by local SQNR of one diagnose run, per set (fractal first)."""
+    df = _diagnose_rows(repo)[run]
+    aa = "val_accuracy_layer_fp32" in df and df.val_accuracy_layer_fp32.notna().any()
+    out = []
+    for source in ("fractal", "cifar10"):
+        part = df[df.source == source].sort_values("local_sqnr_db").head(n)
+        for rank, r in enumerate(part.to_dict("records"), 1):
+            line = [source, rank, r["layer"], "per channel" if r.get("per_channel") else "", f"{r['low']:.3f}",
+                    f"{r['high']:.3f}", f"{r['ref_max']:.3f}", f"{100 * r['clipped_fraction']:.3f}",
+                    f"{r['local_sqnr_db']:.1f}", f"{r['sqnr_db']:.1f}"]
+            if aa:
+                v = r.get("val_accuracy_layer_fp32")
+                line.append("" if v is None or v != v else f"{v:.3f}")
+            out.append(line)
+    header = ["set", "rank", "layer", "range", "low", "high", "ref max", "clipped %", "local SQNR dB", "SQNR dB"]
+    return _md(header + (["val acc, layer FP32"] if aa else []), out)
+
+
+@register_block("diagnose-resnet20-official")
+def diagnose_resnet20_official(repo: Path) -> str:
+    """`calib diagnose`, ResNet20 official weights: the five worst quantizers by local SQNR, per set."""
+    return _worst(repo, "resnet20-official")
+
+
+@register_block("diagnose-shufflenetv2-official")
+def diagnose_shufflenetv2_official(repo: Path) -> str:
+    """`calib diagnose`, ShuffleNetV2_x0_5 official weights: the five worst quantizers by local SQNR, per set."""
+    return _worst(repo, "shufflenetv2_x0_5-official")
+
+
+@register_block("diagnose-summary")
+def diagnose_summary(repo: Path) -> str:
+    """Every diagnose run, fractal set against CIFAR-10 set: clipping and SQNR, and the quantizers that clip."""
+    import pandas as pd
+
+    out, above = {}, []
+    for name, df in _diagnose_rows(repo).items():
+        last = df["index"].max()
+        row = {"quantizers": df["index"].nunique(),
+               "per-channel quantizers": int(df[df.source == "cifar10"].per_channel.sum())}
+        sqnr = {}
+        for s in ("fractal", "cifar10"):
+            p = df[df.source == s]
+            inner = p[p.layer != "x"]
+            top = inner.loc[inner.clipped_fraction.idxmax()]
+            sqnr[s] = (p.local_sqnr_db.min(), p[p["index"] == last].sqnr_db.iloc[0], p.clipped_fraction.mean())
+            row[f"{s}: mean clipped %"] = f"{100 * sqnr[s][2]:.3f}"
+            row[f"{s}: most clipped (not input)"] = f"{top.layer} {100 * top.clipped_fraction:.2f} %"
+            row[f"{s}: worst local SQNR dB"] = f"{sqnr[s][0]:.1f}"
+            row[f"{s}: SQNR at last quantizer dB"] = f"{sqnr[s][1]:.1f}"
+            above.append(f"- {name}, {s}: "
+                         + (", ".join(inner[inner.clipped_fraction > 0.003].layer) or "none"))
+        row["mean clipped, fractal / cifar10"] = f"{sqnr['fractal'][2] / sqnr['cifar10'][2]:.2f}"
+        row["worst local SQNR, cifar10 - fractal dB"] = f"{sqnr['cifar10'][0] - sqnr['fractal'][0]:.1f}"
+        row["last SQNR, cifar10 - fractal dB"] = f"{sqnr['cifar10'][1] - sqnr['fractal'][1]:.1f}"
+        inputs = {s: df[(df.source == s) & (df.layer == "x")].clipped_fraction for s in ("fractal", "cifar10")}
+        row["input clipped %, fractal / cifar10"] = " / ".join(f"{100 * v.iloc[0]:.2f}" if len(v) else "-"
+                                                               for v in inputs.values())
+        out[name] = row
+    table = pd.DataFrame(out)
+    return (table.to_markdown() + "\n\nQuantizers (not the input) that clip more than 0.3 % of the real values:\n\n"
+            + "\n".join(above) + "\n")
+
+
+# ---- results/engines ----------------------------------------------------------------------------------------
+
+@register_block("engines-evaluate-vs-app")
+def engines_evaluate_vs_app(repo: Path) -> str:
+    """`calib benchmark evaluate-vs-app`: calib's evaluator against benchmark_app in alternating rounds."""
+    rows = [r for r in _jsonl(repo, "results/engines/records.jsonl") if r["kind"] == "evaluate_vs_benchmark_app"]
+    r = rows[-1]
+    rounds = ", ".join(f"{a:.0f} / {b:.0f}" for a, b in zip(r["eval_fps_runs"], r["benchmark_app_runs"], strict=True))
+    return (f"{_machines([r])} {r['model']} INT8 IR, batch {r['batch']}, {r['NUM_STREAMS']} streams, "
+            f"{r['requests']} requests, {r['INFERENCE_NUM_THREADS']} threads, precision "
+            f"{r['INFERENCE_PRECISION_HINT']}: calib evaluate "
+            f"{r['eval_fps']:.0f} img/s, benchmark_app {r['benchmark_app_fps']:.0f} img/s, ratio {r['ratio']:.2f}. "
+            f"Rounds (evaluator / benchmark_app, img/s): {rounds}.\n")
+
+
+@register_block("engines-table")
+def engines_table(repo: Path) -> str:
+    """`calib benchmark engines` (results/engines): every engine under one protocol, ResNet20."""
+    rows = _newest([r for r in _jsonl(repo, "results/engines/records.jsonl") if r["kind"] == "compare_engines"],
+                   "engine")
+    return _machines(list(rows.values())) + "\n\n" + _engines_table(list(rows.values()), latency=True)
+
+
+@register_block("preset-vs-ort")
+def preset_vs_ort(repo: Path) -> str:
+    """ResNet20 INT8 on three sets per engine, activations, range estimator and weights' range."""
+    from collections import defaultdict
+
+    default_fix = {"openvino": "first_layer_only", "onnxruntime": "disable"}  # each engine's default
+    rows = _jsonl(repo, "results/engines/preset-vs-ort.jsonl")
+    table: dict[tuple, dict] = defaultdict(dict)
+    fp32 = {}
+    for r in rows:  # the newest row of a (configuration, set) counts
+        key = (r["engine"], r["activations"], r["calibrate_method"], r.get("overflow_fix", default_fix[r["engine"]]))
+        table[key][r["calib_set"].rsplit("-s", 1)[-1]] = (r["int8_accuracy"], r["int8_agreement"])
+        fp32[r["engine"]] = r["fp32_accuracy"]
+    seeds = sorted({s for v in table.values() for s in v})
+    out = []
+    for (engine, acts, method, fix), per in sorted(table.items()):
+        accs = [per[s][0] for s in seeds if s in per]
+        mean = sum(accs) / len(accs)
+        out.append([engine, acts, method, fix] + [f"{per[s][0]:.4f}" if s in per else "-" for s in seeds]
+                   + [f"{mean:.4f}", f"{100 * (mean - fp32[engine]):+.2f}",
+                      f"{sum(per[s][1] for s in seeds if s in per) / len(accs):.4f}"])
+    head = _machines(rows) + " FP32: " + ", ".join(f"{e} {a:.4f}" for e, a in sorted(fp32.items())) + "."
+    return head + "\n\n" + _md(["engine", "activations", "range estimator", "overflow fix (weights' range)"]
+                               + [f"set s{s}" for s in seeds]
+                               + ["mean INT8", "INT8 − FP32 (points)", "agreement with FP32"], out)
+
+
+# ---- results/timing -----------------------------------------------------------------------------------------
+
+_NNCF = "nncf/quantization/algorithms"
+PHASES = (  # (label, file suffix, function name); "~" is a built-in
+    ("study cell (all of it)", "calib/study/cells.py", "run_cell"),
+    ("FP32 export (once per model)", "calib/study/artifacts.py", "fp32_export"),
+    ("nncf.quantize_with_accuracy_control", "nncf/openvino/quantization/quantize_model.py",
+     "quantize_with_accuracy_control_impl"),
+    ("  default INT8 (nncf.quantize; every cell)", "nncf/openvino/quantization/quantize_model.py",
+     "native_quantize_impl"),
+    ("    statistics collection", "nncf/common/tensor_statistics/aggregator.py", "collect_statistics"),
+    ("    fast bias correction", f"{_NNCF}/fast_bias_correction/algorithm.py", "apply"),
+    ("  validation (calib's validation function)", "calib/core/engines/openvino.py", "_validation_fn"),
+    ("  restoring accuracy (ranking and reverting)", f"{_NNCF}/accuracy_control/algorithm.py", "_apply"),
+    ("    ranking of quantizer groups", f"{_NNCF}/accuracy_control/ranker.py", "rank_groups_of_quantizers"),
+    ("final evaluation on the test images", "calib/core/evaluate.py", "evaluate"),
+    ("OpenVINO compile_model (every call)", "~", "<built-in method openvino._pyopenvino.compile_model>"),
+    ("OpenVINO inference (every call)", "~", "<built-in method openvino._pyopenvino.infer>"),
+)
+
+
+def phase_table(profile: Path) -> str:
+    """Where a profiled study run spent its time, by phase of NNCF's work: cumulative seconds of the functions
+    that make up a cell (they nest), and of OpenVINO's compile and inference calls, from a cProfile file."""
+    import pstats
+
+    stats = pstats.Stats(str(profile)).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+    runs = [ct for (_, _, name), (_, _, _, ct, _) in stats.items() if name == "run_study"]
+    total = max(runs) if runs else None
+    lines = ["| phase | calls | seconds (cumulative) | share of the run |", "|---|---|---|---|"]
+    for label, suffix, func in PHASES:
+        hits = [(nc, ct) for (file, _, name), (_, nc, _, ct, _) in stats.items()
+                if name == func and (file.endswith(suffix) or suffix == "~")]
+        if not hits:
+            lines.append(f"| {label} | 0 | - | - |")
+            continue
+        calls = sum(h[0] for h in hits)
+        seconds = sum(h[1] for h in hits) if suffix == "~" else max(h[1] for h in hits)
+        lines.append(f"| {label} | {calls} | {seconds:.1f} | {f'{100 * seconds / total:.0f} %' if total else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+@register_block("aa-profile")
+def aa_profile(repo: Path) -> str:
+    """One accuracy-aware cell under cProfile (results/timing/aa-resnet56-noise.prof), by phase."""
+    return phase_table(repo / "results" / "timing" / "aa-resnet56-noise.prof")

@@ -25,4 +25,4 @@ for seed in 0 1 2; do
   q ort-mixed-minmax-ovf-enable       --engine onnxruntime --preset mixed --calibrate-method minmax --overflow-fix enable
   q ort-performance-minmax-ovf-enable --engine onnxruntime --preset performance --calibrate-method minmax --overflow-fix enable
 done
-python results/engines/summarize.py "$REC"
+calib study blocks results/engines/preset-vs-ort.md   # its table, from results/engines/preset-vs-ort.jsonl
