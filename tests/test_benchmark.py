@@ -163,9 +163,16 @@ def test_equal_models_share_one_timing_taken_alone(tmp_path, monkeypatch):
     assert default["int8_model_fingerprint"] == aware["int8_model_fingerprint"]
     assert default["speed_timed_by"] == aware["speed_timed_by"] and default["int8_fps"] == aware["int8_fps"]
     timings = read_jsonl(tmp_path / "run" / "speed.jsonl")
+    fp32_fingerprint = next(r for r in rows if r["kind"] == "baseline")["fp32_model_fingerprint"]
     assert sorted(t["key"]["what"].split(":")[0] for t in timings) == sorted(
-        ["pytorch", default["int8_model_fingerprint"], next(r for r in rows if r["kind"] == "baseline")[
-            "fp32_model_fingerprint"]])  # PyTorch, FP32 and one INT8 model: three timings for four
+        ["pytorch", default["int8_model_fingerprint"], fp32_fingerprint, "pair"])  # one INT8 model: timed once
+    pair = next(t for t in timings if t["key"]["what"].startswith("pair:"))
+    assert pair["key"]["what"] == f"pair:{fp32_fingerprint}:{default['int8_model_fingerprint']}"
+    for r in (default, aware):  # the speed-up: FP32 and INT8 timed in turns, an interval over the repeat pairs
+        assert r["int8_speedup_repeats"] == len(r["int8_speedup_runs"]) == 5
+        assert r["int8_speedup_low"] <= r["int8_speedup"] <= r["int8_speedup_high"]
+        assert r["int8_speedup"] == pytest.approx(sorted(
+            i / f for f, i in zip(pair["result"]["fp32_runs"], pair["result"]["int8_runs"]))[2], abs=1e-3)
     for r in rows:
         for prefix in [p for p in ("fp32", "int8", "pytorch") if f"{p}_fps" in r]:
             for unit in ("fps", "latency_fps"):

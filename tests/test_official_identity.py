@@ -1,6 +1,7 @@
 """The committed official run is what today's code would run: every cell's resolved condition (the id that pairs
 rows across runs), its calibration-set folder and its model folder, recomputed from the run's own manifest with
-the shared weights and data, equal the committed rows. Code that moves without changing behaviour keeps them.
+the shared weights and data, equal the committed rows (but for calib's code fingerprint, which these rows predate).
+Code that moves without changing behaviour keeps them.
 
 A condition holds the content hashes of the data and weights, not where they live, so every cell compares on
 any machine, wherever `../shared` sits. (A calibration-set folder's name may still carry the data path: sets are
@@ -11,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from calib.study.artifacts import set_plan
-from calib.study.condition import Context, condition, condition_id
+from calib.study.condition import Context
 from calib.study.grid import load_grid, select
-from calib.study.plan import weights_looked_up_once, weights_or_reason
+from calib.study.resolve import resolve_cells
 from calib.study.runner import resolve_grid
 from tests.conftest import REPO
 
@@ -35,20 +35,20 @@ def test_every_committed_official_cell_has_the_condition_todays_code_gives_it(mo
     mismatches, compared = [], 0
     data_dir = lossless_dir.resolve()  # as the runner resolves it
     path_bound = Path(next(r["data_dir"] for r in rows.values() if r.get("data_dir"))) != data_dir
-    with weights_looked_up_once():
-        grid = load_grid(RUN / "grid.toml")
-        cells = select(grid)
-        grid = resolve_grid(grid, None)
-        for cell in cells:
-            row = rows[cell.id]
-            compared += 1
-            cid = condition_id(condition(grid, cell, ctx, weights_or_reason(cell.model, grid)[0], data_dir))
-            found = {"condition": (cid, row["condition"])}
-            if cell.kind == "quantize" and row["status"] == "ok":
-                if not (path_bound and cell.source == "cifar10"):
-                    found["calib_set"] = (str(set_plan(grid, cell, RUN, data_dir)[0].relative_to(RUN)),
-                                          row["calib_set"])
-                found["model_dir"] = (f"models/{cell.id}-{cid[:8]}", "/".join(row["model_file"].split("/")[:2]))
-            mismatches += [(cell.id, k, mine, theirs) for k, (mine, theirs) in found.items() if mine != theirs]
+    grid = load_grid(RUN / "grid.toml")
+    cells = select(grid)
+    grid = resolve_grid(grid, None)
+    assert str(data_dir) == grid.data_dir
+    for rc in resolve_cells(grid, cells, RUN, ctx):
+        cell, row = rc.cell, rows[rc.cell.id]
+        compared += 1
+        # rows made before the code fingerprint: their condition is today's without it
+        found = {"condition": (rc.code_free_id, row.get("code_free_condition", row["condition"]))}
+        if cell.kind == "quantize" and row["status"] == "ok":
+            if not (path_bound and cell.source == "cifar10"):
+                found["calib_set"] = (str(rc.set_folder.relative_to(RUN)), row["calib_set"])
+            cid = row["condition"]  # the model folder is named by the condition the row was made under
+            found["model_dir"] = (f"models/{cell.id}-{cid[:8]}", "/".join(row["model_file"].split("/")[:2]))
+        mismatches += [(cell.id, k, mine, theirs) for k, (mine, theirs) in found.items() if mine != theirs]
     assert len(cells) == len(rows) == 231 and compared == 231
     assert not mismatches, mismatches[:5]

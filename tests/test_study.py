@@ -161,9 +161,9 @@ def test_a_cell_is_its_content_not_where_its_data_and_weights_live(tmp_path, cif
     """Moving the data tree or the weight files makes no new cell; changing what they hold does."""
     import shutil
 
-    from calib.study.condition import condition, condition_id, resolve_context
+    from calib.study.condition import resolve_context
     from calib.study.grid import select
-    from calib.study.plan import weights_or_reason
+    from calib.study.resolve import resolve_cells
     from calib.study.runner import resolve_grid
 
     def ids(data, weights) -> dict:
@@ -171,8 +171,7 @@ def test_a_cell_is_its_content_not_where_its_data_and_weights_live(tmp_path, cif
         text = f'data_dir = "{data}"\nweights_dir = "{weights}"\n' + grid_text.replace("seeds = [0, 1]", "seeds = [0]")
         grid = resolve_grid(load_grid(write_grid(tmp_path, text)), None)
         ctx = resolve_context(grid, data)
-        return {c.id: condition_id(condition(grid, c, ctx, weights_or_reason(c.model, grid)[0], data))
-                for c in select(grid)}
+        return {rc.cell.id: rc.id for rc in resolve_cells(grid, select(grid), tmp_path / "run", ctx)}
 
     here = ids(cifar_dir, weights_dir)
     moved_data, moved_weights = tmp_path / "elsewhere" / "data", tmp_path / "elsewhere" / "weights"
@@ -248,10 +247,10 @@ def test_failing_cell_records_an_error_row_and_the_run_goes_on(tmp_path, monkeyp
 
     real = study_cells.quantize_cell
 
-    def flaky(grid, cell, *a, **k):
-        if cell.source == "fractal":
+    def flaky(rc, out):
+        if rc.cell.source == "fractal":
             raise RuntimeError("boom")
-        return real(grid, cell, *a, **k)
+        return real(rc, out)
 
     monkeypatch.setattr(study_cells, "quantize_cell", flaky)
     summary = run_study(write_grid(tmp_path), tmp_path / "run", progress=False)
@@ -308,7 +307,6 @@ def test_torn_last_line_is_repaired(tmp_path):
 
 
 def test_report_of_a_run_without_failures(tmp_path):
-    import pandas as pd
 
     from calib.study.report import tables
 
@@ -329,38 +327,6 @@ def test_models_without_weights_get_speed_cells_only(tmp_path, monkeypatch):
     assert rows["quantize"]["status"] == "ok" and rows["quantize"]["int8_fps"] > 0
     assert "int8_accuracy" not in rows["quantize"] and rows["quantize"]["trained_weights"] is False
     assert "fp32_accuracy" not in rows["baseline"] and rows["baseline"]["fp32_fps"] > 0
-
-
-def test_independent_nncf_check_agrees_with_the_study(tmp_path):
-    """`calib study check`: NNCF and OpenVINO called directly on the row's set, subset and options."""
-    grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]')
-                      .replace("subset_sizes = [0]", "subset_sizes = [15]"))
-    run_study(grid, tmp_path / "run", progress=False)
-    result = CliRunner().invoke(app, ["study", "check", str(tmp_path / "run"), "--cells", "0"])
-    assert result.exit_code == 0, result.output
-    table = pd.read_csv(tmp_path / "run" / "check.csv")
-    assert len(table) == 2 and (table.subset_size_images == 15).all()
-    assert (table.abs_difference <= 0.003).all() and table.within_tolerance.all()
-    from calib.core.hardware import hardware  # the cells ran and were rechecked here: one machine, both said
-
-    rows = pd.read_json(tmp_path / "run" / "rows.jsonl", lines=True)
-    assert set(table.study_hardware_key) == set(rows.hardware_key.dropna()) == {hardware()["hardware_key"]}
-    assert (table.hardware_key == hardware()["hardware_key"]).all() and "rechecked on" in result.output
-
-
-def test_independent_check_follows_the_cells_calibration_batch(tmp_path):
-    """Cells calibrated in items of 5 images are redone the same way (or with batch 1 on request)."""
-    grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]')
-                      .replace("seeds = [0, 1]", "seeds = [0]").replace("subset_sizes = [0]", "subset_sizes = [15]")
-                      .replace('algos = ["default"]', 'algos = ["default"]\ncalibration_batch = 5'))
-    run_study(grid, tmp_path / "run", progress=False)
-    for flag, batch in (("--as-run", 5), ("--batch-1", 1)):
-        out = tmp_path / f"check{flag}.csv"
-        result = CliRunner().invoke(app, ["study", "check", str(tmp_path / "run"), "--cells", "0", flag,
-                                          "--out", str(out)])
-        table = pd.read_csv(out)
-        assert len(table) == 1 and table.calibration_batch.tolist() == [batch], result.output
-    assert pd.read_csv(tmp_path / "check--as-run.csv").abs_difference.tolist() == [0.0]
 
 
 BASE_GRID = {"name": '"v"', "models": '["tiny_cnn"]', "sources": '["noise"]', "per_class": "2", "seeds": "[0]",
@@ -540,7 +506,6 @@ def LABELS_OF(run):  # noqa: N802 - reads like the constant it stands for
 
 
 def test_accuracy_aware_table_tells_fused_from_unfused_and_judges_the_promise():
-    import pandas as pd
 
     from calib.study.report import accuracy_aware_table
 
@@ -622,3 +587,40 @@ def test_a_grid_that_times_nothing_pairs_with_one_that_times_by_the_accuracy_con
     assert "paired 2 cells" in by_accuracy.output and "identical in every compared field" in by_accuracy.output
     by_condition = CliRunner().invoke(app, ["study", "compare", str(timed / "run"), str(untimed / "run")])
     assert by_condition.exit_code == 1 and "paired 0 cells" in by_condition.output  # timed: another condition
+
+
+@pytest.mark.slow
+def test_a_cell_reruns_when_calibs_code_changes_and_only_then(tmp_path):
+    """A row carries the fingerprint of the code that made it: edit one module that computes results in a copy of
+    the package, resume, and every cell reruns (the run says how many); edit a report module, and none does."""
+    import shutil
+
+    shutil.copytree(REPO / "calib", tmp_path / "pkg" / "calib", ignore=shutil.ignore_patterns("__pycache__"))
+    grid = write_grid(tmp_path, GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]')
+                      .replace("seeds = [0, 1]", "seeds = [0]"))
+    script = ("import json, sys; from pathlib import Path; from calib.study.runner import run_study; notes = []; "
+              "s = run_study(Path(sys.argv[1]), Path(sys.argv[2]), progress=False, on_note=notes.append); "
+              "print(json.dumps({'summary': s, 'notes': notes}))")
+
+    def resume() -> dict:
+        env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkg"))
+        done = subprocess.run([sys.executable, "-c", script, str(grid), str(tmp_path / "run")], env=env,
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first = resume()["summary"]
+    assert first["ran"] == first["cells"] == 2 and first["ok"] == 2
+    assert resume()["summary"]["ran"] == 0  # same code: nothing to do
+    with open(tmp_path / "pkg" / "calib" / "study" / "report.py", "a") as f:
+        f.write("\n# a report edit computes nothing\n")
+    assert resume()["summary"]["ran"] == 0
+    with open(tmp_path / "pkg" / "calib" / "core" / "quantize.py", "a") as f:
+        f.write("\n# any edit of the code that computes a cell\n")
+    again = resume()
+    assert again["summary"]["ran"] == again["summary"]["rerun_code_changed"] == 2
+    assert again["notes"] == [f"2 cells rerun: calib's code changed since their rows were made "
+                              f"(code {again['summary']['code_fingerprint']})"]
+    rows = read_jsonl(tmp_path / "run" / "rows.jsonl")
+    assert len({r["code_fingerprint"] for r in rows}) == 2 and len({r["code_free_condition"] for r in rows}) == 2
+    assert first["code_fingerprint"] != again["summary"]["code_fingerprint"]

@@ -53,7 +53,7 @@ def gan_parity(
     record_path: RecordPath = DEFAULT_RECORD,
 ) -> None:
     """Max and mean |native - NVIDIA| on golden outputs of NVIDIA's own code (float32 CPU)."""
-    from calib.core.runs import record, sha256_file
+    from calib.core.runs import file_sha256, record
     from calib.distylegan.stylegan2 import golden_parity
 
     r = golden_parity(teacher, golden, trust_teacher)
@@ -62,7 +62,7 @@ def gan_parity(
         shown.add_row(name, f"{d['max_abs']:.3g}", f"{d['mean_abs']:.3g}", f"{d['ref_max_abs']:.3g}")
     console.print(shown)
     record(record_path, "stylegan2_parity", {f"{n}_{k}": v for n, d in r.items() for k, v in d.items()},
-           inputs={"teacher": sha256_file(teacher), "golden": sha256_file(golden)})
+           inputs={"teacher": file_sha256(teacher), "golden": file_sha256(golden)})
 
 
 @app.command("train")

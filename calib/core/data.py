@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +28,7 @@ import torch
 from calib.core.cards import TRAINED_ON_POOL, weights_trained_on
 from calib.core.errors import CalibError
 from calib.core.paths import calib_home
+from calib.core.runs import atomic_path
 from calib.core.tree import (
     CLASSES,
     SPLIT,
@@ -172,11 +172,14 @@ def train_splits(data_dir: Path | None = None) -> dict[str, LabeledImages]:
     return {role: train.subset(idx, role=role) for role, idx in parts.items()}
 
 
+def _indices_sha256(indices: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(indices, np.int64).tobytes()).hexdigest()
+
+
 def indices_sha256(data: LabeledImages) -> str:
     """Which images these are: sha256 of their indices (int64, in order) into the split they were cut from
     (`provenance["split"]`: test for the final test and a test slice, train for the validation split)."""
-    idx = data.indices if data.indices is not None else np.arange(len(data))
-    return hashlib.sha256(np.ascontiguousarray(idx, np.int64).tobytes()).hexdigest()
+    return _indices_sha256(data.indices if data.indices is not None else np.arange(len(data)))
 
 
 @dataclass(frozen=True)
@@ -188,53 +191,70 @@ class Evaluation:
       accuracy on all of test;
     - trained on all of train (the official weights; a card without the fields, or for another tree or cut):
       validation on the `TEST_SLICE` of test, final accuracy on the rest of test, so the two never overlap.
+
+    It holds indices, not images, so it is decided once (a study's driver) and read anywhere (its workers):
+    `test` and `validation` load their images from the tree when first asked for.
     """
 
-    whole_test: LabeledImages = field(repr=False)
     trained_on: str  # calib.core.cards.TRAINED_ON_POOL or TRAINED_ON_ALL
     trained_on_reason: str
     validation_source: str  # "train_validation_split" or "test_slice"
+    test_indices: np.ndarray = field(repr=False, compare=False)
+    test_slice: np.ndarray | None = field(default=None, repr=False, compare=False)  # the test slice, if validated on
     data_dir: Path | None = None
-
-    @functools.cached_property
-    def _slice(self) -> dict[str, np.ndarray] | None:
-        return cut_test_slice(self.whole_test.labels) if self.validation_source == "test_slice" else None
 
     @functools.cached_property
     def test(self) -> LabeledImages:
         """Role "test": every final accuracy of this model, FP32 and INT8 alike."""
-        return self.whole_test if self._slice is None else self.whole_test.subset(self._slice["final_test"])
+        return load_split("test", self.data_dir).subset(self.test_indices, role="test")
+
+    @functools.cached_property
+    def validation_indices(self) -> np.ndarray:
+        """Indices of the validation images into their split (train, or test for the slice)."""
+        if self.test_slice is not None:
+            return self.test_slice
+        return train_split_indices(load_split("train", self.data_dir).labels, SPLIT)["validation"]
 
     @functools.cached_property
     def validation(self) -> LabeledImages:
         """Role "validation": what accuracy-aware quantization validates on (train is read only when needed)."""
-        if self._slice is None:
-            return train_splits(self.data_dir)["validation"]
-        validation = self.whole_test.subset(self._slice["validation"], role="validation")
-        validation.provenance = {**self.whole_test.provenance, "validation_source": "test_slice"}
+        split = "test" if self.test_slice is not None else "train"
+        whole = load_split(split, self.data_dir)
+        validation = whole.subset(self.validation_indices, role="validation")
+        validation.provenance = {**whole.provenance, "validation_source": self.validation_source}
         return validation
+
+    def decided(self, validation: bool) -> Evaluation:
+        """A copy that carries its validation indices already decided (`validation`) and no images: what a
+        study ships to the process that runs the cell."""
+        if validation:
+            self.validation_indices  # noqa: B018 - decided here, once
+        return Evaluation(self.trained_on, self.trained_on_reason, self.validation_source, self.test_indices,
+                          self.validation_indices if validation else self.test_slice, self.data_dir)
 
     def facts(self, validation: bool = True) -> dict:
         """Flat keys for a result row: which images tested and why, and (`validation`) which validated."""
         out = {"model_trained_on": self.trained_on, "trained_on_reason": self.trained_on_reason,
-               "test_images": len(self.test), "test_indices_sha256": indices_sha256(self.test)}
+               "test_images": len(self.test_indices), "test_indices_sha256": _indices_sha256(self.test_indices)}
         if validation:
             cut = (f"SPLIT: validation_per_class={SPLIT.validation_per_class}, seed={SPLIT.seed}"
-                   if self._slice is None
+                   if self.validation_source == "train_validation_split"
                    else f"TEST_SLICE: fraction={TEST_SLICE.fraction}, seed={TEST_SLICE.seed}, class-balanced")
             out |= {"validation_source": self.validation_source, "validation_cut": cut,
-                    "validation_role": self.validation.role, "validation_images": len(self.validation),
-                    "validation_indices_sha256": indices_sha256(self.validation)}
+                    "validation_role": "validation", "validation_images": len(self.validation_indices),
+                    "validation_indices_sha256": _indices_sha256(self.validation_indices)}
         return out
 
 
 def evaluation_split(data_dir: Path | None, weights: Path | None) -> Evaluation:
     """Validation and final-test images for a model with the weight file `weights` (None: not known, so all of
     train is assumed seen) on the configured tree; see `Evaluation`."""
-    test = load_split("test", data_dir)
+    labels = load_split("test", data_dir).labels
     seen, reason = weights_trained_on(weights, data_dir)
-    source = "train_validation_split" if seen == TRAINED_ON_POOL else "test_slice"
-    return Evaluation(test, seen, reason, source, data_dir)
+    if seen == TRAINED_ON_POOL:
+        return Evaluation(seen, reason, "train_validation_split", np.arange(len(labels)), None, data_dir)
+    cut = cut_test_slice(labels)
+    return Evaluation(seen, reason, "test_slice", cut["final_test"], cut["validation"], data_dir)
 
 
 def aa_validation(data_dir: Path | None, weights: Path | None) -> LabeledImages:
@@ -300,10 +320,8 @@ def heldout_hashes(data_dir: Path | None = None) -> HeldOut:
     key, _ = _tree_key(data_dir)  # again: a download may just have created the tree
     if key is not None:
         cache_file = calib_home() / "heldout" / f"{key}.npz"
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, test=held.test, validation=held.validation)
-        os.replace(tmp, cache_file)
+        with atomic_path(cache_file) as tmp:
+            np.savez(tmp, test=held.test, validation=held.validation)
     return held
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +23,31 @@ import calib
 from calib.core import hardware
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to (by any library: `np.savez`, `torch.save`, PIL), renamed onto
+    `path` when the block ends without error and removed when it fails: readers never see half a file. The one
+    atomic write of calib; the name keeps `path`'s suffix, since some writers append theirs otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be read like any file
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are meant to be read like any file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (`atomic_path`), flushed to disk."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def staging_dir(parent: Path, name: str) -> Path:
@@ -133,12 +145,40 @@ def versions() -> dict[str, str]:
     return out
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, the one file hash of calib; hashed once per process unless the file changes."""
+    st = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+sha256_file = file_sha256  # the older name
+
+
+# Parts of the package that present results but compute none: editing them reruns no study cell.
+PRESENTATION = ("cli/", "study/report.py", "study/html.py", "study/plot.py", "study/blocks.py", "study/compare.py",
+                "study/check.py", "study/schedule.py", "study/templates/", "core/progress.py", "core/show.py")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """16 hex digits of sha256 over the package files that compute a result (every module, shipped checkpoint
+    and table of `calib`, but `PRESENTATION`): a study cell's condition holds it, so a row says which code made
+    it, and a resumed run redoes the cells whose code changed. Git's state is recorded too, but a tree can be
+    dirty in ways that change nothing, and an installed copy has no git at all."""
+    root = Path(calib.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if not path.is_file() or "__pycache__" in path.parts or path.suffix == ".pyc" or rel.startswith(PRESENTATION):
+            continue
+        h.update(f"{rel}\0{file_sha256(path)}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def provenance(seeds: dict[str, int] | None = None, inputs: dict[str, str] | None = None) -> dict:
@@ -148,6 +188,7 @@ def provenance(seeds: dict[str, int] | None = None, inputs: dict[str, str] | Non
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **git_state(),
+        "code_fingerprint": code_fingerprint(),
         **hardware.hardware(),
         "versions": versions(),
         "seeds": seeds or {},
@@ -172,7 +213,8 @@ def record(path: Path, kind: str, fields: dict, seeds: dict[str, int] | None = N
            inputs: dict[str, str] | None = None) -> dict:
     """Append one flat row (`kind`, results, provenance) to a JSON-lines record file and return it."""
     prov = provenance(seeds, inputs)
-    row = {"kind": kind, **fields, **{k: prov[k] for k in ("command", "time", "git_sha", "dirty", *HARDWARE_FIELDS)},
+    row = {"kind": kind, **fields, **{k: prov[k] for k in ("command", "time", "git_sha", "dirty", "code_fingerprint",
+                                                            *HARDWARE_FIELDS)},
            **{f"version_{k}": v for k, v in prov["versions"].items()},
            **{f"seed_{k}": v for k, v in prov["seeds"].items()},
            **{f"input_{k}": v for k, v in prov["inputs"].items()}, **hardware.dispatched()}

@@ -20,7 +20,7 @@ from torch import nn
 from calib.core.cards import trained_on_fields
 from calib.core.data import MEAN, SPLIT, STD, LabeledImages
 from calib.core.errors import CalibError
-from calib.core.runs import append_jsonl, atomic_write_json, sha256_file, start_run
+from calib.core.runs import append_jsonl, atomic_path, atomic_write_json, file_sha256, start_run
 from calib.core.zoo import create_model
 
 
@@ -192,10 +192,10 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
             if test is not None and (epoch == cfg.epochs or epoch % 10 == 0):
                 row["test_accuracy"] = accuracy(model, test, device)
             append_jsonl(out_dir / "metrics.jsonl", row)
-            torch.save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "generator": gen.get_state(), "step": step,
-                        "epoch": epoch, "elapsed": elapsed}, out_dir / ".last.pt.tmp")
-            (out_dir / ".last.pt.tmp").replace(ckpt)
+            with atomic_path(ckpt) as tmp:
+                torch.save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "generator": gen.get_state(), "step": step,
+                            "epoch": epoch, "elapsed": elapsed}, tmp)
 
     summary = {"model": cfg.model, "epochs": epoch, "steps": step, "train_seconds": round(elapsed, 1),
                "hardware": torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_text(),
@@ -206,7 +206,7 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
     if epoch == cfg.epochs:
         tmp = out_dir / ".final.pt"
         torch.save({k: v.float().cpu() for k, v in model.state_dict().items()}, tmp)
-        final = out_dir / f"cifar10_{cfg.model}-{sha256_file(tmp)[:8]}.pt"
+        final = out_dir / f"cifar10_{cfg.model}-{file_sha256(tmp)[:8]}.pt"
         tmp.replace(final)
         summary["file"] = final.name
         if test is not None:

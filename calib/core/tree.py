@@ -17,6 +17,7 @@ import numpy as np
 
 from calib.core.errors import CalibError
 from calib.core.paths import calib_home, env_path
+from calib.core.runs import atomic_path
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SIZE = 32
@@ -118,10 +119,8 @@ def read_split(split: str, data_dir: Path | None = None, download: bool = True
             images, labels = z["images"], z["labels"]
     else:
         images, labels = _read_image_folder(folder)
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels)
-        os.replace(tmp, cache_file)
+        with atomic_path(cache_file) as tmp:
+            np.savez(tmp, images=images, labels=labels)
     return images, labels, "folder", root.resolve()
 
 

@@ -7,7 +7,6 @@ is checked against; an official file's prefix is also the one its registration n
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Sequence
@@ -19,24 +18,13 @@ from torch import nn
 from calib.core.cards import card_accuracies, weight_card
 from calib.core.errors import CalibError
 from calib.core.paths import calib_home
-from calib.core.runs import sha256_file
+from calib.core.runs import file_sha256 as file_sha256  # re-exported: weights are checked by it
 from calib.core.zoo import create_model, model_info
 from calib.core.zoo.repvgg import reparameterize
 
 _NAME = re.compile(r"cifar10_(?P<model>.+)-(?P<hash>[0-9a-f]{8})\.pt$")
 
 WeightsDirs = Path | str | Sequence[Path | str] | None
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(Path(path))
-
-
-def file_sha256(path: Path) -> str:
-    """A file's sha256; hashed once per process unless the file changes."""
-    st = path.stat()
-    return _cached_digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def check_hash(path: Path, prefix: str) -> None:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from calib.core.errors import CalibError
+from calib.core.runs import atomic_path
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,8 @@ def count_parameters(module: nn.Module) -> int:
 def save_generator(g: Generator, path: Path, half: bool = False, extra: dict | None = None) -> Path:
     """A self-describing generator checkpoint: its config travels with its weights."""
     sd = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in g.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"kind": "distylegan.Generator", "config": asdict(g.cfg), "state_dict": sd, **(extra or {})}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({"kind": "distylegan.Generator", "config": asdict(g.cfg), "state_dict": sd, **(extra or {})}, tmp)
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from calib.core.errors import CalibError
-from calib.core.runs import sha256_file
+from calib.core.runs import file_sha256
 from calib.core.sources import Generated, balanced_labels, image_seed, register_source
 
 
@@ -26,7 +26,7 @@ def distylegan(per_class: int, seed: int, checkpoint: Path | None = None) -> Gen
     labels = balanced_labels(per_class)
     seeds = np.array([image_seed(seed, i) for i in range(len(labels))])
     return Generated(sample_images(g, g.cfg.z_dim, seeds, labels), labels, [f"{s:010d}" for s in seeds],
-                     extra={"generator_checkpoint": str(path), "generator_sha256": sha256_file(path)})
+                     extra={"generator_checkpoint": str(path), "generator_sha256": file_sha256(path)})
 
 
 @register_source("stylegan2-ada", pinned=True)
@@ -46,4 +46,4 @@ def stylegan2_ada(per_class: int, seed: int, teacher: Path | None = None, trust_
         raise CalibError(f"teacher {path} has {t.num_classes} classes; CIFAR-10 sets need 10")
     seeds = np.array([image_seed(seed, i) for i in range(len(labels))])
     return Generated(sample_images(t, t.z_dim, seeds, labels, batch=100), labels, [f"{s:010d}" for s in seeds],
-                     extra={"teacher": str(path), "teacher_sha256": sha256_file(path), "truncation_psi": truncation})
+                     extra={"teacher": str(path), "teacher_sha256": file_sha256(path), "truncation_psi": truncation})

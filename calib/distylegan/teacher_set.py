@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from calib.core.errors import CalibError
-from calib.core.runs import atomic_write_json, provenance
+from calib.core.runs import atomic_path, atomic_write_json, provenance
 from calib.distylegan.teachers import ModuleTeacher
 
 
@@ -61,13 +61,13 @@ def build_teacher_set(teacher: ModuleTeacher, out: Path, count: int, seed: int =
         imgs = to_uint8(teacher(z.to(device), torch.from_numpy(labels).to(device)))
         for i, im in zip(idx, imgs):
             Image.fromarray(im).save(out / "images" / f"{i:08d}.png")
-        np.savez(parts / f".{start:08d}.tmp.npz", latents=z.numpy(), labels=labels, seeds=seeds)
-        (parts / f".{start:08d}.tmp.npz").replace(part)
+        with atomic_path(part) as tmp:
+            np.savez(tmp, latents=z.numpy(), labels=labels, seeds=seeds)
     files = sorted(parts.glob("[0-9]*.npz"))
     arrays = [np.load(f) for f in files]
     merged = {k: np.concatenate([a[k] for a in arrays]) for k in ("latents", "labels", "seeds")}
-    np.savez(out / ".triplets.tmp.npz", **merged)
-    (out / ".triplets.tmp.npz").replace(out / "triplets.npz")
+    with atomic_path(out / "triplets.npz") as tmp:
+        np.savez(tmp, **merged)
     manifest = provenance({"teacher_set": seed}) | {"teacher": teacher.name, "count": count}
     atomic_write_json(out / "manifest.json", manifest)
     return out

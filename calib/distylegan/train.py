@@ -20,7 +20,7 @@ from torch import nn
 
 from calib.core.data import LabeledImages
 from calib.core.errors import CalibError
-from calib.core.runs import append_jsonl, start_run
+from calib.core.runs import append_jsonl, atomic_path, start_run
 from calib.distylegan.networks import CONFIGS, Discriminator, Generator, save_generator
 from calib.distylegan.teacher_set import TeacherSet
 
@@ -193,8 +193,8 @@ def distill(cfg: DistillConfig, run_dir: Path, teacher_set: TeacherSet | None = 
             if trainer.step % cfg.snapshot_every == 0 or trainer.step == cfg.steps:
                 trainer.elapsed += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                torch.save(trainer.state(), run_dir / ".checkpoint.tmp")
-                (run_dir / ".checkpoint.tmp").replace(ckpt)
+                with atomic_path(ckpt) as tmp:
+                    torch.save(trainer.state(), tmp)
                 save_grid(trainer.G, run_dir / f"grid-{trainer.step:06d}.png")
     save_generator(trainer.G.eval(), run_dir / "generator.pt", extra={"step": trainer.step})
     return trainer

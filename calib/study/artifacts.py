@@ -13,9 +13,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from calib.core.runs import staging_dir, versions
+from calib.core.runs import staging_dir
 from calib.study.grid import Cell, Grid, source_options
-from calib.study.plan import weights_or_reason
 
 
 def make_once(folder: Path, done: str, make: Callable[[Path], Path]) -> Path:
@@ -43,14 +42,15 @@ def generate_once(folder: Path, source: str, per_class: int, seed: int, opts: di
                      lambda staging: generate_set(source, per_class, seed, staging / folder.name, **opts))
 
 
-def set_plan(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) -> tuple[Path, dict]:
+def set_plan(grid: Grid, cell: Cell, out: Path, data_dir: Path | None,
+             weights: Path | None) -> tuple[Path, dict]:
     """The folder of the set a cell needs and the source options that make it; the folder name carries a
-    hash of source, options and seed, so equal requests share one set."""
+    hash of source, options and seed, so equal requests share one set. Inversion inverts the model being
+    quantized, with its `weights` where the grid names a weights folder (else the official ones it downloads)."""
     opts = source_options(grid, cell.source)
     if cell.source == "inversion":
         opts.setdefault("model", cell.model)  # data-free: inverted from the model being quantized
-        weights = weights_or_reason(cell.model, grid)[0] if grid.weights_path() is not None else None
-        if weights is not None:
+        if weights is not None and grid.weights_path() is not None:
             opts.setdefault("weights", weights)
     if cell.source == "cifar10" and data_dir is not None:
         opts.setdefault("data_dir", data_dir)
@@ -60,35 +60,41 @@ def set_plan(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) ->
     return out / "sets" / f"{cell.source}-{cell.per_class}pc-s{cell.seed}-{digest}", opts
 
 
-def set_for(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None) -> Path:
-    """Reuse the set a cell needs, or generate it (the driver does this before cells run)."""
+def set_for(folder: Path, cell: Cell, opts: dict) -> Path:
+    """Reuse the set a cell needs (validated: a damaged cached set is an error, not silently reused), or make it
+    (the driver does this before cells run)."""
     from calib.core.sets import read_set
 
-    folder, opts = set_plan(grid, cell, out, data_dir)
     if folder.exists():
-        read_set(folder)  # validates; a damaged cached set is an error, not silently reused
+        read_set(folder)
         return folder
     return generate_once(folder, cell.source, cell.per_class, cell.seed, opts)
 
 
-def _export_versions() -> str:
+def _export_versions(versions: dict) -> str:
     """A short tag of the libraries an export depends on: another version exports into another folder."""
-    v = versions()
-    text = json.dumps({k: v.get(k) for k in ("torch", "openvino", "onnxruntime", "onnx")}, sort_keys=True)
+    text = json.dumps({k: versions.get(k) for k in ("torch", "openvino", "onnxruntime", "onnx")}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
-def fp32_export(model: str, engine: str, fuse: bool, weights: Path | None, out: Path) -> Path:
-    """The engine's FP32 file of a zoo model, exported once per run, weight file and library versions, and shared
-    by the model's baselines and all its quantize cells (the same file every cell would export for itself)."""
+def fp32_folder(model: str, engine: str, fuse: bool, weights: Path | None, out: Path, versions: dict) -> Path:
+    """Where the engine's FP32 file of a zoo model goes: one per run, weight file and library versions, shared by
+    the model's baselines and all its quantize cells."""
     from calib.core.engines import get_engine
-    from calib.core.weights import file_sha256, load_model
+    from calib.core.weights import file_sha256
 
-    eng = get_engine(engine)
     tag = file_sha256(weights)[:12] if weights else "random"
-    folder = out / "models" / "fp32" / f"{model}-{engine}-{'fused' if fuse else 'unfused'}-{tag}-{_export_versions()}"
-    path = folder / f"fp32{eng.suffix}"
+    name = f"{model}-{engine}-{'fused' if fuse else 'unfused'}-{tag}-{_export_versions(versions)}"
+    return out / "models" / "fp32" / name / f"fp32{get_engine(engine).suffix}"
+
+
+def fp32_export(path: Path, model: str, engine: str, fuse: bool, weights: Path | None) -> Path:
+    """Export the FP32 file at `path` (named by `fp32_folder`) unless it is there: once per run, whichever cell
+    asks first (the same file every cell would export for itself)."""
+    from calib.core.engines import get_engine
+    from calib.core.weights import load_model
+
     if not path.exists():
         net = load_model(model, weights, pretrained=weights is not None, fuse=fuse)
-        make_once(folder, path.name, lambda staging: eng.export(net, staging).parent)
+        make_once(path.parent, path.name, lambda staging: get_engine(engine).export(net, staging).parent)
     return path

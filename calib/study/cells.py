@@ -1,5 +1,6 @@
 """One cell's work and its row: an FP32 baseline, a quantize cell (INT8 accuracy, and per-quantizer diagnose
 rows), or a speed-only quantize cell on random weights. `run_cell` never raises: a failure becomes an error row.
+A cell arrives resolved (`calib.study.resolve.Resolved`): the work here decides nothing about what the cell is.
 
 Cells only read the sets the driver made; each model's FP32 file is exported once per engine, weight file and
 library versions, and shared by its cells (`calib.study.artifacts`).
@@ -11,50 +12,46 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from calib.core.errors import CalibError
 from calib.core.hardware import dispatched, hardware
 from calib.core.runs import atomic_write_bytes, to_jsonable
-from calib.study.artifacts import fp32_export, set_for, set_plan
-from calib.study.condition import Context, condition, resolve_context, wrong_process
-from calib.study.grid import Cell, Grid, quantize_spec
-from calib.study.plan import measures_pytorch, plan_cell, test_for
-from calib.study.rows import failure_fields, hardware_fields, identity_fields
+from calib.study.artifacts import fp32_export, set_for
+from calib.study.grid import Cell
+from calib.study.resolve import Resolved, wrong_process
+from calib.study.rows import failure_fields, hardware_fields
 from calib.study.timing import add_speed
 
 
-def run_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None, speed: bool = True,
-             ctx: Context | None = None) -> dict:
-    """Do one cell and return its row (never raises: failures become error rows). A timed cell with
-    `speed=False` leaves its speed to `add_speed` (runners time cells alone, after the rest)."""
+def run_cell(rc: Resolved, out: Path, speed: bool = True) -> dict:
+    """Do one resolved cell's work and return its row (never raises: failures become error rows). A timed cell
+    with `speed=False` leaves its speed to `add_speed` (runners time cells alone, after the rest)."""
     t0, cpu0 = time.perf_counter(), time.process_time()
-    ctx = ctx or resolve_context(grid, data_dir)
-    row = {"grid": grid.name, "cell": cell.id, **asdict(cell), "timed": grid.times(cell)}
+    row = dict(rc.row)
+    cell = rc.cell
     try:
-        reason, weights, missing = plan_cell(grid, cell)
-        row |= identity_fields(condition(grid, cell, ctx, weights, data_dir), ctx)
-        row |= hardware_fields(ctx.hardware[cell.isa])
-        if reason:
-            return {**row, "status": "skipped", "reason": reason}
-        wrong = wrong_process(cell, ctx)
+        if rc.skip:
+            return {**row, "status": "skipped", "reason": rc.skip}
+        wrong = wrong_process(rc)
         if wrong:
             raise CalibError(wrong)
         row |= hardware_fields(hardware())  # as this process sees it
         row["started_at"] = round(time.time(), 3)
-        row["data_dir"] = str(data_dir) if data_dir else None
-        row["weights"] = str(weights) if weights else None
+        row["data_dir"] = str(rc.data_dir) if rc.data_dir else None
+        row["weights"] = str(rc.weights) if rc.weights else None
         if cell.kind == "quantize":
-            row["calib_set"] = str(set_plan(grid, cell, out, data_dir)[0].relative_to(out))
+            row["calib_set"] = str(rc.set_folder.relative_to(out))
+            row["fp32_file"] = str(rc.fp32_file.relative_to(out))
         if cell.kind == "baseline":
-            row |= baseline_cell(grid, cell, out, weights, data_dir)
-            row["weights_note"] = missing or ""
-        elif weights is None:  # speed needs no trained weights; accuracy does (see plan_cell)
-            row |= speed_only_cell(grid, cell, out, data_dir, row["condition"])
-            row["weights_note"] = missing
+            row |= baseline_cell(rc, out)
+            row["weights_note"] = rc.weights_note
+        elif rc.weights is None:  # speed needs no trained weights; accuracy does (see plan.skip_reason)
+            row |= speed_only_cell(rc, out)
+            row["weights_note"] = rc.weights_note
         else:
-            row |= quantize_cell(grid, cell, out, weights, data_dir, row["condition"])
+            row |= quantize_cell(rc, out)
         row |= dispatched()  # the libraries' own reports, after they ran: a cap that did not hold shows here
         row["status"] = "ok"
     except Exception as e:  # noqa: BLE001 - a failing cell must not stop the study
@@ -62,10 +59,10 @@ def run_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None = None, sp
     row["wall_seconds"] = round(time.perf_counter() - t0, 2)
     row["cpu_seconds"] = round(time.process_time() - cpu0, 2)  # this process's CPU time: all threads
     row["finished_at"] = row["work_finished_at"] = round(time.time(), 3)
-    if row["timed"] and row["status"] == "ok":
+    if rc.timed and row["status"] == "ok":
         if not speed:
             return {**row, "speed_pending": True}
-        row = add_speed(grid, cell, row, out, ctx)
+        row = add_speed(rc, row, out)
     return row
 
 
@@ -94,7 +91,7 @@ def _kernel_fields(path: Path) -> dict:
     return {"ov_kernels": openvino_kernels(path)}
 
 
-def baseline_cell(grid: Grid, cell: Cell, out: Path, weights: Path | None, data_dir: Path | None) -> dict:
+def baseline_cell(rc: Resolved, out: Path) -> dict:
     """FP32 accuracy and per-image predictions of the engine's FP32 file (and PyTorch's accuracy, once per model
     and ISA); speed is added by `add_speed`."""
     from calib.core.engines import get_engine
@@ -103,24 +100,31 @@ def baseline_cell(grid: Grid, cell: Cell, out: Path, weights: Path | None, data_
     from calib.core.speed import model_size_bytes
     from calib.core.weights import load_model
 
-    steps: dict[str, float] = {}
+    cell, steps = rc.cell, {}
     with step(steps, "export"):
-        path = fp32_export(cell.model, cell.engine, cell.fuse, weights, out)
+        path = fp32_export(rc.fp32_file, cell.model, cell.engine, cell.fuse, rc.weights)
     with step(steps, "kernels"):
-        row = {"fp32_bytes": model_size_bytes(path), "trained_weights": weights is not None,
+        row = {"fp32_bytes": model_size_bytes(path), "trained_weights": rc.weights is not None,
                "model_file": str(path.relative_to(out)), **_kernel_fields(path)}
-    if weights is not None:
+    if rc.weights is not None:
         with step(steps, "test_images"):
-            test = test_for(weights, data_dir)
-        if measures_pytorch(grid, cell):
+            test = _test_images(rc)
+        if rc.pytorch:
             with step(steps, "pytorch"):
-                model = load_model(cell.model, weights, fuse=cell.fuse)
+                model = load_model(cell.model, rc.weights, fuse=cell.fuse)
                 row["pytorch_accuracy"] = evaluate(model, test, engine=get_engine("pytorch"))["accuracy"]
         with step(steps, "evaluate"):
             fp32 = evaluate(path, test)
         row |= {"fp32_accuracy": fp32["accuracy"], "fp32_predictions": predictions_to_str(fp32["predictions"]),
                 **_test_fields(test)}
     return row | {"step_seconds": steps}
+
+
+def _test_images(rc: Resolved):
+    """The cell's final test images, as the driver decided them (`Resolved.evaluation`)."""
+    if rc.evaluation is None:
+        raise CalibError("no test data for this cell's model (the data tree could not be read when the run began)")
+    return rc.evaluation.test
 
 
 def _jsonable(value) -> bool:
@@ -139,35 +143,35 @@ def result_fields(q: dict, out: Path) -> dict:
     return keep | {"model_file": str(Path(q["int8_path"]).relative_to(out))}
 
 
-def quantize_cell(grid: Grid, cell: Cell, out: Path, weights: Path, data_dir: Path | None, cid: str) -> dict:
+def quantize_cell(rc: Resolved, out: Path) -> dict:
     """INT8 accuracy and per-image predictions of a cell quantized with trained weights (and its diagnose rows)."""
     from calib.core.evaluate import evaluate
     from calib.core.pipeline import quantize_with
     from calib.core.runs import predictions_to_str
     from calib.core.sets import read_set
 
-    steps: dict[str, float] = {}
+    cell, steps = rc.cell, {}
     with step(steps, "set"):
-        cset = read_set(set_for(grid, cell, out, data_dir))
-    spec = quantize_spec(grid, cell, cset.path, weights, data_dir)
+        cset = read_set(set_for(rc.set_folder, cell, rc.set_options))
+    spec = rc.spec
     if spec.subset_size:
         spec = replace(spec, subset_size=min(spec.subset_size, len(cset)))
     with step(steps, "export"):
-        fp32 = fp32_export(cell.model, cell.engine, cell.fuse, weights, out)
+        fp32 = fp32_export(rc.fp32_file, cell.model, cell.engine, cell.fuse, rc.weights)
     with step(steps, "quantize"):
-        q = quantize_with(spec, cset, out / "models" / f"{cell.id}-{cid[:8]}", fp32)
+        q = quantize_with(spec, cset, out / "models" / f"{cell.id}-{rc.id[:8]}", fp32, rc.evaluation)
     row = result_fields(q, out)
     with step(steps, "test_images"):
-        test = test_for(weights, data_dir)
+        test = _test_images(rc)
     with step(steps, "evaluate"):
         int8 = evaluate(q["int8_path"], test)
     with step(steps, "kernels"):
         kernels = _kernel_fields(Path(q["int8_path"]))
     row |= {"int8_accuracy": int8["accuracy"], "int8_predictions": predictions_to_str(int8["predictions"]),
             **_test_fields(test), **kernels}
-    if grid.diagnose and str(q["int8_path"]).endswith(".xml"):
+    if rc.diagnose and str(q["int8_path"]).endswith(".xml"):
         with step(steps, "diagnose"):
-            row["diagnose_layers"] = diagnose_cell(cell, q, out, data_dir)
+            row["diagnose_layers"] = diagnose_cell(cell, q, out, rc.data_dir)
     return row | {"step_seconds": steps}
 
 
@@ -183,13 +187,14 @@ def diagnose_cell(cell: Cell, q: dict, out: Path, data_dir: Path | None) -> int:
     return len(rows)
 
 
-def speed_only_cell(grid: Grid, cell: Cell, out: Path, data_dir: Path | None, cid: str) -> dict:
+def speed_only_cell(rc: Resolved, out: Path) -> dict:
     """The INT8 file of a timed quantize cell without trained weights (random ones): speed only, no accuracy."""
     from calib.core.benchmark import quantize_for_speed
     from calib.core.sets import read_set
 
-    cset = read_set(set_for(grid, cell, out, data_dir))
+    cell = rc.cell
+    cset = read_set(set_for(rc.set_folder, cell, rc.set_options))
     subset = min(cell.subset_size, len(cset)) if cell.subset_size else None
-    q = quantize_for_speed(cell.model, cell.engine, cset, out / "models" / f"{cell.id}-{cid[:8]}",
+    q = quantize_for_speed(cell.model, cell.engine, cset, out / "models" / f"{cell.id}-{rc.id[:8]}",
                            subset_size=subset, seed=cell.seed)
     return result_fields(q, out) | {"trained_weights": False, **_kernel_fields(Path(q["int8_path"]))}

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from calib.core.errors import CalibError
 from calib.core.hardware import NATIVE, environment, isa_env
 from calib.study.cells import run_cell
-from calib.study.condition import Context, resolve_context
-from calib.study.grid import Cell, Grid
+from calib.study.grid import Cell
+from calib.study.resolve import Resolved
 from calib.study.rows import append_row, error_row, failure_fields
 from calib.study.schedule import by_isa, core_shares, longest_first, pin_worker
 from calib.study.timing import add_speed
@@ -101,11 +101,12 @@ class Slots:
             pool.shutdown()
 
 
-def _work_in_slots(grid: Grid, cells: list[Cell], out: Path, data_dir: Path | None, jobs: int, ctx: Context,
-                   finish: Callable[[Cell, dict], None], on_start: Callable[[Cell, float], None] | None = None) -> None:
+def _work_in_slots(resolved: list[Resolved], out: Path, jobs: int, finish: Callable[[Resolved, dict], None],
+                   on_start: Callable[[Cell, float], None] | None = None) -> None:
     """Every cell's work in `jobs` slots (`Slots`), longest first across all ISAs; `on_start(cell, time)` and
     `finish(cell, row)` are called in this thread as cells start and end."""
-    order = deque(longest_first(cells))
+    of = {rc.cell: rc for rc in resolved}
+    order = deque(of[c] for c in longest_first(list(of)))
     taken = threading.Lock()
     events: queue.Queue = queue.Queue()
     slots = Slots(jobs)
@@ -115,27 +116,27 @@ def _work_in_slots(grid: Grid, cells: list[Cell], out: Path, data_dir: Path | No
             with taken:
                 if not order:
                     return
-                cell = order.popleft()
-            events.put(("start", cell, time.time()))
+                rc = order.popleft()
+            events.put(("start", rc, time.time()))
             try:
-                row = slots.pool(slot, cell.isa).submit(run_cell, grid, cell, out, data_dir, False, ctx).result()
+                row = slots.pool(slot, rc.cell.isa).submit(run_cell, rc, out, False).result()
             except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
-                slots.forget(slot, cell.isa)
-                row = error_row(grid, cell, f"worker process failed: {type(e).__name__}: {e}", ctx, data_dir)
-            events.put(("done", cell, row))
+                slots.forget(slot, rc.cell.isa)
+                row = error_row(rc, f"worker process failed: {type(e).__name__}: {e}")
+            events.put(("done", rc, row))
 
-    threads = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in range(min(jobs, len(cells)))]
+    threads = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in range(min(jobs, len(resolved)))]
     try:
         for t in threads:
             t.start()
         ended = 0
-        while ended < len(cells):
-            what, cell, detail = events.get()
+        while ended < len(resolved):
+            what, rc, detail = events.get()
             if what == "start":
                 if on_start is not None:
-                    on_start(cell, detail)
+                    on_start(rc.cell, detail)
                 continue
-            finish(cell, detail)
+            finish(rc, detail)
             ended += 1
         for t in threads:
             t.join()
@@ -143,9 +144,8 @@ def _work_in_slots(grid: Grid, cells: list[Cell], out: Path, data_dir: Path | No
         slots.close()
 
 
-def run_local(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, data_dir: Path | None, jobs: int,
-              progress: bool, ctx: Context | None = None, memory: PeakMemory | None = None,
-              on_row: Callable[[dict], None] | None = None,
+def run_local(name: str, resolved: list[Resolved], out: Path, rows_path: Path, jobs: int, progress: bool,
+              memory: PeakMemory | None = None, on_row: Callable[[dict], None] | None = None,
               on_work: Callable[[Cell, dict], None] | None = None,
               on_start: Callable[[Cell, float], None] | None = None) -> None:
     """Every cell's work, then the speed of the timed cells, one at a time with nothing else running (a timed
@@ -157,42 +157,42 @@ def run_local(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, data_di
 
     from rich.progress import Progress
 
-    ctx = ctx or resolve_context(grid, data_dir)
     pending: dict[Cell, dict] = {}
-    groups = by_isa(cells)
+    of = {rc.cell: rc for rc in resolved}
+    groups = by_isa(list(of))
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"study {grid.name}", total=len(cells))
+        task = bar.add_task(f"study {name}", total=len(resolved))
 
-        def finish(cell: Cell, row: dict) -> None:
+        def finish(rc: Resolved, row: dict) -> None:
             if on_work is not None:
-                on_work(cell, row)
+                on_work(rc.cell, row)
             if row.pop("speed_pending", False):
-                pending[cell] = row
+                pending[rc.cell] = row
                 return
             append_row(rows_path, row, on_row)
             bar.advance(task)
 
         if jobs > 1:
-            bar.update(task, description=f"{len(cells)} cells in {jobs} slots")
-            _work_in_slots(grid, cells, out, data_dir, jobs, ctx, finish, on_start)
+            bar.update(task, description=f"{len(resolved)} cells in {jobs} slots")
+            _work_in_slots(resolved, out, jobs, finish, on_start)
         for isa, group in groups.items() if jobs == 1 else ():
             if isa == NATIVE:
                 for cell in group:
                     bar.update(task, description=f"{cell.kind} {cell.model} {cell.engine} {cell.source} {cell.algo}")
                     if on_start is not None:
                         on_start(cell, time.time())
-                    finish(cell, run_cell(grid, cell, out, data_dir, False, ctx))
+                    finish(of[cell], run_cell(of[cell], out, False))
                 continue
             with worker_pool(isa, 1) as pool:
-                futures = {pool.submit(run_cell, grid, c, out, data_dir, False, ctx): c for c in longest_first(group)}
+                futures = {pool.submit(run_cell, of[c], out, False): of[c] for c in longest_first(group)}
                 bar.update(task, description=f"{len(futures)} cells ({isa}) in 1 process")
                 for future in as_completed(futures):
+                    rc = futures[future]
                     try:
                         row = future.result()
                     except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
-                        cell = futures[future]
-                        row = error_row(grid, cell, f"worker process failed: {type(e).__name__}: {e}", ctx, data_dir)
-                    finish(futures[future], row)
+                        row = error_row(rc, f"worker process failed: {type(e).__name__}: {e}")
+                    finish(rc, row)
         for isa, group in groups.items():
             timed_cells = [c for c in group if c in pending]
             if not timed_cells:
@@ -202,19 +202,18 @@ def run_local(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, data_di
                                        else contextlib.nullcontext()) as pool:
                 for cell in timed_cells:
                     if pool is None:
-                        row = add_speed(grid, cell, pending[cell], out, ctx)
+                        row = add_speed(of[cell], pending[cell], out)
                     else:
                         try:
-                            row = pool.submit(add_speed, grid, cell, pending[cell], out, ctx).result()
+                            row = pool.submit(add_speed, of[cell], pending[cell], out).result()
                         except Exception as e:  # noqa: BLE001 - the worker died
                             row = pending[cell] | failure_fields(e)
                     append_row(rows_path, row, on_row)
                     bar.advance(task)
 
 
-def run_ray(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, address: str | None,
-            data_dir: Path | None, ctx: Context | None = None, memory: PeakMemory | None = None,
-            on_row: Callable[[dict], None] | None = None) -> None:
+def run_ray(resolved: list[Resolved], out: Path, rows_path: Path, address: str | None,
+            memory: PeakMemory | None = None, on_row: Callable[[dict], None] | None = None) -> None:
     """Cells that measure no speed run as parallel Ray tasks; then every timed cell runs alone, one at a time.
     A capped-ISA cell runs in a Ray worker started with the cap in its environment (its own runtime_env). The
     driver alone writes rows; a task that dies (a killed worker) becomes an error row."""
@@ -222,7 +221,6 @@ def run_ray(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, address: 
         import ray
     except ImportError:
         raise CalibError("the ray executor needs `pip install 'calib[ray]'`") from None
-    ctx = ctx or resolve_context(grid, data_dir)
     calib_env = {k: v for k, v in os.environ.items() if k.startswith("CALIB_")}
     started = not ray.is_initialized()
     if started:
@@ -230,27 +228,26 @@ def run_ray(grid: Grid, cells: list[Cell], out: Path, rows_path: Path, address: 
                  runtime_env={"env_vars": calib_env})
     remote = ray.remote(run_cell)
 
-    def submit(cell: Cell):
-        task = remote if cell.isa == NATIVE else remote.options(
-            runtime_env={"env_vars": calib_env | isa_env(cell.isa)})
-        return task.remote(grid, cell, out, data_dir, True, ctx)
+    def submit(rc: Resolved):
+        task = remote if not rc.caps else remote.options(runtime_env={"env_vars": calib_env | rc.caps})
+        return task.remote(rc, out, True)
 
     def collect(pending: dict) -> None:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            cell = pending.pop(ready[0])
+            rc = pending.pop(ready[0])
             try:
                 row = ray.get(ready[0])
             except Exception as e:  # noqa: BLE001 - e.g. the worker process was killed
-                row = error_row(grid, cell, f"Ray task failed: {type(e).__name__}: {str(e)[:300]}", ctx, data_dir)
+                row = error_row(rc, f"Ray task failed: {type(e).__name__}: {str(e)[:300]}")
             append_row(rows_path, row, on_row)
 
     try:
-        collect({submit(c): c for c in cells if not grid.times(c)})
+        collect({submit(rc): rc for rc in resolved if not rc.timed})
         with memory.paused() if memory is not None else contextlib.nullcontext():
-            for c in cells:
-                if grid.times(c):
-                    collect({submit(c): c})
+            for rc in resolved:
+                if rc.timed:
+                    collect({submit(rc): rc})
     finally:
         if started:
             ray.shutdown()

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from calib.core.runs import append_jsonl, atomic_write_bytes
-from calib.study.condition import Context, accuracy_part, condition, condition_id
-from calib.study.grid import Cell, Grid
-from calib.study.plan import weights_or_reason
+from calib.study.condition import Context, accuracy_part, code_free, condition_id
+
+if TYPE_CHECKING:
+    from calib.study.resolve import Resolved
 
 ROWS = "rows.jsonl"
 
@@ -39,8 +40,10 @@ def newest_rows(rows: list[dict]) -> dict[str, dict]:
 
 
 def identity_fields(cond: dict, ctx: Context) -> dict:
-    """The flat row fields that say which condition a row is: its id, weights, data, versions, git state."""
+    """The flat row fields that say which condition a row is: its id, weights, data, versions, git state and the
+    fingerprint of calib's code."""
     return {"condition": condition_id(cond), "accuracy_condition": condition_id(accuracy_part(cond)),
+            "code_free_condition": condition_id(code_free(cond)), "code_fingerprint": cond.get("code"),
             "weights_sha256": cond["weights_sha256"],
             "data_train_sha256": ctx.data.get("data_train_sha256"),
             "data_test_sha256": ctx.data.get("data_test_sha256"),
@@ -61,14 +64,6 @@ def failure_fields(e: Exception) -> dict:
     return {"status": "error", "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=3)}
 
 
-def error_row(grid: Grid, cell: Cell, reason: str, ctx: Context | None = None,
-              data_dir: Path | None = None) -> dict:
-    """The row of a cell that never ran (its set could not be made, its worker died), with its condition's
-    fields when the context is known."""
-    row = {"grid": grid.name, "cell": cell.id, **asdict(cell), "status": "error", "reason": reason,
-           "wall_seconds": 0.0}
-    if ctx is not None:
-        weights = weights_or_reason(cell.model, grid)[0]
-        row |= identity_fields(condition(grid, cell, ctx, weights, data_dir), ctx) | hardware_fields(
-            ctx.hardware[cell.isa])
-    return row
+def error_row(rc: Resolved, reason: str) -> dict:
+    """The row of a cell that never ran (its set could not be made, its worker died)."""
+    return {**rc.row, "status": "error", "reason": reason, "wall_seconds": 0.0}

@@ -1,11 +1,13 @@
 """The resumable study runner: one flat row per cell in `rows.jsonl`, appended atomically.
 
 A cell is its resolved condition (`calib.study.condition`): its grid axes, and everything else that decides its
-numbers, resolved in the driver before anything runs. Each row carries that condition's id (`condition`); a
-rerun skips every cell whose condition already has an `ok` row and runs the others (skipped and error cells
-retry, e.g. after adding weights or a teacher; a cell whose weights, data, versions or machine changed runs
-again). A run folder can hold rows of several conditions of one cell, from several machines; the report never
-pools or pairs them across weights or hardware. A run killed at any point resumes to the same table.
+numbers (calib's own code included), resolved once in the driver before anything runs (`calib.study.resolve`)
+and shipped whole to where it runs. Each row carries that condition's id (`condition`); a rerun skips every cell
+whose condition already has an `ok` row and runs the others (skipped and error cells retry, e.g. after adding
+weights or a teacher; a cell whose weights, data, versions, machine or code changed runs again, and the run says
+how many reran for their code). A run folder can hold rows of several conditions of one cell, from several
+machines; the report never pools or pairs them across weights or hardware. A run killed at any point resumes to
+the same table.
 
 The driver generates every calibration set before any cell runs, so cells only read sets; a failing cell records
 an error row and the run goes on. The cells' work is in `calib.study.cells`, where it runs in
@@ -25,18 +27,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from calib.core.errors import CalibError
 from calib.core.hardware import ATEN_ENV, ISA_ENV, MKL_ENV, NUMPY_ENV
 from calib.core.runs import atomic_write_bytes, provenance, read_jsonl, to_jsonable
-from calib.study.artifacts import generate_once, set_plan
+from calib.study.artifacts import generate_once
 from calib.study.cells import run_cell
-from calib.study.condition import Context, condition, condition_id, resolve_context
+from calib.study.condition import resolve_context
 from calib.study.executors import run_local, run_ray
 from calib.study.grid import Cell, Grid, Selection, load_grid, select, source_options
 from calib.study.memory import PeakMemory, peak_rss_mib
-from calib.study.plan import plan_cell, test_for, weights_looked_up_once, weights_or_reason
+from calib.study.resolve import Resolved, resolve_cells
 from calib.study.rows import ROWS, append_row, error_row, repair_rows
 
 
@@ -74,61 +74,54 @@ def _record_test_labels(out: Path, data_dir: Path | None) -> None:
     atomic_write_bytes(path, json.dumps(entry, indent=1).encode())
 
 
-def _record_test_subsets(out: Path, grid: Grid, cells: list[Cell], data_dir: Path | None) -> None:
-    """Where a model's accuracy is on part of the test split (`test_for`), keep those indices by their hash in
+def _record_test_subsets(out: Path, resolved: list[Resolved]) -> None:
+    """Where a model's accuracy is on part of the test split, keep those indices by their hash in
     `test_indices/`, so the report pairs predictions with the right labels."""
-    from calib.core.data import indices_sha256
+    from calib.core.data import load_split
 
     seen = set()
-    for cell in cells:
-        weights = weights_or_reason(cell.model, grid)[0]
-        if weights is None or weights in seen:
+    for rc in resolved:
+        ev = rc.evaluation
+        if ev is None or rc.weights in seen:
             continue
-        seen.add(weights)
-        try:
-            test = test_for(weights, data_dir)
-        except CalibError:
-            return
-        if np.array_equal(test.indices, np.arange(test.provenance.get("images", len(test)))):
+        seen.add(rc.weights)
+        if len(ev.test_indices) == len(load_split("test", rc.data_dir)):
             continue  # the whole split: test_labels.json says it all
-        path = out / "test_indices" / f"{indices_sha256(test)}.json"
+        path = out / "test_indices" / f"{ev.facts(validation=False)['test_indices_sha256']}.json"
         if not path.exists():
-            atomic_write_bytes(path, json.dumps({"indices": test.indices.tolist()}).encode())
+            atomic_write_bytes(path, json.dumps({"indices": ev.test_indices.tolist()}).encode())
 
 
-def prepare(grid: Grid, todo: list[Cell], out: Path, data_dir: Path | None = None, progress: bool = False,
-            ctx: Context | None = None) -> tuple[list[Cell], list[dict]]:
+def prepare(resolved: list[Resolved], out: Path, progress: bool = False) -> tuple[list[Resolved], list[dict]]:
     """Before any cell runs: rows for cells that are skipped or whose set cannot be made, and every set the
     other cells need, generated here once. Returns (cells to run, rows already decided)."""
     from rich.progress import Progress
 
-    ctx = ctx or resolve_context(grid, data_dir)
     for folder in (out / "sets", out / "models" / "fp32"):
         for stale in folder.glob(".*.tmp-*") if folder.is_dir() else ():  # left by a killed run; no cell runs now
             shutil.rmtree(stale, ignore_errors=True)
     runnable, rows, failed = [], [], {}
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("calibration sets", total=len(todo))
-        for cell in todo:
+        task = bar.add_task("calibration sets", total=len(resolved))
+        for rc in resolved:
             bar.advance(task)
-            if cell.kind != "quantize":
-                runnable.append(cell)
+            if rc.skip:
+                rows.append(run_cell(rc, out))  # a skipped row, at once
                 continue
-            reason = plan_cell(grid, cell)[0]
-            if reason:
-                rows.append(run_cell(grid, cell, out, data_dir, ctx=ctx))  # a skipped row, at once
+            if rc.cell.kind != "quantize":
+                runnable.append(rc)
                 continue
-            folder, opts = set_plan(grid, cell, out, data_dir)
+            folder = rc.set_folder
             if folder not in failed and not folder.exists():
                 bar.update(task, description=f"set {folder.name}")
                 try:
-                    generate_once(folder, cell.source, cell.per_class, cell.seed, opts)
+                    generate_once(folder, rc.cell.source, rc.cell.per_class, rc.cell.seed, rc.set_options)
                 except Exception as e:  # noqa: BLE001 - the cells of this set get an error row each
                     failed[folder] = f"set {folder.name} could not be made: {type(e).__name__}: {e}"
             if folder in failed:
-                rows.append(error_row(grid, cell, failed[folder], ctx, data_dir))
+                rows.append(error_row(rc, failed[folder]))
             else:
-                runnable.append(cell)
+                runnable.append(rc)
     return runnable, rows
 
 
@@ -136,12 +129,14 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
               data_dir: Path | None = None, selection: Selection = Selection(), progress: bool = True,
               jobs: int = 1, on_row: Callable[[dict], None] | None = None,
               on_work: Callable[[Cell, dict], None] | None = None,
-              on_start: Callable[[Cell, float], None] | None = None) -> dict:
+              on_start: Callable[[Cell, float], None] | None = None,
+              on_note: Callable[[str], None] | None = None) -> dict:
     """Run every cell of a grid whose resolved condition has no `ok` row yet into `out`; returns counts, wall
     time, CPU time of every process and peak memory. `on_row(row)` hears of every cell's row: first the ok rows
     of cells done before, then each row as it is written (the CLI's progress); `on_work(cell, row)` of each
     cell's work as it ends (a timed cell's row comes after its speed, at the end); `on_start(cell, time)` of each
-    cell's start (local executor).
+    cell's start (local executor); `on_note(line)` of what a person should know before it runs (cells rerun
+    because calib's code changed).
 
     `jobs` > 1 does every cell's work in that many local worker processes (NNCF's statistics collection is
     single-threaded Python, so two cores do twice the work); speed is always timed with nothing else running.
@@ -155,9 +150,8 @@ def run_study(grid_path: Path, out: Path, executor: str = "local", address: str 
     if capped:
         raise CalibError(f"{', '.join(capped)} is set here; unset it and list the ISA in the grid's `isas`, so "
                          "each cell runs, and says, the ISA it was asked for")
-    with weights_looked_up_once():
-        return _run_study(grid_path, out, executor, address, data_dir, selection, progress, jobs, on_row, on_work,
-                          on_start)
+    return _run_study(grid_path, out, executor, address, data_dir, selection, progress, jobs, on_row, on_work,
+                      on_start, on_note)
 
 
 def _cpu_seconds() -> float:
@@ -171,7 +165,8 @@ def _cpu_seconds() -> float:
 def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, data_dir: Path | None,
                selection: Selection, progress: bool, jobs: int, on_row: Callable[[dict], None] | None,
                on_work: Callable[[Cell, dict], None] | None = None,
-              on_start: Callable[[Cell, float], None] | None = None) -> dict:
+               on_start: Callable[[Cell, float], None] | None = None,
+               on_note: Callable[[str], None] | None = None) -> dict:
     grid = load_grid(grid_path)
     cells = select(grid, selection)  # an unknown value fails here, before anything is written
     grid = resolve_grid(grid, data_dir)
@@ -186,24 +181,28 @@ def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, d
                                                              "weights_dir": grid.weights_dir, **ctx.data})
     atomic_write_bytes(out / f"manifest-{int(time.time())}.json",
                        json.dumps(to_jsonable(manifest | {"hardware_by_isa": ctx.hardware}), indent=1).encode())
-    cids = {c: condition_id(condition(grid, c, ctx, weights_or_reason(c.model, grid)[0], data_dir)) for c in cells}
+    resolved = resolve_cells(grid, cells, out, ctx)  # the one place a cell is decided
     rows_path = out / ROWS
     repair_rows(rows_path)
     before = read_jsonl(rows_path)
-    done = {r["condition"] for r in before if r.get("status") == "ok" and "condition" in r}
+    ok_rows = {r["condition"]: r for r in before if r.get("status") == "ok" and "condition" in r}
+    todo = [rc for rc in resolved if rc.id not in ok_rows]
+    older_code = {r.get("code_free_condition", r["condition"]) for r in ok_rows.values()}
+    rerun = sum(rc.code_free_id in older_code for rc in todo)
+    if rerun and on_note is not None:
+        on_note(f"{rerun} cell{'s' if rerun != 1 else ''} rerun: calib's code changed since their rows were made "
+                f"(code {ctx.code})")
     last = {r["condition"]: r for r in before if "condition" in r}
-    todo = [c for c in cells if cids[c] not in done]
     if on_row is not None:
-        ok_rows = {r["condition"]: r for r in before if r.get("status") == "ok" and "condition" in r}
-        for c in cells:
-            if cids[c] in done:
-                on_row(ok_rows[cids[c]])
+        for rc in resolved:
+            if rc.id in ok_rows:
+                on_row(ok_rows[rc.id])
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     with PeakMemory() as memory:
         if todo:
             _record_test_labels(out, data_dir)
-            _record_test_subsets(out, grid, todo, data_dir)
-        runnable, decided = prepare(grid, todo, out, data_dir, progress, ctx)
+            _record_test_subsets(out, todo)
+        runnable, decided = prepare(todo, out, progress)
         for row in decided:
             old = last.get(row.get("condition"), {})
             if (old.get("status"), old.get("reason")) != ("skipped", row.get("reason")) or row["status"] != "skipped":
@@ -211,13 +210,14 @@ def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, d
             elif on_row is not None:
                 on_row(row)
         if executor == "ray":
-            run_ray(grid, runnable, out, rows_path, address, data_dir, ctx, memory, on_row)
+            run_ray(runnable, out, rows_path, address, memory, on_row)
         else:
-            run_local(grid, runnable, out, rows_path, data_dir, jobs, progress, ctx, memory, on_row, on_work, on_start)
+            run_local(grid.name, runnable, out, rows_path, jobs, progress, memory, on_row, on_work, on_start)
     newest = {r["condition"]: r for r in read_jsonl(rows_path) if "condition" in r}
-    status = [newest[cids[c]].get("status") if cids[c] in newest else "missing" for c in cells]
+    status = [newest[rc.id].get("status") if rc.id in newest else "missing" for rc in resolved]
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     summary = {"cells": len(cells), "ran": len(todo), "skipped_done": len(cells) - len(todo),
+               "rerun_code_changed": rerun, "code_fingerprint": ctx.code,
                "ok": status.count("ok"), "skipped": status.count("skipped"), "errors": status.count("error"),
                "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
                "cpu_percent": round(100 * cpu / wall, 0) if wall > 0 else 0.0, "cpu_count": os.cpu_count(),
