@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     from calib.core.export import to_openvino
     from calib.core.hardware import hardware
     from calib.core.quantize import balanced_indices
-    from calib.core.runs import append_jsonl, git_sha, sha256_file, versions
+    from calib.core.runs import append_jsonl, file_sha256, git_sha, versions
     from calib.core.sources import generate
     from calib.core.weights import load_model
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         calib_images = g.images[: args.images]
     items = [x for x in to_model_input(calib_images).reshape(-1, 30, 3, 32, 32)]
     val = validation_items(validation)
-    common = {"model": args.model, "weights": args.weights.name, "weights_sha256": sha256_file(args.weights),
+    common = {"model": args.model, "weights": args.weights.name, "weights_sha256": file_sha256(args.weights),
               "source": args.source, "calib_images": len(calib_images), "seed": args.seed,
               "test": test.source, "test_images": len(test), "git_sha": git_sha(), **hardware(),
               "versions": versions()}

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     from calib.core.export import to_openvino
     from calib.core.hardware import hardware
     from calib.core.quantize import balanced_indices
-    from calib.core.runs import append_jsonl, git_sha, sha256_file, versions
+    from calib.core.runs import append_jsonl, file_sha256, git_sha, versions
     from calib.core.weights import load_model
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     x_calib = to_model_input(pool.images[balanced_indices(pool.labels, args.images, args.seed)])
     items = list(x_calib.reshape(-1, 30, 3, 32, 32))
     val = validation_items(validation)
-    common = {"model": args.model, "weights": args.weights.name, "weights_sha256": sha256_file(args.weights),
+    common = {"model": args.model, "weights": args.weights.name, "weights_sha256": file_sha256(args.weights),
               "source": "cifar10", "calib_images": len(x_calib), "seed": args.seed, "test": test.source,
               "test_images": len(test), "git_sha": git_sha(), **hardware(), "versions": versions()}
     reference = None

@@ -64,13 +64,13 @@ def show_cmd(set_dir: Annotated[Path, typer.Argument(metavar="SET")],
              overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
              = False) -> None:
     """Save a labelled grid of a set, one row per class."""
+    from calib.core.folders import claim_files
     from calib.core.sets import read_set
     from calib.core.show import check_image_path, save_grid
 
     out = out or Path("runs/show") / f"{set_dir.resolve().name}.png"
     check_image_path(out)
-    if out.exists() and not overwrite:
-        raise OptionError(f"{out} already exists; choose another --out or pass --overwrite")
+    claim_files([out], overwrite)
     say(f"wrote {save_grid(read_set(set_dir, allow_unbalanced=True), out, per_class)}")
 
 

@@ -90,6 +90,7 @@ def zoo_export(
 ) -> None:
     """Export a zoo model to OpenVINO IR (FP32) and optionally ONNX."""
     from calib.core.export import save_ir, to_onnx, to_openvino
+    from calib.core.folders import claim_files
     from calib.core.weights import load_model
 
     name = one_model(name, model)
@@ -97,9 +98,7 @@ def zoo_export(
     targets = [stem.with_suffix(".xml"), *([stem.with_suffix(".onnx")] if onnx else [])]
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out} is a file; give a folder")
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not overwrite:
-        raise OptionError(f"{', '.join(existing)} already exists; choose another --out or pass --overwrite")
+    claim_files(targets, overwrite)
     net = load_model(name, weights, pretrained=pretrained, fuse=fuse)
     say(f"wrote {save_ir(to_openvino(net, dynamic_batch), targets[0])}")
     if onnx:

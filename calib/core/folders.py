@@ -48,6 +48,17 @@ def claim(out: Path, overwrite: bool = False, option: str = "--out") -> None:
                           "folders")
 
 
+def claim_files(paths: list[Path], overwrite: bool = False, option: str = "--out") -> None:
+    """Refuse output files before any work: a folder where a file goes, or a file that exists, without
+    `overwrite` (the file-output side of `claim`)."""
+    folders = [str(p) for p in paths if p.is_dir()]
+    if folders:
+        raise OptionError(f"{option} {folders[0]} is a folder; give a file name")
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise OptionError(f"{', '.join(existing)} already exists; choose another {option} or pass --overwrite")
+
+
 def _files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
 

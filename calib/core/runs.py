@@ -157,9 +157,6 @@ def file_sha256(path: Path) -> str:
     return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
-sha256_file = file_sha256  # the older name
-
-
 # Parts of the package that present results but compute none: editing them reruns no study cell.
 PRESENTATION = ("cli/", "study/report.py", "study/html.py", "study/plot.py", "study/blocks.py", "study/compare.py",
                 "study/check.py", "study/schedule.py", "study/templates/", "core/progress.py", "core/show.py")

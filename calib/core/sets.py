@@ -81,15 +81,13 @@ def write_set(out: Path, images: np.ndarray, labels: np.ndarray, ids: list[str],
 
 
 def check_set_target(out: Path, overwrite: bool = False) -> None:
-    """Refuse `out` before any image is made: a file, an existing folder without `overwrite`, and, with it, a
-    folder that is not a calib set or holds files its manifest does not list (they would be lost)."""
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"--out {out} is a file; give a folder for the set")
+    """Refuse `out` before any image is made (`calib.core.folders.claim`), and, with `overwrite`, a folder that
+    is not a calib set or holds files its manifest does not list (they would be lost)."""
+    from calib.core.folders import claim
+
+    claim(out, overwrite)
     if not out.exists():
         return
-    if not overwrite:
-        raise OptionError(f"{out} already exists; choose another --out, or pass --overwrite to replace the set "
-                          "calib wrote there")
     try:
         listed = set(json.loads((out / MANIFEST).read_text())["files"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
