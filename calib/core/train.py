@@ -157,12 +157,10 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
     images = torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous().to(device)
     labels = torch.from_numpy(train.labels).to(device)
     loss_fn = nn.CrossEntropyLoss()
-    from rich.progress import Progress
+    from calib.core.progress import progress as progress_bar
 
-    from calib.core.progress import stderr_console
-
-    with Progress(disable=not progress, transient=True, console=stderr_console()) as bar:
-        task = bar.add_task(f"train {cfg.model}", total=total, completed=step)
+    with progress_bar(f"train {cfg.model}", total, quiet=not progress) as advance:
+        advance(0, completed=step)
         while epoch < cfg.epochs and (cfg.max_steps is None or step < cfg.max_steps):
             t0, model_loss, seen = time.perf_counter(), 0.0, 0
             model.train()
@@ -184,7 +182,7 @@ def train_model(cfg: TrainConfig, train: LabeledImages, out_dir: Path, test: Lab
                 if step % 50 == 0:
                     append_jsonl(out_dir / "metrics.jsonl", {"step": step, "epoch": epoch, "loss": loss.item(),
                                                              "lr": sched.get_last_lr()[0]})
-                bar.update(task, advance=1, description=f"train {cfg.model} epoch {epoch + 1} loss {loss.item():.3f}")
+                advance(1, description=f"train {cfg.model} epoch {epoch + 1} loss {loss.item():.3f}")
             elapsed += time.perf_counter() - t0
             if seen == steps_per_epoch:
                 epoch += 1

@@ -176,18 +176,16 @@ def distill(cfg: DistillConfig, run_dir: Path, teacher_set: TeacherSet | None = 
         start_run(run_dir, cfg, seeds={"distill": cfg.seed},
                   inputs={"teacher_set": f"{len(teacher_set)} triplets" if teacher_set else "none",
                           "real": real.source if real is not None else "none"})
-    from rich.progress import Progress
+    from calib.core.progress import progress as progress_bar
 
-    from calib.core.progress import stderr_console
-
-    with Progress(disable=not progress, transient=True, console=stderr_console()) as bar:
-        task = bar.add_task("distill", total=cfg.steps, completed=trainer.step)
+    with progress_bar("distill", cfg.steps, quiet=not progress) as advance:
+        advance(0, completed=trainer.step)
         t0 = time.perf_counter()
         while trainer.step < cfg.steps:
             if stop_after is not None and trainer.step >= stop_after:
                 raise KeyboardInterrupt("simulated kill")
             logs = trainer.train_step()
-            bar.update(task, advance=1, description=f"distill {logs['loss_g']:.3f}")
+            advance(1, description=f"distill {logs['loss_g']:.3f}")
             if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
                 append_jsonl(run_dir / "metrics.jsonl", {"step": trainer.step, **logs})
             if trainer.step % cfg.snapshot_every == 0 or trainer.step == cfg.steps:

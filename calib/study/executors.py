@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,15 +53,9 @@ def worker_pool(isa: str, workers: int, pin: bool = True):
         yield pool
 
 
-@contextlib.contextmanager
-def _alone(bar, memory: PeakMemory | None) -> Iterator[None]:
-    """Nothing else of this process runs: the progress display and the memory sampler stop."""
-    bar.stop()
-    try:
-        with memory.paused() if memory is not None else contextlib.nullcontext():
-            yield
-    finally:
-        bar.start()
+def _alone(memory: PeakMemory | None) -> contextlib.AbstractContextManager[None]:
+    """Nothing else of this process samples while a timing runs: the memory sampler pauses."""
+    return memory.paused() if memory is not None else contextlib.nullcontext()
 
 
 class Slots:
@@ -155,13 +149,12 @@ def run_local(name: str, resolved: list[Resolved], out: Path, rows_path: Path, j
     process of that ISA. `on_work(cell, row)` is told when a cell's work is done (a timed one's row comes later)."""
     from concurrent.futures import as_completed
 
-    from rich.progress import Progress
+    from calib.core.progress import progress as progress_bar
 
     pending: dict[Cell, dict] = {}
     of = {rc.cell: rc for rc in resolved}
     groups = by_isa(list(of))
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"study {name}", total=len(resolved))
+    with progress_bar(f"study {name}", len(resolved), quiet=not progress) as advance:
 
         def finish(rc: Resolved, row: dict) -> None:
             if on_work is not None:
@@ -170,22 +163,22 @@ def run_local(name: str, resolved: list[Resolved], out: Path, rows_path: Path, j
                 pending[rc.cell] = row
                 return
             append_row(rows_path, row, on_row)
-            bar.advance(task)
+            advance()
 
         if jobs > 1:
-            bar.update(task, description=f"{len(resolved)} cells in {jobs} slots")
+            advance(0, description=f"{len(resolved)} cells in {jobs} slots")
             _work_in_slots(resolved, out, jobs, finish, on_start)
         for isa, group in groups.items() if jobs == 1 else ():
             if isa == NATIVE:
                 for cell in group:
-                    bar.update(task, description=f"{cell.kind} {cell.model} {cell.engine} {cell.source} {cell.algo}")
+                    advance(0, description=f"{cell.kind} {cell.model} {cell.engine} {cell.source} {cell.algo}")
                     if on_start is not None:
                         on_start(cell, time.time())
                     finish(of[cell], run_cell(of[cell], out, False))
                 continue
             with worker_pool(isa, 1) as pool:
                 futures = {pool.submit(run_cell, of[c], out, False): of[c] for c in longest_first(group)}
-                bar.update(task, description=f"{len(futures)} cells ({isa}) in 1 process")
+                advance(0, description=f"{len(futures)} cells ({isa}) in 1 process")
                 for future in as_completed(futures):
                     rc = futures[future]
                     try:
@@ -197,8 +190,8 @@ def run_local(name: str, resolved: list[Resolved], out: Path, rows_path: Path, j
             timed_cells = [c for c in group if c in pending]
             if not timed_cells:
                 continue
-            bar.update(task, description=f"speed ({isa}), {len(timed_cells)} cells")
-            with _alone(bar, memory), (worker_pool(isa, 1, pin=False) if isa != NATIVE
+            advance(0, description=f"speed ({isa}), {len(timed_cells)} cells")
+            with _alone(memory), (worker_pool(isa, 1, pin=False) if isa != NATIVE
                                        else contextlib.nullcontext()) as pool:
                 for cell in timed_cells:
                     if pool is None:
@@ -209,7 +202,7 @@ def run_local(name: str, resolved: list[Resolved], out: Path, rows_path: Path, j
                         except Exception as e:  # noqa: BLE001 - the worker died
                             row = pending[cell] | failure_fields(e)
                     append_row(rows_path, row, on_row)
-                    bar.advance(task)
+                    advance()
 
 
 def run_ray(resolved: list[Resolved], out: Path, rows_path: Path, address: str | None,

@@ -95,16 +95,15 @@ def _record_test_subsets(out: Path, resolved: list[Resolved]) -> None:
 def prepare(resolved: list[Resolved], out: Path, progress: bool = False) -> tuple[list[Resolved], list[dict]]:
     """Before any cell runs: rows for cells that are skipped or whose set cannot be made, and every set the
     other cells need, generated here once. Returns (cells to run, rows already decided)."""
-    from rich.progress import Progress
+    from calib.core.progress import progress as progress_bar
 
     for folder in (out / "sets", out / "models" / "fp32"):
         for stale in folder.glob(".*.tmp-*") if folder.is_dir() else ():  # left by a killed run; no cell runs now
             shutil.rmtree(stale, ignore_errors=True)
     runnable, rows, failed = [], [], {}
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("calibration sets", total=len(resolved))
+    with progress_bar("calibration sets", len(resolved), quiet=not progress) as advance:
         for rc in resolved:
-            bar.advance(task)
+            advance()
             if rc.skip:
                 rows.append(run_cell(rc, out))  # a skipped row, at once
                 continue
@@ -113,7 +112,7 @@ def prepare(resolved: list[Resolved], out: Path, progress: bool = False) -> tupl
                 continue
             folder = rc.set_folder
             if folder not in failed and not folder.exists():
-                bar.update(task, description=f"set {folder.name}")
+                advance(0, description=f"set {folder.name}")
                 try:
                     generate_once(folder, rc.cell.source, rc.cell.per_class, rc.cell.seed, rc.set_options)
                 except Exception as e:  # noqa: BLE001 - the cells of this set get an error row each
