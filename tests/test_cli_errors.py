@@ -147,7 +147,7 @@ def _noise_set(path):
     (["quantize", "--model", "tiny_cnn", "--calib", "SET", "--seed", "-3"], "--seed"),
     (["diagnose", "--model", "tiny_cnn", "--calib", "SET", "--engine", "onnxruntime"], "--engine"),
     (["diagnose", "--model", "int8.xml", "--calib", "SET"], "already INT8"),
-    (["evaluate", "--model", "m.onnx", "--engine", "openvino"], "leave --engine out"),
+    (["evaluate", "--model", "m.onnx", "--engine", "pytorch"], "m.onnx is not a readable ONNX file (no graph)"),
     (["evaluate", "a.xml", "--model", "b.xml"], "two models"),
     (["zoo", "eval"], "--model"),
     (["show", "SET", "--out", "grid.xyz"], ".xyz"),

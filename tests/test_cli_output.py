@@ -137,10 +137,10 @@ benchmark = false
 def test_study_run_shows_counts_one_line_per_error_and_a_summary(tmp_path, monkeypatch):
     import calib.study.cells as study_cells
 
-    def boom(grid, cell, *rest):
-        if cell.seed == 1:
+    def boom(rc, out):
+        if rc.cell.seed == 1:
             raise RuntimeError("boom in seed 1")
-        return real(grid, cell, *rest)
+        return real(rc, out)
 
     real = study_cells.quantize_cell
     monkeypatch.setattr(study_cells, "quantize_cell", boom)

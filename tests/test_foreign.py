@@ -106,7 +106,7 @@ def test_card_and_options_give_the_same_contract(tmp_path):
     card.write_text('mean = [0.406, 0.456, 0.485]\nstd = [0.225, 0.224, 0.229]\ninput_size = [64, 64]\n'
                     'channel_order = "BGR"\nclasses_file = "classes.txt"\n')
     assert C.from_card(card) == BGR_IMAGENET
-    assert C.resolve(tmp_path / "net.onnx") == BGR_IMAGENET  # the card beside the model
+    assert C.find(tmp_path / "net.onnx").contract == BGR_IMAGENET  # the card beside the model
     stated = C.from_options(list(BGR_IMAGENET.mean), list(BGR_IMAGENET.std), [SIZE], bgr=True,
                             classes=tmp_path / "classes.txt")
     assert stated == BGR_IMAGENET
@@ -373,7 +373,7 @@ def test_cli_own_model_refusals_exit_2_in_one_line(mobilenet, tmp_path):
         (["--model", str(path), "--source", "noise", *stated, "--input-size", "64", "--classes",
           str(tmp_path / "few.txt")], "3 class names but the model has 5 outputs"),
         (["--model", str(path), "--source", "noise", *stated, "--input-size", "64", "--calib", "SET"],
-         "--calib is not available"),
+         "--calib is for zoo models and --calib sets only"),
         (["--model", str(path), "--source", "noise"], "no input contract"),
         (["--model", str(tmp_path / "junk.onnx"), "--source", "noise", *stated, "--input-size", "64"],
          "is not a readable ONNX file"),
@@ -593,7 +593,7 @@ def test_cli_diagnose_own_model_on_its_validation_images_by_its_contract(mobilen
     for args, says in ((["--reference", "test", "--data-dir", str(root)], "never looks at the test split"),
                        ([], "give --data-dir ROOT"),
                        (["--reference", str(root / "test" / "cat"), "--data-dir", str(root)], "inside the test split"),
-                       (["--data-dir", str(root), "--calib", "SET"], "--calib is not available")):
+                       (["--data-dir", str(root), "--calib", "SET"], "--calib is for zoo models and --calib sets")):
         result = CliRunner().invoke(app, ["diagnose", "--model", str(path), "--source", "fractal", *stated, *args,
                                           "--out", str(tmp_path / "refused")])
         assert result.exit_code == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1, \

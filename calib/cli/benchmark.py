@@ -8,8 +8,24 @@ from typing import Annotated
 import typer
 
 from calib.cli.app import App, Format, OutputFormat, console, emit, is_quiet, result_table, say, spinner
-from calib.cli.options import DEFAULT_RECORD, DataDir, ModelArg, RecordPath, one_model
+from calib.cli.choices import Engine
+from calib.cli.options import (
+    CONTRACT_ORDER,
+    DEFAULT_RECORD,
+    Bgr,
+    Classes,
+    ContractCard,
+    DataDir,
+    InputSize,
+    Mean,
+    ModelArg,
+    RawPixels,
+    RecordPath,
+    Std,
+    one_model,
+)
 from calib.core.errors import OptionError
+from calib.core.kinds import readers_text
 
 app = App(help="Speed under one protocol: models (FP32 vs INT8), engines, sources, generators, inversion.")
 
@@ -73,33 +89,52 @@ def benchmark_models_cmd(
 
 @app.command("files")
 def benchmark_files_cmd(
-    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Model files (.xml, .onnx, ...), e.g. "
-                                                                       "an FP32 and its INT8; the first is the "
-                                                                       "reference of the ratio.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Model files, e.g. an FP32 and its INT8; "
+                                                                       "the first is the reference of the ratio. "
+                                                                       "Engines by kind: "
+                                                                       f"{readers_text('run')}.")],
     duration: Annotated[float, typer.Option(min=0.5, help="Seconds per timed run.")] = 3.0,
     repeats: Annotated[int, typer.Option(min=3)] = 3,
     batch: Annotated[int, typer.Option(min=1, help="Images per throughput request.")] = 1,
     requests: Annotated[int | None, typer.Option(min=1, help="Throughput requests in flight (default: one per "
                                                              "core).")] = None,
+    engine: Annotated[Engine | None, typer.Option(help="A kind's other engine for every file (see FILE...).")]
+    = None,
     record_path: RecordPath = DEFAULT_RECORD,
     format: OutputFormat = Format.text,
+    contract: ContractCard = None,
+    mean: Mean = None,
+    std: Std = None,
+    input_size: InputSize = None,
+    bgr: Bgr = False,
+    raw_pixels: RawPixels = False,
+    classes: Classes = None,
 ) -> None:
-    """Speed of model files of any model (your own too), each at the input size it declares, under one protocol."""
-    from calib.core.benchmark import benchmark_files
+    """Speed of model files of any model (your own too) under one protocol, each at its input size: the one the
+    file declares, else its contract's. Every file is checked before the first is timed."""
+    from calib.cli.own import contract_options, say_overrides
     from calib.core.engines import Protocol
+    from calib.core.own import benchmark_own_files
 
     protocol = Protocol(duration_s=duration, repeats=repeats, batch=batch, requests=requests)
-    rows = benchmark_files(files, protocol, record_path, quiet=is_quiet())
+    options = contract_options(mean, std, input_size, bgr, raw_pixels, classes)
+    rows = benchmark_own_files(files, protocol, options, contract, engine.value if engine else None, record_path,
+                               quiet=is_quiet())
+    say_overrides(dict.fromkeys(line for r in rows for line in r.get("contract_overrides", [])))
 
     def text() -> None:
-        t = result_table("file", "engine", "tput", "spread", "latency", "MB", "vs first",
+        t = result_table("file", "engine", "input", "tput", "spread", "latency", "MB", "vs first",
                          caption=f"img/s; {protocol.describe()}")
         for r in rows:
-            t.add_row(r["file"], r["engine"], _num(r["model_fps"], 0), _num(r["model_fps_spread"], 3),
-                      _num(r["model_latency_fps"], 0), _num(r["bytes"], 2, 1e6), _num(r["vs_first"], 2))
+            t.add_row(r["file"], r["engine"], "x".join(map(str, r["input_shape"][1:])), _num(r["model_fps"], 0),
+                      _num(r["model_fps_spread"], 3), _num(r["model_latency_fps"], 0), _num(r["bytes"], 2, 1e6),
+                      _num(r["vs_first"], 2))
         console.print(t)
 
     emit(rows, format, text)
+
+
+benchmark_files_cmd.__doc__ += "\n\n" + CONTRACT_ORDER
 
 
 def _num(value, digits: int, scale: float = 1.0) -> str:

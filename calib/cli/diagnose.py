@@ -11,6 +11,7 @@ from rich.table import Table
 from calib.cli.app import Quiet, console, keep_log, say, spinner
 from calib.cli.choices import RankBy
 from calib.cli.options import (
+    CONTRACT_ORDER,
     DEFAULT_RECORD,
     Bgr,
     Classes,
@@ -27,26 +28,34 @@ from calib.cli.options import (
     Source,
     Std,
     WeightsPath,
+    check_zoo_name,
     model_engine,
     refuse_int8,
 )
-from calib.cli.own import diagnose_own_model, is_own, own_request
+from calib.cli.own import contract_options, diagnose_own_model, is_own, own_request
 from calib.core.errors import OptionError
+from calib.core.kinds import readers_text
 from calib.core.spec import Preset
+
+ZOO = "Zoo models and --calib sets only: "
 
 
 def diagnose_cmd(
-    model: Annotated[str, typer.Option(help="Zoo name (trained weights), an FP32 .xml, or your own model file "
-                                            "(ONNX, IR, TorchScript, .pt2) with its contract and --source.")],
-    calib: Annotated[list[Path] | None, typer.Option(help="Calibration set folder; repeat the option to compare "
-                                                          "sets (your own model: --source makes one).")] = None,
+    model: Annotated[str, typer.Option(help="Zoo name (trained weights), an FP32 .xml with --calib, or your own "
+                                            "model file with its contract and --source, every kind through NNCF: "
+                                            f"{readers_text('diagnose')}.")],
+    calib: Annotated[list[Path] | None, typer.Option(help=ZOO + "calibration set folder; repeat the option to "
+                                                          "compare sets (your own model: --source makes one).")]
+    = None,
     reference: Annotated[str, typer.Option(help="Images the ranges are judged on: 'validation' (held out from "
                                                 "train; your own model: ROOT/val or a cut of ROOT/train of "
                                                 "--data-dir), a set folder, or (your own model) any folder of "
                                                 "images; never the test split.")] = "validation",
-    subset_size: Annotated[int | None, typer.Option(min=1, help="Calibration images (default: all).")] = None,
-    preset: Annotated[Preset, typer.Option()] = Preset.performance,
-    fast_bias_correction: Annotated[bool, typer.Option("--fast-bias-correction/--no-fast-bias-correction")] = True,
+    subset_size: Annotated[int | None, typer.Option(min=1, help=ZOO + "calibration images (default: all).")] = None,
+    preset: Annotated[Preset, typer.Option(help=ZOO + "activations symmetric (performance) or asymmetric "
+                                                "(mixed).")] = Preset.performance,
+    fast_bias_correction: Annotated[bool, typer.Option("--fast-bias-correction/--no-fast-bias-correction",
+                                                       help=ZOO + "NNCF's fast bias correction.")] = True,
     seed: Seed = 0,
     per_layer_accuracy: Annotated[int, typer.Option(min=0, help="Validation accuracy with each of the worst K "
                                                                 "quantizers removed (that input kept FP32); 0: off.")]
@@ -55,7 +64,8 @@ def diagnose_cmd(
     = "local-sqnr",  # RankBy.local_sqnr, named by value so that calib.core.diagnose loads only when used
     top: Annotated[int, typer.Option(min=1, help="Rows printed per set (files hold every layer).")] = 10,
     out: Annotated[Path | None, typer.Option(help="Output folder; default runs/diagnose/<model>-<digest of every "
-                                                  "option and set>.")] = None,
+                                                  "option and set> (your own model: own-<stem>-<kind>-openvino-"
+                                                  "<source>-<images>-s<seed>-<digest of the condition>).")] = None,
     overwrite: Overwrite = False,
     weights: WeightsPath = None,
     data_dir: DataDir = None,
@@ -81,12 +91,14 @@ def diagnose_cmd(
     zoo_only = {"--calib": calib, "--subset-size": subset_size, "--weights": weights,
                 "--preset": preset != Preset.performance, "--no-fast-bias-correction": not fast_bias_correction}
     if is_own(model, stated, zoo_only):
-        req = own_request(model, source, images, folder, contract, mean, std, input_size, bgr, raw_pixels, classes,
-                          "openvino", seed, data_dir)  # NNCF's quantizers are what diagnose reads
+        req = own_request(model, source, images, folder, contract,
+                          contract_options(mean, std, input_size, bgr, raw_pixels, classes), "openvino", seed,
+                          data_dir)  # NNCF's quantizers are what diagnose reads
         with spinner(f"diagnose {Path(model).name}, {images} {source} images"):
             r = diagnose_own_model(req, reference, per_layer_accuracy, rank_by, out, overwrite, record_path)
         _show(r, model, rank_by, top)
         return
+    check_zoo_name(model)
     if not calib:
         raise OptionError("give --calib SET (repeat it to compare sets), or, for your own model, --source")
     if model_engine(model, "openvino") != "openvino":
@@ -98,6 +110,9 @@ def diagnose_cmd(
                          overwrite=overwrite, subset_size=subset_size, preset=preset.value,
                          fast_bias_correction=fast_bias_correction, seed=seed, weights=weights, data_dir=data_dir)
     _show(r, model, rank_by, top)
+
+
+diagnose_cmd.__doc__ += "\n\n" + CONTRACT_ORDER
 
 
 def _show(r: dict, model: str, rank_by, top: int) -> None:

@@ -9,12 +9,25 @@ import typer
 
 from calib.core.errors import OptionError
 
-DataDir = Annotated[Path | None, typer.Option(help="CIFAR-10 image-folder root <root>/{train,test}/<class>/*; "
-                                                   "default $CALIB_CIFAR10_DIR, else torchvision's download.")]
-WeightsPath = Annotated[Path | None, typer.Option("--weights", help="Weight file; default: the first folder of "
-                                                                    "$CALIB_WEIGHTS_DIR (folders joined by os.pathsep, "
-                                                                    "earlier wins) that holds one, then the official "
-                                                                    "release (hash-checked).")]
+DataDir = Annotated[Path | None, typer.Option(help="Image-folder root <root>/{train,test}/<class>/*: CIFAR-10's "
+                                                   "for zoo models (default $CALIB_CIFAR10_DIR, else torchvision's "
+                                                   "download); your own model's classes for yours (test/ for "
+                                                   "accuracy; val/, else a cut of train/, for validation).")]
+
+
+def _weight_file(path: Path | None) -> Path | None:
+    """A weight card (JSON) is not a weight file: say which file it describes instead of PyTorch's refusal."""
+    if path is not None and path.suffix.lower() == ".json":
+        raise typer.BadParameter(f"{path} is a weight card (JSON); --weights takes the .pt weight file it "
+                                 "describes")
+    return path
+
+
+WeightsPath = Annotated[Path | None, typer.Option("--weights", callback=_weight_file,
+                                                  help="Zoo models only: weight file (.pt); default: the first "
+                                                       "folder of $CALIB_WEIGHTS_DIR (folders joined by os.pathsep, "
+                                                       "earlier wins) that holds one, then the official release "
+                                                       "(hash-checked).")]
 RecordPath = Annotated[Path, typer.Option("--record", help="JSON-lines file that gets one row per run.",
                                           envvar="CALIB_RECORDS")]
 DEFAULT_RECORD = Path("runs/records.jsonl")
@@ -33,6 +46,25 @@ def one_model(positional: str | None, option: str | None) -> str:
     if not model:
         raise OptionError("no model given: pass --model NAME (a zoo name or, where a file is read, its path)")
     return model
+
+
+def check_zoo_name(model: str) -> None:
+    """A --model that is no file calib reads must be a zoo name: refused in one line before any data is read."""
+    from calib.core.kinds import kind_of, refuse_text
+
+    if kind_of(model) is not None:
+        if not Path(model).is_file():
+            raise OptionError(f"--model {model}: no such file")
+        return
+    if Path(model).exists():
+        raise OptionError(refuse_text(model, "run"))
+    from calib.core.errors import CalibError
+    from calib.core.zoo import model_info
+
+    try:
+        model_info(model)
+    except CalibError as e:
+        raise OptionError(f"--model {model} is neither a model file nor a zoo name ({e})") from None
 
 
 def model_engine(model: str, engine: str | None, default: str = "openvino") -> str:
@@ -73,6 +105,9 @@ def refuse_int8(model: str) -> None:
 
 
 # Your own model: its input contract and the images --source makes (quantize and diagnose)
+CONTRACT_ORDER = ("Your own model's input contract is read in this order: the options --mean, --std, --input-size, "
+                  "--bgr, --raw-pixels, --classes (each overriding one field), a card (--contract, else "
+                  "<model>.calib.toml beside the file), the contract calib wrote into the file.")
 Source = Annotated[str | None, typer.Option(help="Your own model: make the calibration set at its input size from "
                                                  "noise, fractal, folder (--folder DIR), distylegan (32x32, resized) "
                                                  "or inversion (a .pt2 model's own BatchNorm statistics).")]
@@ -80,7 +115,10 @@ Images = Annotated[int, typer.Option(min=1, help="Your own model: calibration im
 Folder = Annotated[Path | None, typer.Option(help="--source folder: any folder of unlabeled images.")]
 ContractCard = Annotated[Path | None, typer.Option("--contract", help="Your own model: its input contract card "
                                                                       "(TOML); default <model>.calib.toml beside it, "
-                                                                      "else what the model file carries.")]
+                                                                      "else what the model file carries; "
+                                                                      "--mean, --std, --input-size, --bgr, "
+                                                                      "--raw-pixels and --classes override one "
+                                                                      "field each.")]
 Mean = Annotated[str | None, typer.Option(help="Your own model: mean per channel in its channel order, e.g. "
                                                "0.485,0.456,0.406.")]
 Std = Annotated[str | None, typer.Option(help="Your own model: std per channel, e.g. 0.229,0.224,0.225.")]

@@ -1,11 +1,16 @@
-"""Your own model (ONNX, IR, TorchScript or torch.export, with its input contract) in `calib quantize` and
-`calib diagnose`: every option checked into a `calib.core.own.OwnRequest`, then the core."""
+"""Your own model (any file kind of `calib.core.kinds`, with its input contract) in `calib quantize`, `evaluate`,
+`diagnose` and `benchmark files`: every option checked into the core's requests before any work.
+
+The contract is read the same way by every command (`calib.core.contract.find`): the options over a card (given
+with --contract, else `<model>.calib.toml` beside the file) over the contract calib wrote into the file; an
+option that changes a card's field says so on stderr and in the row.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from calib.cli.app import Format, emit, is_quiet, say
+from calib.cli.app import Format, emit, err_console, is_quiet, keep_log, say
 from calib.cli.options import refuse_int8
 from calib.core.errors import CalibError, OptionError
 
@@ -27,26 +32,57 @@ def _floats(text: str | None, option: str) -> list[float] | None:
         raise OptionError(f"{option} takes numbers separated by commas, not {text!r}") from None
 
 
-def is_own(model: str, stated: dict, zoo_only: dict) -> bool:
-    """Whether `--model` goes the own-model way: a contract or --source is `stated` (option -> value, None or
-    False where not given), or the file is PyTorch; then any `zoo_only` option given is refused in one line."""
-    from calib.core.foreign import TORCHSCRIPT_SUFFIXES
+def contract_options(mean: str | None, std: str | None, input_size: str | None, bgr: bool = False,
+                     raw_pixels: bool = False, classes: Path | None = None) -> dict:
+    """The contract fields the options give (field name -> value), only those given."""
+    from calib.core.contract import read_classes
 
-    own = any(v not in (None, False) for v in stated.values()) or Path(model).suffix.lower() in TORCHSCRIPT_SUFFIXES
+    out: dict = {}
+    if mean is not None:
+        out["mean"] = tuple(_floats(mean, "--mean"))
+    if std is not None:
+        out["std"] = tuple(_floats(std, "--std"))
+    if input_size is not None:
+        size = _floats(input_size.lower().replace("x", ","), "--input-size")
+        if not size or len(size) not in (1, 2) or any(v != int(v) or v < 1 for v in size):
+            raise OptionError(f"--input-size takes H or HxW in pixels, not {input_size!r}")
+        out["input_size"] = tuple(int(v) for v in size * (3 - len(size)))
+    if bgr:
+        out["channel_order"] = "BGR"
+    if raw_pixels:
+        out["scale"] = 1.0
+    if classes is not None:
+        out["classes"] = read_classes(classes)
+    return out
+
+
+def say_overrides(overrides) -> None:
+    """Each option that overrides a card's or a file's contract field, one line on stderr (not with -q)."""
+    if not is_quiet():
+        for line in overrides:
+            err_console.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)
+
+
+def is_own(model: str, stated: dict, zoo_only: dict) -> bool:
+    """Whether `--model` goes the own-model way: a contract option or --source is `stated` (option -> value, None
+    or False where not given), or the file is PyTorch; then any `zoo_only` option given is refused in one line."""
+    from calib.core.kinds import kind_of
+
+    own = any(v not in (None, False) for v in stated.values()) or kind_of(model) in ("torchscript", "export")
     given = [k for k, v in zoo_only.items() if v not in (None, False)]
     if own and given:
-        raise OptionError(f"{', '.join(given)} is not available with your own model's contract and --source; "
-                          "leave it out")
+        raise OptionError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for zoo models and --calib sets "
+                          "only, not with your own model's contract and --source; leave "
+                          f"{'it' if len(given) == 1 else 'them'} out")
     return own
 
 
 def own_request(model: str, source: str | None, images: int, folder: Path | None, card: Path | None,
-                mean: str | None, std: str | None, input_size: str | None, bgr: bool, raw_pixels: bool,
-                classes: Path | None, engine: str | None, seed: int, data_dir: Path | None, algo: str = "default",
+                options: dict, engine: str | None, seed: int, data_dir: Path | None, algo: str = "default",
                 max_drop: float | None = None):
-    """The `OwnRequest` the options describe, every one checked against the model file first (one line each)."""
+    """The `OwnRequest` the options describe, checked against the model file (one line each); the contract
+    found as every command finds it, an override said on stderr."""
     from calib.core import contract as C
-    from calib.core import foreign
     from calib.core.own import SOURCES, OwnRequest
 
     if source is None:
@@ -55,75 +91,64 @@ def own_request(model: str, source: str | None, images: int, folder: Path | None
         raise OptionError(f"--source {source} is not one for your own model; sources: {', '.join(SOURCES)}")
     if (folder is None) != (source != "folder"):
         raise OptionError("--folder DIR goes with --source folder, and only with it")
-    stated = None
-    if any(v is not None for v in (mean, std, input_size)) or bgr or raw_pixels or classes is not None:
-        size = _floats(input_size.replace("x", ","), "--input-size") if input_size else None
-        if size is not None and (len(size) not in (1, 2) or any(v != int(v) for v in size)):
-            raise OptionError(f"--input-size takes H or HxW in pixels, not {input_size!r}")
-        stated = C.from_options(_floats(mean, "--mean"), _floats(std, "--std"),
-                                [int(v) for v in size] if size else None, bgr=bgr,
-                                scale=1.0 if raw_pixels else 1 / 255, classes=classes)
     if not Path(model).is_file():
         raise OptionError(f"--model {model}: no such file (--source makes a set for your own model file; a zoo "
                           "model takes --calib SET)")
     refuse_int8(model)
     try:
-        the_contract = C.resolve(Path(model), stated, card)
-        checked = foreign.check(foreign.open_model(Path(model)), the_contract)
+        found = C.find(Path(model), options, card)
     except OptionError:
         raise
     except CalibError as e:
         raise OptionError(str(e)) from None
-    if engine not in (None, "openvino", "onnxruntime") or (engine == "onnxruntime" and checked.kind == "openvino"):
-        raise OptionError(f"--engine {engine} cannot quantize {model}; leave --engine out")
-    engine_name = engine or ("onnxruntime" if checked.kind == "onnx" else "openvino")
-    if algo != "default" and engine_name != "openvino":
-        raise OptionError(f"--algo {algo} is NNCF's (openvino); {model} goes to {engine_name}: pass --engine "
-                          "openvino")
-    if max_drop is not None and algo == "default":
-        raise OptionError("--max-drop goes with --algo accuracy-aware")
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise OptionError(f"--data-dir {data_dir}: no such folder")
-    if algo != "default" and data_dir is None:
-        raise OptionError("--algo accuracy-aware validates on your labeled images: give --data-dir ROOT with "
-                          "ROOT/val/<class>/* (or ROOT/train/<class>/*, cut by a seed)")
-    return OwnRequest(Path(model), the_contract, source, images, seed, engine_name, folder, data_dir, algo=algo,
-                      max_drop=max_drop)
+    return OwnRequest(Path(model), found.contract, source, images, seed, engine, folder, data_dir, algo=algo,
+                      max_drop=max_drop, contract_from=found.origin, overrides=found.overrides)
 
 
 def quantize_own_model(req, out: Path | None, overwrite: bool, record_path: Path, format: Format) -> None:
-    """`calib quantize` for your own model: `calib.core.own.quantize_own`, a failed run leaving no folder."""
-    import shutil
-
-    from calib.core.folders import claim
-    from calib.core.own import quantize_own
+    """`calib quantize` for your own model: every check (`calib.core.own.plan_own`) before the folder is
+    claimed, the folder named by the condition, a failed run leaving no folder and no row."""
+    from calib.core.folders import run_folder
+    from calib.core.own import own_folder, plan_own, quantize_own
     from calib.core.progress import progress
+    from calib.core.runs import record
 
-    algo = "" if req.algo == "default" else f"-{req.algo}"
-    name = f"own-{req.model.stem}-{req.engine}{algo}-{req.source}-{req.images}-s{req.seed}"
-    out = out or Path("runs/quantize") / name
-    made = not out.exists()  # a new folder is removed again if the run fails
-    claim(out, overwrite)
-    try:
-        with progress(f"quantize {req.model.name} ({req.engine}, {req.source})", None, is_quiet()):
-            row = quantize_own(req, out, record_path)
-    except BaseException:
-        if made:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    plan = plan_own(req)
+    say_overrides(req.overrides)
+    out = out or own_folder(req)
+    with run_folder(out, overwrite):
+        with progress(f"quantize {req.model.name} ({plan.engine}, {req.source})", None, is_quiet()):
+            row = quantize_own(req, out, plan=plan)
+    row = record(record_path, "quantize_own", row, seeds={"calibration": req.seed},
+                 inputs={"model_sha256": row["model_sha256"]})
+    keep_log(out)
 
     def text() -> None:
         c = req.contract
-        say(f"{req.model.name} INT8 ({req.engine}, {req.algo}, {req.images} {req.source} images at "
-            f"{c.input_size[0]}x{c.input_size[1]}, seed {req.seed}): {row['int8_path']}")
-        say(f"  contract: {c.describe()}")
+        shown = f"{row['images']} {req.source} images"
+        if row["images"] < req.images:
+            shown += f" (the folder holds {row['images']} of the {req.images} asked)"
+        say(f"{req.model.name} INT8 ({plan.engine}, {req.algo}, {shown} at {c.input_size[0]}x{c.input_size[1]}, "
+            f"seed {req.seed}): {row['int8_path']}")
+        say(f"  contract ({row['contract_from']}): {c.describe()}")
         aa = row["quantize"]
         if aa.get("aa_int8_validation_accuracy") is not None:
             say(f"  validation ({row['validation_images']} images, {row['validation_from']}): FP32 "
                 f"{aa['aa_fp32_validation_accuracy']:.4f}, INT8 {aa['aa_int8_validation_accuracy']:.4f}, "
                 f"{aa['aa_kept_fp32_count']} layers kept in FP32")
-        say(f"  size {row['fp32_bytes'] / 1e6:.2f} MB FP32 -> {row['int8_bytes'] / 1e6:.2f} MB INT8; "
-            f"{accuracy_text(row) if row['int8_accuracy'] is not None else 'no test data (--data-dir ROOT)'}")
+            if aa["aa_kept_fp32_count"] and aa["aa_kept_fp32_count"] == aa.get("aa_quantized_ops"):
+                say(f"  every quantized layer was kept in FP32, so the INT8 file is no smaller: one of "
+                    f"{row['validation_images']} validation images is {100 / row['validation_images']:.1f} "
+                    f"points, more than --max-drop allows; give more validation images or a larger --max-drop")
+        if row["int8_accuracy"] is not None:
+            tested = accuracy_text(row)
+        elif req.data_dir is None:
+            tested = "accuracy not measured (--data-dir ROOT with ROOT/test/<class>/* measures it)"
+        else:
+            tested = f"accuracy not measured: {req.data_dir} has no test/ folder (ROOT/test/<class>/*)"
+        given = "FP32" if not row["fp16_weights"] else "FP32 graph with FP16-compressed weights (as given)"
+        say(f"  size {row['fp32_bytes'] / 1e6:.2f} MB {given} -> {row['int8_bytes'] / 1e6:.2f} MB INT8; {tested}")
+        say(f"  everything: {Path(row['out']) / 'quantize.json'} (--format json prints it)")
 
     emit(row, format, text)
 
@@ -131,29 +156,31 @@ def quantize_own_model(req, out: Path | None, overwrite: bool, record_path: Path
 def diagnose_own_model(req, reference: str, per_layer_accuracy: int, rank_by, out: Path | None, overwrite: bool,
                        record_path: Path) -> dict:
     """`calib diagnose` for your own model: `calib.core.diagnose.diagnose_own` into `out` (default
-    runs/diagnose/own-<model>-<source>-<images>-s<seed>)."""
+    runs/diagnose/own-<stem>-<kind>-openvino-<source>-<images>-s<seed>-<digest of the condition>)."""
     from calib.core.diagnose import diagnose_own
-    from calib.core.folders import claim
+    from calib.core.own import own_folder, plan_own
 
-    out = out or Path("runs/diagnose") / f"own-{req.model.stem}-{req.source}-{req.images}-s{req.seed}"
-    claim(out, overwrite)
+    plan_own(req)
+    say_overrides(req.overrides)
+    extra = {"reference": str(reference), "per_layer_accuracy": per_layer_accuracy}
+    out = out or own_folder(req, Path("runs/diagnose"), extra)
     return diagnose_own(req, out, reference, per_layer_accuracy, rank_by, is_quiet(), record_path, overwrite)
 
 
-def own_contract(model: str, card: Path | None):
-    """The contract of a model file that states one (--contract, a card beside it, or calib's metadata inside
-    it); None for a zoo name or a file without one, which keep the CIFAR-10 path."""
-    from calib.core import contract as C
+def evaluate_own_model(model: str, options: dict, card: Path | None, data_dir: Path | None, batch: int,
+                       engine: str | None, record_path: Path, format: Format) -> bool:
+    """`calib evaluate` for a model file with a contract (False, doing nothing, for a zoo file without one:
+    it declares CIFAR-10's 3x32x32 input and 10 outputs itself)."""
+    from calib.core.own import evaluate_own, is_zoo_file, without_contract
+    from calib.core.progress import progress
 
-    try:
-        if card is not None:
-            return C.from_card(card)
-        if not Path(model).is_file():
-            return None
-        if C.card_path(Path(model)).is_file():
-            return C.from_card(C.card_path(Path(model)))
-        return C.read_from_model(Path(model))
-    except OptionError:
-        raise
-    except CalibError as e:
-        raise OptionError(str(e)) from None
+    file = without_contract(Path(model), options, card)
+    if file is not None and is_zoo_file(file):
+        return False
+    with progress(f"evaluate {Path(model).name}", None, is_quiet()):
+        row = evaluate_own(Path(model), data_dir, options, card, batch, engine, record_path)
+    say_overrides(row["contract_overrides"])
+    emit(row, format, lambda: say(f"{model}: accuracy {row['accuracy']:.4f} on {row['images']} test images "
+                                  f"({row['eval_fps']:.0f} images/s, engine {row['engine']}; contract from "
+                                  f"{row['contract_from']})"))
+    return True

@@ -5,7 +5,8 @@
 class names. It is validated when built, whatever it is built from: options (`from_options`), a small TOML card
 beside the model (`<model>.calib.toml`, `from_card`), or the model file itself where calib wrote it there
 (OpenVINO IR `rt_info`, ONNX `metadata_props`, key `calib_contract`; `read_from_model`, `write_to_ir`,
-`write_to_onnx`).
+`write_to_onnx`). `find` reads them in that order, options overriding single fields of a card or file contract.
+A mean or std in the other units than the pixel scale (0.485 with raw pixels, 123.7 with 1/255) is refused.
 
 `to_model_input` turns uint8 NHWC RGB images into the model's float32 NCHW input: resize to the input size
 (PIL bilinear, as torchvision's `Resize` does on PIL images), BGR swap, scale, normalize. `embed_preprocessing`
@@ -80,6 +81,13 @@ class InputContract:
             if len(set(classes)) != len(classes):
                 dup = sorted({c for c in classes if classes.count(c) > 1})
                 raise OptionError(f"contract class names repeat: {', '.join(dup)}")
+        if scale != 1.0 and max(max(mean), max(std)) > 1:
+            raise OptionError(f"mean {list(mean)} and std {list(std)} are in 0..255 pixel units but the pixel scale "
+                              "is 1/255: add --raw-pixels (a card: scale = 1), or state them in 0..1 units")
+        if scale == 1.0 and (0 < max(mean) <= 1 or max(std) < 1):
+            raise OptionError(f"mean {list(mean)} and std {list(std)} are in 0..1 units but the pixel scale is 1 "
+                              "(raw 0..255 pixels): leave --raw-pixels out (a card: no scale), or state them in "
+                              "0..255 units")
         for name, value in (("mean", mean), ("std", std), ("input_size", size), ("layout", layout),
                             ("channel_order", order), ("scale", 1 / 255 if scale != 1.0 else 1.0),
                             ("classes", classes)):
@@ -178,9 +186,13 @@ def read_from_model(path: Path) -> InputContract | None:
     path = Path(path)
     text = None
     if path.suffix == ".xml":
-        from calib.core.engines.openvino import read_model
+        import openvino as ov
 
-        model = read_model(path)
+        try:
+            model = ov.Core().read_model(str(path))
+        except RuntimeError as e:
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise CalibError(f"{path} is not a readable OpenVINO IR ({first[:200]})") from None
         if model.has_rt_info([META_KEY]):
             text = model.get_rt_info([META_KEY]).astype(str)
     elif path.suffix == ".onnx":
@@ -219,23 +231,69 @@ def write_to_onnx(path: Path, contract: InputContract) -> Path:
     return Path(path)
 
 
-def resolve(model: Path | None, stated: InputContract | None = None, card: Path | None = None) -> InputContract:
-    """The contract that applies to a model file: stated by options, else the given card, else the card beside
-    the model, else what the model file carries; one line when there is none."""
-    if stated is not None and card is not None:
-        raise OptionError("state the contract once: give --contract or --mean/--std/--input-size, not both")
-    if stated is not None:
-        return stated
+OPTION_FLAGS = {"mean": "--mean", "std": "--std", "input_size": "--input-size", "channel_order": "--bgr",
+                "scale": "--raw-pixels", "classes": "--classes"}
+NEEDED = ("mean", "std", "input_size")
+
+
+@dataclass(frozen=True)
+class Found:
+    """The contract that applies to a model file, where it came from (`origin`, in words), and the options that
+    override a field of the card or of the file's own contract (`overrides`, one line each)."""
+
+    contract: InputContract
+    origin: str
+    overrides: tuple[str, ...] = ()
+
+
+def _shown(name: str, value) -> str:
+    if name == "input_size":
+        return "x".join(str(v) for v in value)
+    if name == "scale":
+        return "1/255" if value != 1.0 else "1"
+    if isinstance(value, tuple | list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def missing_text(model: Path | None) -> str:
+    """How to state a contract, for the line that says there is none."""
+    beside = card_path(model).name if model else "<model>" + CARD_SUFFIX
+    return (f"pass --mean, --std and --input-size (with --bgr, --raw-pixels, --classes as they apply), or "
+            f"--contract CARD, or put {beside} beside the model")
+
+
+def find(model: Path | None, options: dict | None = None, card: Path | None = None) -> Found:
+    """The contract of a model file, read in this order: `options` (field name -> value, only those given) over
+    a card (`card`, else `<model>.calib.toml` beside the file), else over the contract calib wrote into the file;
+    with neither card nor file contract, the options alone, which then need mean, std and input size. Each option
+    that changes a card's or file's field is listed in `overrides`; one line when there is no contract."""
+    options = dict(options or {})
+    base, origin = None, "options"
     if card is not None:
-        return from_card(card)
-    if model is not None:
-        if card_path(model).is_file():
-            return from_card(card_path(model))
-        found = read_from_model(model)
-        if found is not None:
-            return found
-    raise OptionError(f"no input contract for {model}: give --contract CARD or --mean, --std and --input-size "
-                      f"(or put {card_path(model).name if model else '<model>' + CARD_SUFFIX} beside the model)")
+        base, origin = from_card(card), f"card {card}"
+    elif model is not None and card_path(model).is_file():
+        base, origin = from_card(card_path(model)), f"card {card_path(model)}"
+    elif model is not None and Path(model).is_file():
+        base = read_from_model(model)
+        origin = f"the contract inside {model}" if base is not None else origin
+    if base is None:
+        lacking = [OPTION_FLAGS[n] for n in NEEDED if n not in options]
+        if lacking:
+            given = [OPTION_FLAGS[n] for n in options]
+            what = f" (given {', '.join(given)}; missing {', '.join(lacking)})" if given else ""
+            raise OptionError(f"no input contract for {model or 'the model'}{what}: {missing_text(model)}")
+        return Found(InputContract(**options), origin)
+    flag = {n: OPTION_FLAGS[n] if n in ("channel_order", "scale") else f"{OPTION_FLAGS[n]} {_shown(n, v)}"
+            for n, v in options.items()}
+    overrides = tuple(f"{flag[n]} overrides {n.replace('_', ' ')} "
+                      f"{_shown(n, getattr(base, n))} of {origin}" for n, v in options.items()
+                      if _shown(n, v) != _shown(n, getattr(base, n)))
+    try:
+        merged = InputContract(**{**base.to_dict(), **options})
+    except OptionError as e:
+        raise OptionError(f"{e} (the options over {origin})") from None
+    return Found(merged, origin, overrides)
 
 
 def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -342,7 +342,8 @@ def add_layer_accuracy(rows: list[dict], q: dict, k: int, validation: LabeledIma
 
 # ---------------------------------------------------------------- tables and plots
 def ranked_table(rows: list[dict], top: int | None = None):
-    """A pandas table of one set's rows, worst first, percentages and dB rounded for reading."""
+    """A pandas table of one set's rows, worst first, percentages and dB rounded for reading, ranges to four
+    significant digits."""
     import pandas as pd
 
     df = pd.DataFrame(rows).sort_values("rank")
@@ -356,8 +357,10 @@ def ranked_table(rows: list[dict], top: int | None = None):
     df = df[[c for c in cols if c in df]].rename(columns=cols)
     for c in ("clipped %", "range used %"):
         df[c] = df[c] * 100
-    return df.round({"low": 3, "high": 3, "ref min": 3, "ref max": 3, "clipped %": 3, "range used %": 1,
-                     "local SQNR dB": 1, "SQNR dB": 1, "cosine": 4, "val acc, layer FP32": 4})
+    for c in ("low", "high", "ref min", "ref max"):  # four significant digits: a 1e-5 range never reads 0.0
+        df[c] = df[c].map(lambda v: float(f"{v:.4g}"))
+    return df.round({"clipped %": 3, "range used %": 1, "local SQNR dB": 1, "SQNR dB": 1, "cosine": 4,
+                     "val acc, layer FP32": 4})
 
 
 def _labels(df):
@@ -568,25 +571,25 @@ def diagnose_own(req, out: Path, reference: str | Path | None = None, per_layer_
     model inputs by its contract. Writes what `run_diagnose` writes; a failed run leaves no folder."""
     from calib.core.data import image_hashes
     from calib.core.folders import run_folder
-    from calib.core.own import quantize_own
+    from calib.core.own import plan_own, quantize_own
     from calib.core.runs import record, start_run
 
     if (req.engine or "openvino") != "openvino":
         raise OptionError("diagnose reads NNCF's FakeQuantize nodes from the OpenVINO IR: leave --engine out")
     tree = req.tree()  # read once, for the reference, per-layer accuracy and the quantization alike
+    plan = plan_own(req, tree)  # every check before the run folder
     ref = own_reference(reference, req.contract, tree)
     validation = None
     if per_layer_accuracy:
         if tree is None:
             raise OptionError("--per-layer-accuracy needs labeled validation images: give --data-dir ROOT")
         validation = tree.validation("--per-layer-accuracy needs labeled validation images")
-    options = {"own": {k: str(v) if isinstance(v, Path) else v for k, v in req.__dict__.items() if k != "contract"},
-               "contract": req.contract.to_dict(), "reference": str(reference or "validation"),
+    options = {"own": req.options(), "contract": req.contract.to_dict(), "reference": str(reference or "validation"),
                "per_layer_accuracy": per_layer_accuracy, "rank_by": RankBy(rank_by)}
     with run_folder(out, overwrite):
         start_run(out, options, seeds={"calibration": req.seed},
                   inputs={"reference_images": len(ref), "reference_sha256": _images_digest(image_hashes(ref.images))})
-        q = quantize_own(req, out / "quantize", tree=tree)
+        q = quantize_own(req, out / "quantize", tree=tree, plan=plan)
         rows = measure_quantizers(q["fp32_path"], q["int8_path"], ref, quiet=quiet, contract=req.contract)
         name = f"{req.source}-{req.images}-s{req.seed}"
         info = {"model": str(req.model), "source": req.source, "set": name, "images": req.images, "seed": req.seed,

@@ -1,14 +1,17 @@
-"""Your own classifier: a model file, its `InputContract`, and (optionally) your own labeled image folder.
+"""Your own classifier: a model file of any kind (`calib.core.kinds`), its `InputContract`, and (optionally) your
+own labeled image folder.
 
-`Tree` reads an image-folder tree `<root>/{train,val,test}/<class>/*` with the contract's class names (any
-image size; resized by the contract), each part once and only when asked: train is cut by
-`calib.core.data.train_split_indices` into a calibration pool and a validation split that never overlap (unless
-val/ exists), test is for the final accuracy only. `make_images` makes
-calibration images at the model's input size from `noise`, `fractal`, `folder` (any unlabeled folder, refused
-where it holds a test or validation image of the tree in use) or `distylegan` (its 32x32 CIFAR-10 images,
-resized); `invert` makes them from the model's own BatchNorm statistics (source `inversion`). `quantize_own`
-goes from "my model, no data" to an INT8 model in one call, evaluating where a tree is given; its row and
-manifest carry the contract.
+`open_own` reads a file and the contract that applies to it as every command does (`calib.core.contract.find`)
+and checks one against the other; `pick_engine` chooses the engine for its kind and use. `Tree` reads an
+image-folder tree `<root>/{train,val,test}/<class>/*` with the contract's class names (any image size; resized by
+the contract), each part once and only when asked: train is cut by `calib.core.data.train_split_indices` into a
+calibration pool and a validation split that never overlap (unless val/ exists), test is for the final accuracy
+only. `make_images` draws calibration images from the source registry (`calib.core.sources`: the same `noise`,
+`fractal` and `distylegan` functions the zoo uses, at the contract's size and normalization) or from a folder
+(refused where it holds a test or validation image of the tree in use); `invert` makes them from the model's
+own BatchNorm statistics with the inversion source's optimizer (source `inversion`). `quantize_own` goes from
+"my model, no data" to an INT8 model in one call, `evaluate_own` and `benchmark_own_files` run any file through
+the one evaluator (`calib.core.evaluate`) and the one timing protocol; rows carry the contract and its origin.
 """
 
 from __future__ import annotations
@@ -18,12 +21,19 @@ import time
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calib.core.contract import InputContract, resize
+from calib.core import contract as C
+from calib.core import foreign, kinds
+from calib.core.contract import Found, InputContract
 from calib.core.data import LabeledImages, SplitConfig, image_hashes, train_split_indices
 from calib.core.errors import CalibError, OptionError
+from calib.core.foreign import ForeignModel
+
+if TYPE_CHECKING:
+    from calib.core.spec import QuantizeSpec
 
 SOURCES = ("noise", "fractal", "folder", "distylegan", "inversion")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -40,7 +50,7 @@ def _read_images(paths: list[Path], contract: InputContract) -> np.ndarray:
                 arr = np.asarray(im.convert("RGB"))
         except OSError as e:
             raise CalibError(f"{path} is not a readable image ({e})") from None
-        out[i] = resize(arr[None], contract.input_size)[0]
+        out[i] = C.resize(arr[None], contract.input_size)[0]
     return out
 
 
@@ -133,58 +143,103 @@ class Tree:
         return test in (Path(folder).resolve(), *Path(folder).resolve().parents)
 
 
-def _noise(n: int, seed: int, contract: InputContract) -> np.ndarray:
-    """N(0, 1) per pixel in the model's normalized input space, de-normalized to uint8 RGB."""
-    from calib.core.sources import image_seed
-
-    h, w = contract.input_size
-    x = np.stack([np.random.default_rng(image_seed(seed, i)).standard_normal((h, w, 3)) for i in range(n)])
-    mean, std = np.asarray(contract.mean), np.asarray(contract.std)
-    if contract.bgr:
-        mean, std = mean[::-1], std[::-1]
-    pixels = (x * std + mean) * (255.0 if contract.scale != 1.0 else 1.0)
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+def is_zoo_file(model: ForeignModel) -> bool:
+    """Whether a file without a contract is taken as a zoo model's (CIFAR-10's contract): it declares the zoo's
+    3x32x32 input itself and 10 outputs (or, a PyTorch archive, none yet known)."""
+    return model.input_shape == (3, 32, 32) and model.classes in (10, None)
 
 
-def _fractal(n: int, seed: int, contract: InputContract, variants: int = 25) -> np.ndarray:
-    """The fractal source's iterated function systems rendered at the model's input size."""
-    from calib.core.sources import image_seed
-    from calib.core.sources.fractal import random_system, render
+def without_contract(path: Path, options: dict | None = None, card: Path | None = None) -> ForeignModel | None:
+    """The model file where nothing states a contract for it (no option, no card, none written inside), else None;
+    `is_zoo_file` then says whether it is taken as a zoo model's."""
+    if options or card is not None or C.card_path(Path(path)).is_file():
+        return None
+    try:
+        file = foreign.open_model(Path(path))
+        return file if C.read_from_model(Path(path)) is None else None
+    except CalibError as e:
+        raise OptionError(str(e)) from None
 
-    h, w = contract.input_size
-    systems: dict[int, tuple] = {}
-    out = np.empty((n, h, w, 3), np.uint8)
-    for i in range(n):
-        k = i // variants
-        if k not in systems:
-            systems[k] = random_system(np.random.default_rng([seed, 1, k]), 0.2)
-        A, b, p = systems[k]
-        img = render(A, b, p, np.random.default_rng(image_seed(seed, i)), size=max(h, w))
-        out[i] = resize(img[None], (h, w))[0]
-    return out
+
+@dataclass(frozen=True)
+class OwnModel:
+    """A model file with the contract that applies to it (`calib.core.contract.find`: options over a card over
+    the file's own), checked against what the file declares (`calib.core.foreign.check`)."""
+
+    file: ForeignModel
+    found: Found
+
+    @property
+    def contract(self) -> InputContract:
+        return self.found.contract
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+    def facts(self) -> dict:
+        """What rows record about the model and its contract."""
+        return {"model_kind": self.file.kind, "input_name": self.file.input_name, "model_batch": self.file.batch,
+                "fp16_weights": self.file.fp16_weights,
+                "classes": self.file.classes, "contract": self.contract.to_dict(), "contract_from": self.found.origin,
+                "contract_overrides": list(self.found.overrides)}
+
+
+def open_own(path: Path, options: dict | None = None, card: Path | None = None) -> OwnModel:
+    """The model file, its contract and their agreement, each problem one line (an `OptionError`: refused before
+    any work)."""
+    try:
+        file = foreign.open_model(Path(path))
+        found = C.find(Path(path), options, card)
+        return OwnModel(foreign.check(file, found.contract), found)
+    except OptionError:
+        raise
+    except CalibError as e:
+        raise OptionError(str(e)) from None
+
+
+def pick_engine(model: ForeignModel, engine: str | None, use: str) -> str:
+    """The engine for a file in a use of `calib.core.kinds.READERS`: `engine` if it reads this kind there, else
+    the kind's default; one line naming the engines that do."""
+    readers = kinds.READERS[use][model.kind]
+    if engine is None:
+        return readers[0]
+    if engine not in readers:
+        raise OptionError(f"--engine {engine} does not read {model.path} ({kinds.NAMES[model.kind]}) here; "
+                          f"{' or '.join(readers)} does: leave --engine out or pass --engine {readers[0]}")
+    return engine
+
+
+def runnable(own: OwnModel, engine: str):
+    """What `engine` runs for the file: an `ov.Model` (OpenVINO reads or converts the file in memory, at the
+    contract's input size), else the file itself."""
+    return foreign.to_ov_model(own.file, own.contract) if engine == "openvino" else own.path
+
+
+def _interleaved(labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the first `n` images taking every class folder in turn."""
+    per_class = int(np.bincount(labels).max())
+    return np.argsort(np.arange(len(labels)) % per_class, kind="stable")[:n]
 
 
 def make_images(source: str, n: int, seed: int, contract: InputContract, folder: Path | None = None,
                 tree: Tree | None = None) -> np.ndarray:
-    """`n` calibration images (uint8 NHWC RGB at the contract's size) from `source`; a `folder` image whose
-    pixels equal a test or validation image of `tree` is refused, as is a folder inside its test/."""
+    """`n` calibration images (uint8 NHWC RGB at the contract's size) from `source`: the registry's own source
+    (`calib.core.sources`) at the contract's size and normalization, every class folder in turn; or a `folder`
+    (at most `n` of its images, seeded), whose image equal to a test or validation image of `tree` is refused,
+    as is a folder inside its test/."""
     if source not in SOURCES:
         raise OptionError(f"--source {source} is not one for your own model; sources: {', '.join(SOURCES)}")
     if n < 1:
         raise OptionError(f"--images must be at least 1, not {n}")
     if source == "inversion":
         raise OptionError("--source inversion inverts the model itself: quantize_own does that (own.invert)")
-    if source == "noise":
-        return _noise(n, seed, contract)
-    if source == "fractal":
-        return _fractal(n, seed, contract)
-    if source == "distylegan":  # CIFAR-10 content at 32x32, resized to the model's input size
-        from calib.core.sources import generate
+    if source != "folder":
+        from calib.core.sources import generate, source_info
 
-        per_class = -(-n // 10)
-        g = generate("distylegan", per_class, seed)
-        interleaved = np.argsort(np.arange(len(g.labels)) % per_class, kind="stable")[:n]  # every class in turn
-        return resize(g.images[interleaved], contract.input_size)
+        takes = {"contract": contract} if "contract" in source_info(source).options else {}
+        g = generate(source, -(-n // 10), seed, **takes)
+        return C.resize(g.images[_interleaved(g.labels, n)], contract.input_size)
     if folder is None:
         raise OptionError("--source folder needs --folder DIR (any folder of unlabeled images)")
     folder = Path(folder).resolve()
@@ -207,7 +262,8 @@ def make_images(source: str, n: int, seed: int, contract: InputContract, folder:
 
 @dataclass(frozen=True)
 class OwnRequest:
-    """One quantization of your own model; `engine` None: openvino, or onnxruntime for an .onnx file."""
+    """One quantization of your own model; `engine` None: the file kind's default (`calib.core.kinds`).
+    `contract_from` and `overrides` say where the contract came from (`calib.core.contract.Found`)."""
 
     model: Path
     contract: InputContract
@@ -220,6 +276,8 @@ class OwnRequest:
     validation_per_class: int = 100
     algo: str = "default"  # or accuracy-aware: validated on the tree's validation split (`Tree`)
     max_drop: float | None = None
+    contract_from: str = "options"
+    overrides: tuple[str, ...] = ()
 
     def tree(self) -> Tree | None:
         """`data_dir` as a `Tree`, its train/ cut with `validation_per_class`; None without one."""
@@ -228,79 +286,154 @@ class OwnRequest:
         split = replace(SplitConfig(), validation_per_class=self.validation_per_class)
         return Tree(Path(self.data_dir), self.contract, split)
 
+    def options(self) -> dict:
+        """Every field as JSON-able values, the contract as its dict."""
+        return {**{k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items() if k != "contract"},
+                "overrides": list(self.overrides), "contract": self.contract.to_dict()}
 
-def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None, tree: Tree | None = None) -> dict:
-    """Check the model against its contract, make the calibration set at its input size, quantize, and measure
-    FP32 and INT8 test accuracy where `data_dir` has a test/ folder (`tree`: `req.tree()`, passed in where a
-    caller has read parts of it already). Writes `options.json`, `manifest.json`, the FP32 and INT8 files and
-    `quantize.json` under `out`; returns the row (also appended to `record_path`)."""
-    from calib.core import foreign, runs
-    from calib.core.contract import to_model_input
-    from calib.core.engines import get_engine
+
+@dataclass(frozen=True)
+class OwnPlan:
+    """A request checked against its model file before any work: the file, the engine, the spec, the tree and,
+    for inversion, the module to invert."""
+
+    model: ForeignModel
+    engine: str
+    spec: QuantizeSpec
+    tree: Tree | None
+    validation: LabeledImages | None
+    module: Any = None
+
+
+def plan_own(req: OwnRequest, tree: Tree | None = None) -> OwnPlan:
+    """Every check of a request that needs no calibration image, in one line each (an `OptionError`), so that a
+    refused request makes no folder and no row: the file against its contract, the engine for its kind, the
+    quantization options, inversion's needs, and the tree's validation and held-out images where a step uses
+    them."""
     from calib.core.spec import QuantizeSpec
 
-    model = foreign.check(foreign.open_model(req.model), req.contract)
+    try:
+        model = foreign.check(foreign.open_model(req.model), req.contract)
+    except OptionError:
+        raise
+    except CalibError as e:
+        raise OptionError(str(e)) from None
+    if req.source not in SOURCES:
+        raise OptionError(f"--source {req.source} is not one for your own model; sources: {', '.join(SOURCES)}")
+    if req.images < 1:
+        raise OptionError(f"--images must be at least 1, not {req.images}")
+    if (req.folder is None) != (req.source != "folder"):
+        raise OptionError("--folder DIR goes with --source folder, and only with it")
+    if req.folder is not None and not Path(req.folder).is_dir():
+        raise OptionError(f"--folder {req.folder}: no such folder")
+    engine = pick_engine(model, req.engine, "quantize")
+    if model.batch not in (None, 1):
+        raise OptionError(f"{req.model} takes batch {model.batch} only; calib calibrates with batch 1: export it "
+                          "with batch 1 or a dynamic batch")
+    if req.algo != "default" and engine != "openvino":
+        raise OptionError(f"--algo {req.algo} is NNCF's (openvino); {req.model} goes to {engine}: pass --engine "
+                          "openvino")
+    if req.max_drop is not None and req.algo == "default":
+        raise OptionError("--max-drop goes with --algo accuracy-aware")
+    if req.data_dir is not None and not Path(req.data_dir).is_dir():
+        raise OptionError(f"--data-dir {req.data_dir}: no such folder")
+    spec = QuantizeSpec(str(req.model), Path("."), engine=engine, seed=req.seed, algo=req.algo,
+                        max_drop=req.max_drop)  # checks the options against the engine
     module = None
-    if req.source == "inversion":  # refused before the run folder exists
+    if req.source == "inversion":
         if model.kind not in ("torchscript", "export"):
             raise OptionError(f"--source inversion needs a PyTorch model (a torch.export .pt2 archive); "
-                              f"{req.model} is {model.kind}")
+                              f"{req.model} is {kinds.NAMES[model.kind]}")
         module = foreign.load_module(model)
         check_invertible(module)
-    engine_name = req.engine or ("onnxruntime" if model.kind == "onnx" else "openvino")
-    if engine_name == "onnxruntime" and model.kind == "openvino":
-        raise OptionError(f"{req.model} is an OpenVINO IR; quantize it with the openvino engine")
-    engine = get_engine(engine_name)
-    spec = QuantizeSpec(str(req.model), out, engine=engine_name, seed=req.seed, algo=req.algo,  # checks options
-                        max_drop=req.max_drop)
     tree = tree or req.tree()
     validation = None
-    if req.algo != "default":
-        if tree is None:
-            raise OptionError("--algo accuracy-aware validates on your labeled images: give --data-dir ROOT with "
-                              "ROOT/val/<class>/* (or ROOT/train/<class>/*, cut by a seed)")
-        validation = tree.validation("accuracy-aware quantization needs validation images")
-    if req.source == "folder" and tree is not None:
-        _ = tree.heldout  # read, and a tree whose validation and test clash refused, before the run folder exists
-    options = {**{k: str(v) if isinstance(v, Path) else v for k, v in req.__dict__.items() if k != "contract"},
-               "engine": engine_name, "contract": req.contract.to_dict()}
-    runs.start_run(out, options, seeds={"calibration": req.seed},
-                   inputs={"model_sha256": runs.sha256_file(Path(req.model))})
+    try:
+        if req.algo != "default":
+            if tree is None:
+                raise OptionError("--algo accuracy-aware validates on your labeled images: give --data-dir ROOT with "
+                                  "ROOT/val/<class>/* (or ROOT/train/<class>/*, cut by a seed)")
+            validation = tree.validation("accuracy-aware quantization needs validation images")
+        if req.source == "folder" and tree is not None:
+            _ = tree.heldout  # read, and a tree whose validation and test clash refused
+        if tree is not None:
+            _ = tree.test
+    except OptionError:
+        raise
+    except CalibError as e:
+        raise OptionError(str(e)) from None
+    return OwnPlan(model, engine, spec, tree, validation, module)
+
+
+def own_folder(req: OwnRequest, root: Path = Path("runs/quantize"), extra: dict | None = None) -> Path:
+    """`<root>/own-<stem>-<kind>-<engine>[-<algo>]-<source>-<images>-s<seed>-<digest>`: the main conditions
+    readable, and a digest of the model file's content, the contract, every option and `extra` (another
+    command's own options), so that two conditions (another file of the same stem, another mean) never share a
+    folder."""
+    from calib.core.folders import name_digest
+    from calib.core.runs import file_sha256
+
+    kind = kinds.kind_of(req.model) or "file"
+    engine = req.engine or kinds.READERS["quantize"].get(kind, ("openvino",))[0]
+    algo = "" if req.algo == "default" else f"-{req.algo}"
+    condition = {**req.options(), "model": file_sha256(Path(req.model)), "engine": engine, **(extra or {})}
+    condition.pop("contract_from"), condition.pop("overrides")
+    return root / (f"own-{Path(req.model).stem}-{kind}-{engine}{algo}-{req.source}-{req.images}-s{req.seed}-"
+                   f"{name_digest(condition, 8)}")
+
+
+def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None, tree: Tree | None = None,
+                 plan: OwnPlan | None = None) -> dict:
+    """Check the request (`plan_own`, unless `plan` is given), make the calibration set at the model's input size,
+    quantize, and measure FP32 and INT8 test accuracy through `calib.core.evaluate` where the tree has a test/
+    folder. Writes `options.json`, `manifest.json`, the FP32 and INT8 files and `quantize.json` under `out`;
+    returns the row, also appended to `record_path` once everything is written."""
+    from calib.core import runs
+    from calib.core.engines import get_engine
+    from calib.core.evaluate import evaluate
+    from calib.core.speed import model_size_bytes
+
+    plan = plan or plan_own(req, tree)
+    model, tree, validation = plan.model, plan.tree, plan.validation
+    engine = get_engine(plan.engine)
+    model_sha = runs.file_sha256(Path(req.model))
+    runs.start_run(out, req.options() | {"engine": plan.engine}, seeds={"calibration": req.seed},
+                   inputs={"model_sha256": model_sha})
     manifest = json.loads((out / "manifest.json").read_text())
     runs.atomic_write_json(out / "manifest.json", {**manifest, "contract": req.contract.to_dict()})
     t0 = time.perf_counter()
-    fp32 = (foreign.to_onnx if engine_name == "onnxruntime" else foreign.to_ir)(
+    fp32 = (foreign.to_onnx if plan.engine == "onnxruntime" else foreign.to_ir)(
         model, req.contract, out / f"fp32{engine.suffix}")
     inverted: dict = {}
     if req.source == "inversion":
-        images, inverted = invert(module, req.contract, req.images, req.seed)
+        images, inverted = invert(plan.module, req.contract, req.images, req.seed)
     else:
         images = make_images(req.source, req.images, req.seed, req.contract, req.folder, tree)
-    x = to_model_input(images, req.contract)
-    int8, params = engine.quantize(fp32, [x[i : i + 1] for i in range(len(x))], spec, out / "int8", validation,
+    x = C.to_model_input(images, req.contract)
+    int8, params = engine.quantize(fp32, [x[i : i + 1] for i in range(len(x))], plan.spec, out, validation,
                                    req.contract)
-    row: dict = {"model": str(req.model), "model_kind": model.kind, "engine": engine_name, "source": req.source,
-                 "images": len(images), "seed": req.seed, "classes": model.classes, "fp32_path": str(fp32),
-                 "int8_path": str(int8), "fp32_bytes": fp32.with_suffix(".bin").stat().st_size
-                 if fp32.suffix == ".xml" else fp32.stat().st_size,
-                 "int8_bytes": int8.with_suffix(".bin").stat().st_size if int8.suffix == ".xml"
-                 else int8.stat().st_size, "contract": req.contract.to_dict(), "quantize": params,
-                 "inversion": inverted or None,
+    own = OwnModel(model, C.Found(req.contract, req.contract_from, req.overrides))
+    row: dict = {"model": str(req.model), "model_sha256": model_sha, **own.facts(), "engine": plan.engine,
+                 "source": req.source, "images": len(images), "images_asked": req.images, "seed": req.seed,
+                 "fp32_path": str(fp32), "int8_path": str(int8), "fp32_bytes": model_size_bytes(fp32),
+                 "int8_bytes": model_size_bytes(int8), "quantize": params, "inversion": inverted or None,
                  "algo": req.algo, "validation_images": len(validation) if validation is not None else 0,
                  "validation_from": tree.validation_from if validation is not None else None,
-                 "fp32_accuracy": None, "int8_accuracy": None, "int8_agreement": None, "test_images": 0}
+                 "fp32_accuracy": None, "int8_accuracy": None, "int8_agreement": None, "test_images": 0,
+                 "test": None}
     if tree is not None and tree.test is not None:
-        test = tree.test
-        xt = to_model_input(test.images, req.contract)
-        p32, _ = engine.predict(fp32, xt)
-        p8, _ = engine.predict(int8, xt)
-        row |= {"fp32_accuracy": float((p32 == test.labels).mean()), "int8_accuracy": float((p8 == test.labels).mean()),
-                "int8_agreement": float((p32 == p8).mean()), "test_images": len(test.labels)}
+        batch = model.batch or 50  # a file fixed to one batch runs at it
+        p32 = evaluate(fp32, tree.test, batch, contract=req.contract)
+        p8 = evaluate(int8, tree.test, batch, contract=req.contract)
+        row |= {"fp32_accuracy": p32["accuracy"], "int8_accuracy": p8["accuracy"],
+                "int8_agreement": float((p32["predictions"] == p8["predictions"]).mean()),
+                "test_images": p32["test_images"], "test": str(tree.root / "test")}
     row["seconds"] = round(time.perf_counter() - t0, 2)
+    row["out"] = str(out)
     runs.atomic_write_json(out / "quantize.json", row)
     if record_path is not None:
         row = runs.record(record_path, "quantize_own", row, seeds={"calibration": req.seed},
-                          inputs={"model_sha256": runs.sha256_file(Path(req.model))})
+                          inputs={"model_sha256": model_sha})
     return row
 
 
@@ -362,21 +495,70 @@ def invert(module, contract: InputContract, n: int, seed: int, iterations: int =
                                  "iterations": iterations, "batch_size": batch_size, "lr": lr}
 
 
-def evaluate_own(model: Path, contract: InputContract, data_dir: Path, batch: int = 50,
-                 record_path: Path | None = None) -> dict:
-    """Top-1 of an engine's model file (.xml or .onnx, FP32 or INT8) on `<data_dir>/test` read under its
-    contract; the row carries the contract."""
-    from calib.core import foreign, runs
-    from calib.core.contract import to_model_input
-    from calib.core.engines import engine_for_file
+def evaluate_own(model: Path, data_dir: Path | None, options: dict | None = None, card: Path | None = None,
+                 batch: int = 50, engine: str | None = None, record_path: Path | None = None) -> dict:
+    """Top-1 of a model file of any kind (FP32 or INT8) on `<data_dir>/test` read under its contract
+    (`open_own`), through `calib.core.evaluate` with the engine that runs its kind; the row carries the
+    contract and where it came from."""
+    from calib.core import runs
+    from calib.core.engines import get_engine
+    from calib.core.evaluate import evaluate
 
-    checked = foreign.check(foreign.open_model(Path(model)), contract)
-    engine = engine_for_file(model)
-    test = read_labeled(Path(data_dir) / "test", contract, "test")
-    preds, fps = engine.predict(model, to_model_input(test.images, contract), batch)
-    row = {"model": str(model), "engine": engine.name, "accuracy": float((preds == test.labels).mean()),
-           "images": len(test.labels), "eval_fps": fps, "classes": checked.classes,
-           "test": str(Path(data_dir) / "test"), "contract": contract.to_dict()}
+    own = open_own(Path(model), options, card)
+    engine_name = pick_engine(own.file, engine, "run")
+    if data_dir is None:
+        raise OptionError("your own model is evaluated on --data-dir ROOT (ROOT/test/<class>/*, your class folders)")
+    if not (Path(data_dir) / "test").is_dir():
+        raise OptionError(f"--data-dir {data_dir} has no test/ folder: evaluate reads ROOT/test/<class>/*")
+    try:
+        test = read_labeled(Path(data_dir) / "test", own.contract, "test")
+    except CalibError as e:
+        raise OptionError(str(e)) from None
+    result = evaluate(runnable(own, engine_name), test, own.file.batch or batch, get_engine(engine_name),
+                      own.contract)
+    result.pop("predictions")
+    row = {"model": str(model), **result, **own.facts(), "test": str(Path(data_dir) / "test")}
     if record_path is not None:
         row = runs.record(record_path, "evaluate", row, inputs={"test": row["test"]})
     return row
+
+
+def benchmark_own_files(paths: list[Path], protocol, options: dict | None = None, card: Path | None = None,
+                        engine: str | None = None, record_path: Path | None = None, quiet: bool = False) -> list[dict]:
+    """Speed of model files of any kind under one protocol, each at its own input size: the size the file
+    declares, else its contract's (`calib.core.contract.find`). Every file is opened, its contract found and
+    its engine chosen before the first is timed, so a refused file leaves no row; `vs_first` is each throughput
+    over the first file's."""
+    from dataclasses import asdict
+
+    from calib.core import runs
+    from calib.core.engines import get_engine
+    from calib.core.progress import track
+    from calib.core.speed import model_size_bytes, speed_fields, time_model
+
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise OptionError(f"no such model file: {', '.join(missing)}")
+    ready = []
+    for path in paths:
+        file = without_contract(Path(path), options, card)
+        if file is not None and file.declares_input and file.kind in ("openvino", "onnx"):
+            found, name, model, shape = None, pick_engine(file, engine, "run"), path, file.input_shape  # all it needs
+        else:
+            own = open_own(Path(path), options, card)
+            found, name, file = own.found, pick_engine(own.file, engine, "run"), own.file
+            model, shape = runnable(own, name), own.contract.shape
+        if file.batch not in (None, protocol.batch):
+            raise OptionError(f"{path} takes batch {file.batch} only; pass --batch {file.batch}")
+        ready.append((Path(path), file, found, name, model, shape))
+    rows: list[dict] = []
+    for path, file, found, name, model, shape in track(ready, "benchmark files", quiet=quiet):
+        timing = replace(protocol, input_shape=tuple(shape))
+        b = time_model(get_engine(name), model, timing)
+        row = {"file": str(path), "engine": name, "model_kind": file.kind, "input_shape": list(shape),
+               "bytes": model_size_bytes(path), **speed_fields("model", b), "protocol": asdict(timing),
+               "protocol_text": timing.describe(), "contract": found.contract.to_dict() if found else None,
+               "contract_from": found.origin if found else "the file's own input shape"}
+        row["vs_first"] = row["model_fps"] / rows[0]["model_fps"] if rows else 1.0
+        rows.append(runs.record(record_path, "benchmark_files", row) if record_path is not None else row)
+    return rows

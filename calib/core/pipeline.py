@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from calib.core.data import evaluation_split, final_test, load_split
+from calib.core.data import Evaluation, evaluation_split, final_test, load_split
 from calib.core.engines import Engine, get_engine, list_engines
 from calib.core.errors import CalibError
 from calib.core.evaluate import evaluate
@@ -53,17 +53,20 @@ def fp32_file(model: str, engine: Engine, out: Path, weights: Path | None = None
     return engine.export(load_model(model, path, pretrained=pretrained, fuse=fuse), out), info
 
 
-def quantize_with(spec: QuantizeSpec, cset: CalibrationSet, out: Path, fp32: Path | None = None) -> dict:
+def quantize_with(spec: QuantizeSpec, cset: CalibrationSet, out: Path, fp32: Path | None = None,
+                  split: Evaluation | None = None) -> dict:
     """Quantize `spec.model` with `cset` into `out`; returns paths, sizes, the parameters used and, for trained
     weights, which images validate and which test (`calib.core.data.Evaluation.facts`). `fp32`: the zoo
-    model's FP32 file for this engine, already exported (a study exports each model once)."""
+    model's FP32 file for this engine, already exported (a study exports each model once); `split`: the
+    validation and test images, already decided (a study decides them once per cell, in its driver)."""
     engine = get_engine(spec.engine)
     subset = select_calibration(cset, spec.subset_size, spec.seed, spec.data_dir)
     if _is_file(spec.model):
         weights, info = None, {"model": spec.model}
     else:
         weights, info = _weights_info(spec.model, spec.weights, spec.pretrained)
-    split = evaluation_split(spec.data_dir, weights) if spec.pretrained else None
+    if split is None and spec.pretrained:
+        split = evaluation_split(spec.data_dir, weights)
     if spec.algo == Algo.accuracy_aware and split is None:
         raise CalibError("accuracy-aware quantization needs trained weights (validation against random weights "
                          "means nothing)")

@@ -105,7 +105,7 @@ class QuantizeSpec:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
-        from calib.core.engines import get_engine
+        from calib.core.engines.registry import get_engine
 
         get_engine(self.engine).check_options(self)  # first: an option the engine lacks says so
         if self.algo == Algo.default:

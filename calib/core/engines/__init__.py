@@ -8,7 +8,12 @@ timing loop in `calib.core.speed`, so every engine is timed the same way:
   soon as one finishes), the cores shared among them;
 - latency: one synchronous batch-1 request at a time on all cores.
 
-Both: warm-up, then `repeats` runs of a fixed duration, median and spread; inputs are prepared first.
+Both: warm-up, then `repeats` runs of a fixed duration, median and spread; inputs are prepared first, at the
+protocol's `input_shape` where it gives one (a model whose file leaves its height and width open).
+
+The registry (`register_engine`, `get_engine`, `list_engines`, `engine_for_file`) lives in
+`calib.core.engines.registry`, which imports no engine, so that `calib.core.spec` can look engines up without
+importing them; it is re-exported here.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from calib.core.engines.registry import engine_for_file, get_engine, list_engines, register_engine
 from calib.core.errors import CalibError, OptionError
 
 if TYPE_CHECKING:
@@ -44,6 +50,7 @@ class Protocol:
     threads: int | None = None  # None: all cores
     batch: int = 1  # images per throughput request
     requests: int | None = None  # throughput requests in flight; None: one per thread
+    input_shape: tuple[int, int, int] | None = None  # (C, H, W) of the inputs; None: the model's own, else the zoo's
 
     @property
     def n_threads(self) -> int:
@@ -171,34 +178,8 @@ class Engine(ABC):
         return str(path).endswith(self.suffix)
 
 
-_ENGINES: dict[str, Engine] = {}
-
-
-def register_engine(cls: type[Engine]) -> type[Engine]:
-    """Register an engine class under its `name` (one instance, stateless)."""
-    _ENGINES[cls.name] = cls()
-    return cls
-
-
-def list_engines(int8: bool | None = None) -> list[str]:
-    """Registered engine names; `int8=True` only those that quantize, False only FP32 baselines."""
-    return [n for n, e in _ENGINES.items() if int8 is None or e.int8 == int8]
-
-
-def get_engine(name: str) -> Engine:
-    try:
-        return _ENGINES[name]
-    except KeyError:
-        raise CalibError(f"unknown engine {name!r}; known engines: {', '.join(_ENGINES)}") from None
-
-
-def engine_for_file(path: str | Path) -> Engine:
-    """The engine that reads a model file, by its suffix."""
-    for engine in _ENGINES.values():
-        if engine.owns(path):
-            return engine
-    known = ", ".join(f"{e.suffix} ({e.name})" for e in _ENGINES.values())
-    raise CalibError(f"no engine reads {path}; model files are {known}")
+__all__ = ["Engine", "Protocol", "Runner", "ThreadPoolRunner", "engine_for_file", "get_engine", "list_engines",
+           "random_input", "register_engine", "static_chw"]
 
 
 def random_input(batch: int, seed: int = 0, shape: tuple[int, ...] | None = None) -> np.ndarray:

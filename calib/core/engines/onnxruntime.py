@@ -16,8 +16,6 @@ ONNX Runtime has no async queue: throughput requests run on worker threads, one 
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calib.core.engines import Engine, Protocol, Runner, ThreadPoolRunner, random_input, register_engine, static_chw
+from calib.core.engines import Engine, Protocol, Runner, ThreadPoolRunner, random_input, static_chw
+from calib.core.engines.registry import register_engine
 from calib.core.errors import CalibError
 from calib.core.spec import option_value
 
@@ -104,11 +103,11 @@ def histogram_ranges(model: Path, items: list[np.ndarray], method, settings: dic
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     augmented = cache.with_name("augmented.onnx")
-    with contextlib.redirect_stdout(sys.stderr):  # its progress lines print to stdout, where rows go
-        calibrator = create_calibrator(model, None, augmented_model_path=str(augmented), calibrate_method=method,
-                                       extra_options=dict(settings))
-        calibrator.collect_data(ItemReader(items, input_name(model)))
-        save_tensors_data(calibrator.compute_data(), cache)
+    # its progress lines ("Collecting tensor data ...") print to stdout, which the CLI routes to the run's log
+    calibrator = create_calibrator(model, None, augmented_model_path=str(augmented), calibrate_method=method,
+                                   extra_options=dict(settings))
+    calibrator.collect_data(ItemReader(items, input_name(model)))
+    save_tensors_data(calibrator.compute_data(), cache)
     del calibrator
 
 
@@ -164,24 +163,30 @@ class OnnxRuntimeEngine(Engine):
         return int8, record
 
     def predict(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
+        """The last batch is zero-padded to `batch` rows (a file may take that batch only); padding is dropped."""
         sess = session(model)
         name = sess.get_inputs()[0].name
-        preds = np.empty(len(x), np.int64)
+        n = len(x)
+        padded = np.zeros((n + (-n) % batch, *x.shape[1:]), np.float32)
+        padded[:n] = x
+        preds = np.empty(len(padded), np.int64)
         t0 = time.perf_counter()
-        for s in range(0, len(x), batch):
-            preds[s : s + batch] = sess.run(None, {name: x[s : s + batch]})[0].argmax(1)
-        return preds, len(x) / (time.perf_counter() - t0)
+        for s in range(0, len(padded), batch):
+            preds[s : s + batch] = sess.run(None, {name: padded[s : s + batch]})[0].argmax(1)
+        return preds[:n], n / (time.perf_counter() - t0)
 
     def throughput_runner(self, model, protocol: Protocol) -> Runner:
         calls = []
         for i in range(protocol.n_requests):
             sess = session(model, protocol.threads_per_request)
-            feed = {sess.get_inputs()[0].name: random_input(protocol.batch, i, static_chw(sess.get_inputs()[0].shape))}
+            shape = protocol.input_shape or static_chw(sess.get_inputs()[0].shape)
+            feed = {sess.get_inputs()[0].name: random_input(protocol.batch, i, shape)}
             calls.append(lambda sess=sess, feed=feed: sess.run(None, feed))
         return ThreadPoolRunner(calls, {"sessions": protocol.n_requests,
                                         "threads_per_session": protocol.threads_per_request})
 
     def latency_step(self, model, protocol: Protocol) -> Callable[[], Any]:
         sess = session(model, protocol.n_threads)
-        feed = {sess.get_inputs()[0].name: random_input(1, 0, static_chw(sess.get_inputs()[0].shape))}
+        shape = protocol.input_shape or static_chw(sess.get_inputs()[0].shape)
+        feed = {sess.get_inputs()[0].name: random_input(1, 0, shape)}
         return lambda: sess.run(None, feed)

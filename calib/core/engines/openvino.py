@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calib.core.engines import IMAGE_SHAPE, Engine, Protocol, Runner, random_input, register_engine, static_chw
+from calib.core.engines import IMAGE_SHAPE, Engine, Protocol, Runner, random_input, static_chw
+from calib.core.engines.registry import register_engine
 from calib.core.errors import CalibError
 from calib.core.spec import option_value
 
@@ -56,13 +57,19 @@ def input_chw(model) -> tuple[int, ...]:
 
 
 def compile_model(model, precision: str = "f32", hint: str = "THROUGHPUT", batch: int | None = None,
-                  threads: int | None = None, streams: int | None = None):
-    """Compile an `ov.Model` or `.xml` for CPU; `batch` reshapes the input to a static batch first."""
+                  threads: int | None = None, streams: int | None = None, chw: tuple[int, ...] | None = None):
+    """Compile an `ov.Model` or `.xml` for CPU; `batch` reshapes the input to a static batch first, at `chw`
+    (C, H, W) where given (a model whose file leaves them open), else at the model's own."""
     import openvino as ov
 
     model = read_model(model)
     if batch is not None:
-        model.reshape({model.input(0).get_any_name(): [batch, *input_chw(model)]})
+        try:
+            model.reshape({model.input(0).get_any_name(): [batch, *(chw or input_chw(model))]})
+        except RuntimeError as e:
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise CalibError(f"the model does not take batch {batch} of {list(chw or input_chw(model))} "
+                             f"({first[:160]})") from None
     config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
@@ -367,13 +374,13 @@ class OpenVINOEngine(Engine):
 
     def throughput_runner(self, model, protocol: Protocol) -> Runner:
         compiled = compile_model(model, "f32", "THROUGHPUT", protocol.batch, protocol.n_threads,
-                                 protocol.n_requests)
+                                 protocol.n_requests, protocol.input_shape)
         return QueueRunner(compiled, protocol.n_requests, protocol.batch)
 
     def latency_step(self, model, protocol: Protocol) -> Callable[[], Any]:
         import openvino as ov
 
-        compiled = compile_model(model, "f32", "LATENCY", 1, protocol.n_threads)
+        compiled = compile_model(model, "f32", "LATENCY", 1, protocol.n_threads, chw=protocol.input_shape)
         req = compiled.create_infer_request()
         req.set_input_tensor(ov.Tensor(random_input(1, 0, input_chw(compiled))))
         return req.infer

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from calib.core.engines import IMAGE_SHAPE, Engine, Protocol, Runner, ThreadPoolRunner, random_input, register_engine
+from calib.core.engines import IMAGE_SHAPE, Engine, Protocol, Runner, ThreadPoolRunner, random_input
+from calib.core.engines.registry import register_engine
 from calib.core.errors import CalibError
 
 _threads_lock = threading.Lock()
@@ -76,12 +77,15 @@ class PyTorchEngine(Engine):
         import torch
 
         module = load_module(model)
-        preds = np.empty(len(x), np.int64)
+        n = len(x)
+        padded = np.zeros((n + (-n) % batch, *x.shape[1:]), np.float32)  # a file may take that batch only
+        padded[:n] = x
+        preds = np.empty(len(padded), np.int64)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            for s in range(0, len(x), batch):
-                preds[s : s + batch] = module(torch.from_numpy(x[s : s + batch])).argmax(1).numpy()
-        return preds, len(x) / (time.perf_counter() - t0)
+            for s in range(0, len(padded), batch):
+                preds[s : s + batch] = module(torch.from_numpy(padded[s : s + batch])).argmax(1).numpy()
+        return preds[:n], n / (time.perf_counter() - t0)
 
     def throughput_runner(self, model, protocol: Protocol) -> Runner:
         import torch
@@ -94,7 +98,8 @@ class PyTorchEngine(Engine):
                     return module(x)
             return run
 
-        calls = [call(torch.from_numpy(random_input(protocol.batch, i))) for i in range(protocol.n_requests)]
+        calls = [call(torch.from_numpy(random_input(protocol.batch, i, protocol.input_shape)))
+                 for i in range(protocol.n_requests)]
         return _TorchRunner(calls, protocol.threads_per_request, {"torch_threads": protocol.threads_per_request})
 
     def latency_step(self, model, protocol: Protocol) -> Callable[[], Any]:
@@ -102,7 +107,7 @@ class PyTorchEngine(Engine):
 
         module = load_module(model)
         torch.set_num_threads(protocol.n_threads)
-        x = torch.from_numpy(random_input(1))
+        x = torch.from_numpy(random_input(1, 0, protocol.input_shape))
 
         def run():
             with torch.inference_mode():

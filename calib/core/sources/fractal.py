@@ -21,6 +21,7 @@ import colorsys
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from calib.core.contract import InputContract, resize
 from calib.core.sources import Generated, balanced_labels, image_seed, register_source
 
 PALETTE = np.random.default_rng(20_220_101).uniform(0, 1, (1000, 3))  # the fixed background colours
@@ -101,8 +102,10 @@ def render(A, b, p, rng: np.random.Generator, size: int = 32, supersample: int =
 
 @register_source("fractal")
 def fractal(per_class: int, seed: int, variants: int = 25, min_fill: float = 0.2, blur: float = 0.3,
-            supersample: int = 2) -> Generated:
-    """Iterated-function-system fractals, coloured per map, spread evenly over the 10 class folders."""
+            supersample: int = 2, contract: InputContract | None = None) -> Generated:
+    """Iterated-function-system fractals, coloured per map, spread evenly over the 10 class folders; at the input
+    size of `contract` (your own model's: rendered square at its longer side, then resized), else 32x32."""
+    size = max(contract.input_size) if contract is not None else 32
     labels = balanced_labels(per_class)
     systems: dict[int, tuple] = {}
     images, ids = [], []
@@ -116,7 +119,8 @@ def fractal(per_class: int, seed: int, variants: int = 25, min_fill: float = 0.2
         A = A.copy()
         A[v % len(A)] *= np.linspace(0.8, 1.2, variants)[v] if variants > 1 else 1.0
         s = image_seed(seed, i)
-        images.append(render(A, b, p, np.random.default_rng(s), supersample=supersample, blur=blur))
+        img = render(A, b, p, np.random.default_rng(s), size=size, supersample=supersample, blur=blur)
+        images.append(img if contract is None else resize(img[None], contract.input_size)[0])
         ids.append(f"{s:010d}")
     return Generated(np.stack(images), labels, ids,
                      extra={"labels": "arbitrary: fractal category k is stored in class folder k % 10",
