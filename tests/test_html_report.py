@@ -223,10 +223,77 @@ def test_numbers_are_for_people():
     assert list(shown.columns)[:2] == ["INT8 − FP32 (pts)", "INT8 acc"]
 
 
+# Opens every folded part, then counts the elements wider inside than they show (they would scroll sideways
+# or cut what they hold) and the document's own width; written on <body> for `browser_dom`.
+SIDEWAYS = """<script>
+window.addEventListener("load", function () {
+  document.querySelectorAll("details").forEach(function (d) { d.open = true; });
+  var wide = Array.from(document.querySelectorAll("body *")).filter(function (e) {
+    return e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0; });
+  var b = document.body;
+  b.setAttribute("data-open-scroll-width", document.documentElement.scrollWidth);
+  b.setAttribute("data-sideways", wide.length);
+  b.setAttribute("data-sideways-first", wide.slice(0, 3).map(function (e) {
+    return e.tagName + "#" + (e.id || "") + "." + e.className + ":" + e.scrollWidth + ">" + e.clientWidth;
+  }).join(" "));
+});
+</script>"""
+
+
 @needs_chromium
-def test_chromium_at_1280_px_no_sideways_scroll_and_the_verdict_above_the_fold(page):
+def test_chromium_at_1280_px_no_sideways_scroll_and_the_verdict_above_the_fold(page, tmp_path):
     attrs = browser_dom(page, 1280, 800)["attrs"]
     assert attrs.get("data-inner-width") == "1280", attrs
-    assert int(attrs["data-scroll-width"]) <= int(attrs["data-inner-width"]), attrs
+    assert int(attrs["data-scroll-width"]) <= 1280, attrs
     assert attrs.get("data-images-broken") == "0"
     assert 0 < int(attrs["data-verdict-top"]) < int(attrs["data-inner-height"]) // 2, attrs
+    opened = tmp_path / "opened.html"  # every table and block unfolded: still nothing wider than the window
+    opened.write_text(page.read_text().replace("</body>", SIDEWAYS + "</body>"))
+    attrs = browser_dom(opened, 1280, 800)["attrs"]
+    assert int(attrs["data-open-scroll-width"]) <= 1280, attrs
+    assert attrs["data-sideways"] == "0", attrs["data-sideways-first"]
+
+
+@needs_chromium
+def test_the_reference_side_by_side_fits_1280_px_with_its_speed_columns(tmp_path):
+    """The widest tables of a real run (the committed main job's, which overflowed and cut the speed column)
+    fit a 1280 px window with nothing scrolling sideways."""
+    from calib.study.html import for_people
+    from calib.study.report import speedup_view
+
+    run = Path(__file__).resolve().parents[1] / "results" / "study" / "official"
+    named = tables(load_rows(run))
+    widest = sorted(named.items(), key=lambda kv: -len(kv[1].columns))[:3]
+    widest += [(name, t) for name, t in named.items() if name.startswith("reference_side_by_side")]
+    assert len(widest) > 3
+    body = "".join(f'<div class="scroll">{for_people(speedup_view(t)[0]).to_html(index=False, classes="data")}</div>'
+                   for _, t in widest)
+    text = page_template_with(body)
+    page = tmp_path / "wide.html"
+    page.write_text(text.replace("</body>", SIDEWAYS + "</body>"))
+    attrs = browser_dom(page, 1280, 800)["attrs"]
+    assert int(attrs["data-open-scroll-width"]) <= 1280, attrs
+    assert attrs["data-sideways"] == "0", attrs["data-sideways-first"]
+
+
+def page_template_with(body: str) -> str:
+    """The report page's own head (its style) and script around `body`."""
+    from importlib.resources import files
+
+    template = (files("calib.study") / "templates" / "report.html.j2").read_text()
+    head = template[:template.index("<body>")].replace("{{ title }}", "wide tables")
+    script = template[template.index("<script>"):template.index("</script>") + len("</script>")]
+    return f"{head}<body>{body}{script}</body></html>"
+
+
+def test_study_report_refuses_an_existing_report_folder_before_any_work(run, tmp_path):
+    out = tmp_path / "rep"
+    first = CliRunner().invoke(app, ["study", "report", str(run), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = CliRunner().invoke(app, ["study", "report", str(run), "--out", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing written
+    replaced = CliRunner().invoke(app, ["study", "report", str(run), "--out", str(out), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert (out / "manifest.json").is_file() and (out / "table1_openvino.md").is_file()

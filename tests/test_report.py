@@ -1,5 +1,6 @@
 """Study report: the reference study's numbers, the join with them, paired intervals, grouping, plots."""
 
+import html
 import json
 import re
 
@@ -304,3 +305,57 @@ def test_a_machine_capped_to_another_ones_isa_is_never_pooled_with_it_but_listed
     assert (eq.cells, eq.same_predictions, eq.different) == (4, 3, 1)
     assert eq.max_abs_accuracy_difference == pytest.approx(2 / 200)
     assert eq.cells_that_differ == "resnet20 openvino cifar10 default s2"
+
+
+def test_speedup_comes_from_interleaved_repeats_with_its_interval_else_is_marked_not_interleaved():
+    """A row timed in turns (A B A B) carries its speed-up and a bootstrap interval over the repeat pairs; an older
+    row only has separate medians: its ratio is shown without an interval, marked, with one footnote."""
+    from calib.study.report import NOT_INTERLEAVED_NOTE, markdown_table
+
+    rows = [base(), quant(source="cifar10", int8_fps=230.0, int8_speedup=2.3, int8_speedup_low=2.2,
+                          int8_speedup_high=2.45, int8_speedup_repeats=5),
+            quant(source="noise", int8_fps=180.0), quant(source="fractal", int8_fps=150.0)]
+    out = tables(pd.DataFrame(rows), LABELS)
+    long = out["long_openvino"].set_index("source")
+    assert long.loc["cifar10", ["speedup", "speedup_low", "speedup_high"]].tolist() == [2.3, 2.2, 2.45]
+    assert bool(long.loc["cifar10", "speedup_interleaved"]) and not bool(long.loc["noise", "speedup_interleaved"])
+    assert long.loc["noise", "speedup"] == pytest.approx(1.8) and pd.isna(long.loc["noise", "speedup_low"])
+    text = markdown_table(out["long_openvino"])
+    assert "2.30 [2.20, 2.45]" in text and "1.80 ‡" in text and "1.50 ‡" in text
+    assert text.count(NOT_INTERLEAVED_NOTE) == 1 and "speedup_low" not in text
+    assert "‡" not in markdown_table(tables(pd.DataFrame(rows[:2]), LABELS)["long_openvino"])
+
+
+def test_ratios_keep_two_decimals_in_every_table():
+    """fps_ratio (capped ISA over native) was printed 0 or 1 in the page: every ratio has two decimals."""
+    from calib.study.html import for_people
+    from calib.study.report import markdown_table
+
+    table = pd.DataFrame({"fps_native": [9948.0, 4565.0], "fps_isa": [4565.0, 4565.0], "fps_ratio": [0.4589, 1.0],
+                          "speedup": [2.0, 0.5], "ref_speedup": [1.0, 3.25]})
+    assert for_people(table)["fps ratio"].tolist() == ["0.46", "1.00"]
+    assert for_people(table)["INT8/FP32 speed"].tolist() == ["2.00", "0.50"]
+    lines = markdown_table(table).splitlines()
+    assert [c.strip() for c in lines[2].strip("|").split("|")] == ["9948", "4565", "0.46", "2.00", "1.00"]
+    assert [c.strip() for c in lines[3].strip("|").split("|")] == ["4565", "4565", "1.00", "0.50", "3.25"]
+
+
+def test_rows_of_several_code_versions_are_never_pooled_without_a_line_saying_so(tmp_path):
+    from calib.study.html import build_html
+    from calib.study.report import code_versions, markdown_table
+
+    fingerprint = "3f9a1c2e77d04b1a"
+    rows = [base(code_fingerprint=fingerprint), quant(seed=0, code_fingerprint=fingerprint),
+            quant(seed=1, code_fingerprint=fingerprint), quant(seed=2), quant(source="noise")]
+    line = "These rows come from 2 versions of calib's code: 3f9a1c2e (3 rows), none recorded (2 rows)."
+    assert code_versions(pd.DataFrame(rows)) == line
+    out = tables(pd.DataFrame(rows), LABELS)
+    assert all(markdown_table(t).startswith(line) for t in out.values())
+    one = tables(pd.DataFrame([r | {"code_fingerprint": fingerprint} for r in rows]), LABELS)
+    assert code_versions(pd.DataFrame(rows[:3])) is None
+    assert not any("versions of calib's code" in markdown_table(t) for t in one.values())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = html.unescape(build_html(run))
+    assert page.index(line) < page.index('id="verdict"')

@@ -85,7 +85,6 @@ def test_official_grids_expand():
 
 
 def test_pool_starts_the_long_cells_first():
-    from calib.study.grid import Cell
     from calib.study.schedule import longest_first
 
     cells = [Cell("baseline", "resnet56"), Cell("quantize", "resnet20", "onnxruntime", "noise"),
@@ -519,35 +518,6 @@ def test_accuracy_aware_table_tells_fused_from_unfused_and_judges_the_promise():
     table = accuracy_aware_table(cells)
     assert list(zip(table.fuse, table.max_drop_kept)) == [(False, "within validation sampling error"),
                                                           (True, "yes")]
-
-
-def test_time_left_comes_from_what_finished_cells_of_each_model_and_kind_took():
-    """Long cells run first and timing runs last, so a count of cells is no clock: each cell left is expected to
-    take what its model and kind took, a pair not seen yet its model's factor times its kind's; the work is
-    shared by the slots, each timed cell's speed measured alone."""
-    from calib.study.schedule import Estimate
-
-    aa = [Cell("quantize", "resnet56", algo="accuracy-aware", seed=s) for s in range(3)]
-    r20 = [Cell("quantize", "resnet20", seed=s) for s in range(3)]
-    r56 = [Cell("quantize", "resnet56", seed=s) for s in range(2)]
-    base20, base56 = Cell("baseline", "resnet20"), Cell("baseline", "resnet56")
-    est = Estimate([*aa, *r20, *r56, base20, base56], jobs=2, timed={base20})
-    assert est.left() is None  # nothing finished: no estimate
-    ok = {"status": "ok"}
-    est.work_done(aa[0], ok | {"wall_seconds": 60.0})
-    est.work_done(r20[0], ok | {"wall_seconds": 4.0})
-    est.work_done(base20, ok | {"wall_seconds": 2.0})
-    est.work_done(base56, ok | {"wall_seconds": 6.0})  # resnet56 takes 3 times resnet20
-    # left: 2 accuracy-aware cells as the first, 2 resnet20 cells as theirs, 2 resnet56 default cells 3 x 4 s
-    assert est.left() == pytest.approx((2 * 60 + 2 * 4 + 2 * 12) / 2 + Estimate.SPEED_PRIOR)
-    est.row(base20, ok | {"wall_seconds": 9.0, "speed_seconds": 7.0})  # its speed is in
-    assert est.left() == pytest.approx((2 * 60 + 2 * 4 + 2 * 12) / 2)
-    est.row(r20[1], {"status": "skipped", "wall_seconds": 0.0})  # a skipped cell is no measure of its kind
-    assert est.left(now=1000.0) == pytest.approx((2 * 60 + 4 + 2 * 12) / 2)
-    est.started(aa[1], at=1000.0)  # running: what it has run counts against what it is expected to take
-    assert est.left(now=1020.0) == pytest.approx((40 + 60 + 4 + 2 * 12) / 2)
-    # past its 60 s: a third as long again (30 s); the work shared by two slots, but never below the longest cell
-    assert est.left(now=1100.0) == pytest.approx(max((0.3 * 100 + 60 + 4 + 2 * 12) / 2, 60))
 
 
 def test_time_left_from_kinds_beats_a_count_of_cells_on_the_committed_main_run():

@@ -42,7 +42,7 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
     from calib.core.progress import duration, fd_stdout, progress
     from calib.study.grid import Selection, load_grid, select
     from calib.study.runner import run_study
-    from calib.study.schedule import Estimate
+    from calib.study.schedule import Estimate, speed_prior
 
     if not grid.is_file():
         raise OptionError(f"grid file {grid} does not exist")
@@ -65,7 +65,7 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
     counts = {"ok": 0, "skipped": 0, "error": 0}
     log = run_log()
     cells = {c.id: c for c in select(g, selection)}
-    estimate = Estimate(list(cells.values()), jobs, {c for c in cells.values() if g.times(c)})
+    estimate = Estimate(list(cells.values()), jobs, {c: speed_prior(g, c) for c in cells.values() if g.times(c)})
     with progress(f"study {g.name}", total, quiet, left=estimate.left) as advance:
 
         def on_row(row: dict) -> None:  # every cell's row: those done before first, then each as it is written
@@ -82,7 +82,8 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
 
         with fd_stdout(log.stream if log is not None else sys.stderr):
             s = run_study(grid, out, executor.value, address, data_dir, selection, jobs=jobs, progress=False,
-                          on_row=on_row, on_work=estimate.work_done, on_start=estimate.started)
+                          on_row=on_row, on_work=estimate.work_done, on_start=estimate.started,
+                          on_note=advance.note)
     if log is not None:
         log.save(out / "calib.log")
     say(f"{out}: {s['cells']} cells ({s['ran']} run now, {s['skipped_done']} already done); "
@@ -145,7 +146,7 @@ def study_check(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study r
                                                       "or with the cell's calibration batch.")] = False,
                 format: OutputFormat = Format.text) -> None:
     """Redo cells with NNCF and OpenVINO called directly (same set, subset, seed, options) and compare."""
-    from calib.study.check import check_run
+    from calib.study.check import check_run, printed
 
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     with spinner(f"study check {run.name}"):
@@ -153,7 +154,7 @@ def study_check(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study r
     bad = int((~table.within_tolerance).sum())
 
     def text() -> None:
-        say(table.drop(columns=["cell", "calib_hash", "study_hardware_key", "hardware_key"]).to_string(index=False))
+        say(printed(table))
         ran = ", ".join(sorted(table.study_hardware_key.dropna().astype(str).unique())) or "unrecorded"
         say(f"{len(table) - bad} of {len(table)} cells within {tolerance}; largest |difference| "
             f"{table.abs_difference.max():.4f}; rechecked on {table.hardware_key.iloc[0]} (the cells ran on "
@@ -161,7 +162,8 @@ def study_check(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study r
 
     emit(records(table), format, text)
     if bad:
-        err_console.print(f"[red]error:[/red] {bad} cells differ by more than {tolerance}", highlight=False)
+        err_console.print(f"[red]error:[/red] {bad} cells differ by more than {tolerance} or failed their checks",
+                          highlight=False)
         raise typer.Exit(1)
 
 
@@ -190,11 +192,16 @@ def study_report(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study 
                                                                     "default <run>/diagnose.")] = None,
                  screenshot: Annotated[bool, typer.Option(help="--html: also report.png, the page's top as "
                                                                "headless Chromium renders it at 1280 px.")] = False,
+                 overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing report folder "
+                                                                           "(one calib wrote).")] = False,
                  quiet: Quiet = False, format: OutputFormat = Format.text) -> None:
     """Write the tables (CSV and Markdown) of a run folder; with --html, one HTML page of it all. The result rows
-    (--format json|csv) are the run's conditions, one per engine, model, source and algorithm (long_*.csv)."""
+    (--format json|csv) are the run's conditions, one per engine, model, source and algorithm (long_*.csv).
+    An existing report folder is refused unless --overwrite."""
     import pandas as pd
 
+    from calib.core.folders import MANIFEST, claim, run_folder
+    from calib.core.runs import atomic_write_json, provenance
     from calib.study.report import write_report
 
     _run_folder(run)
@@ -204,18 +211,21 @@ def study_report(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study 
             raise OptionError(f"{option} {path} is not a folder")
     if quality is not None and not quality.is_file():
         raise OptionError(f"--quality {quality} does not exist")
-    with spinner(f"report {run.name}"):
-        written = write_report(run, out)
-    folder = written[0].parent if written else (out or run / "report")
-    lines = [f"wrote {len(written)} table files (CSV and Markdown) to {folder}"]
-    if html:
-        from calib.study.html import screenshot as shoot
-        from calib.study.html import write_html
+    folder = out or run / "report"
+    claim(folder, overwrite)  # before any work
+    with run_folder(folder, overwrite):
+        atomic_write_json(folder / MANIFEST, provenance() | {"run": str(run)})
+        with spinner(f"report {run.name}"):
+            written = write_report(run, folder)
+        lines = [f"wrote {len(written)} table files (CSV and Markdown) to {folder}"]
+        if html:
+            from calib.study.html import screenshot as shoot
+            from calib.study.html import write_html
 
-        page = write_html(run, out, grids, quality, diagnose, quiet)
-        lines.append(f"wrote {page}")
-        if screenshot:
-            lines.append(f"wrote {shoot(page, page.with_suffix('.png'))}")
+            page = write_html(run, folder, grids, quality, diagnose, quiet)
+            lines.append(f"wrote {page}")
+            if screenshot:
+                lines.append(f"wrote {shoot(page, page.with_suffix('.png'))}")
     longs = [pd.read_csv(p) for p in written if p.name.startswith("long_") and p.suffix == ".csv"]
     rows = records(pd.concat(longs)) if longs else []
     emit(rows, format, lambda: [say(line) for line in lines])

@@ -13,10 +13,11 @@ from pathlib import Path
 from calib.core.errors import CalibError
 from calib.core.runs import read_jsonl
 
-# when, how long, which commit, which grid, where on disk: these differ between any two runs of the same cell
-VOLATILE = {"git_sha", "dirty", "started_at", "finished_at", "work_finished_at", "wall_seconds", "cpu_seconds",
-            "quantize_seconds", "nncf_log", "model_file", "generate_seconds", "peak_rss_mb", "out", "grid", "timed",
-            "condition", "step_seconds", "speed_timed_by", "speed_started_at"}
+# when, how long, which commit and code, which grid, where on disk: these differ between any two runs of a cell
+VOLATILE = {"git_sha", "dirty", "code_fingerprint", "code_free_condition", "started_at", "finished_at",
+            "work_finished_at", "wall_seconds", "cpu_seconds", "quantize_seconds", "nncf_log", "model_file",
+            "generate_seconds", "peak_rss_mb", "out", "grid", "timed", "condition", "step_seconds", "speed_timed_by",
+            "speed_started_at"}
 VOLATILE_PARTS = ("_fps", "latency", "speed", "_rss", "seconds", "model_fingerprint")
 # OpenVINO names the nodes it generates from a process-wide counter: an IR's bytes and the names of the layers
 # accuracy-aware kept in FP32 carry them, so equal models differ there (the kept layers' count is compared)

@@ -17,6 +17,7 @@ import json
 import re
 import tempfile
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +92,10 @@ def _number(col: str, v) -> str:
         return _pts(v)
     if col.endswith("_spread"):
         return f"{100 * v:.1f} %"
+    if "speedup" in col or "ratio" in col or col == "max_drop":  # before "fps": fps_ratio is a ratio
+        return f"{v:.2f}"
     if "fps" in col or col.endswith(("_images", "_bytes")) or col in ("seeds", "per_class", "subset_size", "seed"):
         return f"{v:,.0f}"
-    if "speedup" in col or col == "max_drop":
-        return f"{v:.2f}"
     if col.startswith(("mcnemar", "p_")):
         return f"{v:.3g}" if v >= 1e-3 else "< 0.001"
     if col.startswith("flips"):
@@ -113,8 +114,13 @@ def for_people(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def table_html(df: pd.DataFrame, table_id: str, classes: str = "data") -> str:
-    return for_people(df).to_html(index=False, table_id=table_id, classes=classes, border=0, na_rep="-",
-                                  escape=True)
+    """The table for people; speed-ups with their interval, or marked and footnoted where not interleaved."""
+    from calib.study.report import NOT_INTERLEAVED_NOTE, speedup_view
+
+    view, not_interleaved = speedup_view(df)
+    text = for_people(view).to_html(index=False, table_id=table_id, classes=classes, border=0, na_rep="-",
+                                    escape=True)
+    return text + (f'\n<p class="note">{escape(NOT_INTERLEAVED_NOTE)}</p>' if not_interleaved else "")
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -183,7 +189,8 @@ def _reference_view(side: pd.DataFrame) -> pd.DataFrame:
     """The reference side by side, the columns a reader compares."""
     keep = [c for c in ("model", "source", "algo", "seeds", "fp32_accuracy", "int8_accuracy", "delta_to_fp32",
                         "ci_low", "ci_high", "verdict", "ref_fp32_accuracy", "ref_int8_accuracy",
-                        "ref_delta_to_fp32", "delta_minus_ref_delta", "speedup", "ref_speedup") if c in side]
+                        "ref_delta_to_fp32", "delta_minus_ref_delta", "speedup", "speedup_low", "speedup_high",
+                        "speedup_interleaved", "ref_speedup") if c in side]
     return side[keep]
 
 
@@ -326,7 +333,7 @@ def build_html(run: Path, grids: Path | None = None, quality: Path | None = None
     import jinja2
 
     from calib.core.progress import progress
-    from calib.study.report import load_rows, tables
+    from calib.study.report import code_versions, load_rows, tables
 
     df = load_rows(run)
     quality = quality or (run / "inspect.jsonl" if (run / "inspect.jsonl").is_file() else None)
@@ -379,6 +386,7 @@ def build_html(run: Path, grids: Path | None = None, quality: Path | None = None
         text = env.get_template(TEMPLATE).render(
             title=f"calib study: {_grid_name(run)}", run=str(run), n_rows=len(df),
             n_ok=int((df.get("status") == "ok").sum()) if "status" in df else len(df), built=provenance(),
+            code_versions=code_versions(df),
             sections=sections, verdicts=verdicts, references=references, tables=tabs, plots=plots,
             grids=grid_figs, diagnose=diag, diagnose_dir=str(diagnose), quality=_quality(quality, sources),
             provenance=_provenance(run), grid_toml=_read(run / "grid.toml"), summary=_read(run / "summary.json"))

@@ -17,6 +17,11 @@ images: from the per-image predictions of the FP32 baseline and of each INT8 mod
 flipped predictions (right → wrong, wrong → right), gives McNemar's exact p per cell, and a 95 % bootstrap
 interval over test images of the difference (for several seeds, of the per-image difference averaged over
 seeds). A difference whose interval contains 0 reads "no measurable change".
+
+The INT8/FP32 speed-up of a timed cell is the one its row carries from interleaved repeats (INT8 and its
+baseline's FP32 file timed in turns, A B A B), with a 95 % bootstrap interval over the repeat pairs
+(`int8_speedup`, `int8_speedup_low`, `int8_speedup_high`); older rows have only the ratio of the two separate
+medians, shown without an interval and marked "not interleaved".
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ UNRECORDED = "unrecorded"
 REFERENCE = Path(__file__).with_name("reference_study.csv")
 NO_CHANGE = "no measurable change"
 RESAMPLES = 10_000
+SPEEDUP = ["speedup", "speedup_low", "speedup_high", "speedup_repeats", "speedup_interleaved"]
+NOT_INTERLEAVED = " ‡"  # after a speed-up from separate medians
+NOT_INTERLEAVED_NOTE = ("‡ not interleaved: the ratio of INT8's and FP32's separate median throughputs (rows timed "
+                        "before interleaved repeats), without an interval.")
 
 
 def load_rows(run: Path) -> pd.DataFrame:
@@ -246,13 +255,71 @@ def cell_table(df: pd.DataFrame, labels: np.ndarray | None = None, subsets: dict
     q["delta_to_fp32"] = q.int8_accuracy.astype(float) - q.fp32_accuracy.astype(float)
     q = pd.concat([q, paired], axis=1)
     q["verdict"] = q["verdict"].fillna("")
-    q["speedup"] = q.int8_fps.astype(float) / q.fp32_fps.astype(float)
+    q = pd.concat([q, cell_speedups(q)], axis=1)
     cols = [*CONDITION, "seed", "subset_size_images", "fp32_accuracy", "int8_accuracy", "delta_to_fp32",
             "ci_low", "ci_high", "flips_to_wrong", "flips_to_right", "mcnemar_p", "verdict", "int8_fps",
-            "int8_fps_spread", "fp32_fps", "fp32_fps_spread", "speedup", "pytorch_accuracy", "pytorch_fps",
+            "int8_fps_spread", "fp32_fps", "fp32_fps_spread", *SPEEDUP, "pytorch_accuracy", "pytorch_fps",
             "dirty", "git_sha", "hardware_key", "test_indices_sha256", *AA_FIELDS, "fp32_predictions",
             "int8_predictions"]
     return q.reindex(columns=cols).reset_index(drop=True)
+
+
+def cell_speedups(q: pd.DataFrame) -> pd.DataFrame:
+    """Each quantize cell's INT8/FP32 speed-up (`SPEEDUP` columns): from its interleaved repeats where its row
+    has them (`int8_speedup` and its interval), else the ratio of the separate medians (no interval)."""
+    cols = {c: q[c].astype(float) if c in q else pd.Series(np.nan, index=q.index)
+            for c in ("int8_speedup", "int8_speedup_low", "int8_speedup_high", "int8_speedup_repeats")}
+    interleaved = cols["int8_speedup"].notna()
+    separate = q.int8_fps.astype(float) / q.fp32_fps.astype(float)
+    return pd.DataFrame({"speedup": cols["int8_speedup"].where(interleaved, separate),
+                         "speedup_low": cols["int8_speedup_low"].where(interleaved),
+                         "speedup_high": cols["int8_speedup_high"].where(interleaved),
+                         "speedup_repeats": cols["int8_speedup_repeats"].where(interleaved),
+                         "speedup_interleaved": interleaved.where(interleaved | separate.notna())},
+                        index=q.index)
+
+
+def condition_speedup(timed: pd.DataFrame) -> dict:
+    """A condition's speed-up from its timed cells: the median, and the widest interval of them (each cell's
+    interval is over its own repeats); interleaved only when every timed cell was."""
+    timed = timed[timed.speedup.notna()]
+    if timed.empty:
+        return dict.fromkeys(SPEEDUP, np.nan)
+    interleaved = bool(timed.speedup_interleaved.astype(bool).all())
+    return {"speedup": float(timed.speedup.astype(float).median()),
+            "speedup_low": float(timed.speedup_low.astype(float).min()) if interleaved else np.nan,
+            "speedup_high": float(timed.speedup_high.astype(float).max()) if interleaved else np.nan,
+            "speedup_repeats": float(timed.speedup_repeats.astype(float).min()) if interleaved else np.nan,
+            "speedup_interleaved": interleaved}
+
+
+def speedup_text(speedup: float, low: float, high: float, interleaved) -> str | None:
+    """`2.31 [2.20, 2.45]` (interleaved, 95 % interval) or `2.31 ‡` (separate medians); None without one."""
+    if speedup is None or pd.isna(speedup):
+        return None
+    if interleaved is True or (not pd.isna(interleaved) and bool(interleaved)):
+        if pd.isna(low) or pd.isna(high):
+            return f"{speedup:.2f}"
+        return f"{speedup:.2f} [{low:.2f}, {high:.2f}]"
+    return f"{speedup:.2f}{NOT_INTERLEAVED}"
+
+
+def speedup_view(table: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """The table as shown: each speed-up column (`speedup`, `speedup openvino`, ...) as text with its interval
+    or the not-interleaved mark, its helper columns dropped. Returns the table and whether any speed-up was not
+    interleaved (the footnote `NOT_INTERLEAVED_NOTE` goes under it)."""
+    out, marked = table.copy(), False
+    for col in [c for c in table.columns if str(c).startswith("speedup") and not str(c).startswith(tuple(
+            f"speedup_{h}" for h in ("low", "high", "repeats", "interleaved")))]:
+        suffix = str(col).removeprefix("speedup")
+        helpers = [f"speedup_{h}{suffix}" for h in ("low", "high", "repeats", "interleaved")]
+        if f"speedup_interleaved{suffix}" not in table:
+            continue
+        low, high, _, inter = (table[h] if h in table else pd.Series(np.nan, index=table.index) for h in helpers)
+        out[col] = [speedup_text(v, lo, hi, i) for v, lo, hi, i in zip(table[col], low, high, inter)]
+        marked |= any(isinstance(t, str) and t.endswith(NOT_INTERLEAVED) for t in out[col])
+        out = out.drop(columns=[h for h in helpers if h in out])
+    return out, marked
 
 
 def accuracy_aware_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -307,11 +374,11 @@ def long_table(cells: pd.DataFrame, labels: np.ndarray | None = None, subsets: d
                 "fp32_fps": g.fp32_fps.iloc[0], "fp32_fps_spread": g.fp32_fps_spread.iloc[0],
                 "pytorch_accuracy": g.pytorch_accuracy.iloc[0], "pytorch_fps": g.pytorch_fps.iloc[0],
                 "dirty": bool(g.dirty.astype(bool).any())}
-        row["speedup"] = row["int8_fps"] / row["fp32_fps"] if row["fp32_fps"] else np.nan
+        row |= condition_speedup(g.reindex(columns=SPEEDUP))
         out.append(row)
     cols = [*CONDITION, "seeds", "subset_size_images", "fp32_accuracy", "int8_accuracy", "int8_accuracy_std",
             "delta_to_fp32", "ci_low", "ci_high", "flips_to_wrong", "flips_to_right", "mcnemar_p_max", "verdict",
-            "int8_fps", "int8_fps_spread", "fp32_fps", "fp32_fps_spread", "speedup", "pytorch_accuracy",
+            "int8_fps", "int8_fps_spread", "fp32_fps", "fp32_fps_spread", *SPEEDUP, "pytorch_accuracy",
             "pytorch_fps", "dirty"]
     return pd.DataFrame(out, columns=cols)
 
@@ -400,8 +467,8 @@ def reference_side_by_side(long: pd.DataFrame, reference: pd.DataFrame | None = 
     cols = ["model", "source", "algo", *varying(ours), "seeds", "fp32_accuracy", "int8_accuracy",
             "int8_accuracy_std", "delta_to_fp32", "ci_low", "ci_high", "flips_to_wrong", "flips_to_right",
             "verdict", "ref_fp32_accuracy", "ref_int8_accuracy", "ref_delta_to_fp32", "delta_minus_ref_delta",
-            "speedup", "ref_speedup"]
-    return side[cols].sort_values(["model", "algo", "source"]).reset_index(drop=True)
+            *SPEEDUP, "ref_speedup"]
+    return side.reindex(columns=cols).sort_values(["model", "algo", "source"]).reset_index(drop=True)
 
 
 def machine_slug(key: str) -> str:
@@ -609,7 +676,7 @@ def _machine_tables(df: pd.DataFrame, labels: np.ndarray | None, subsets: dict |
     both = pd.concat(longs) if longs else pd.DataFrame(columns=[*CONDITION, "int8_accuracy"])
     if both.engine.nunique() > 1:  # the engines side by side, condition by condition
         index = [k for k in CONDITION if k != "engine"]
-        side = both.pivot(index=index, columns="engine", values=["int8_accuracy", "delta_to_fp32", "speedup"])
+        side = both.pivot(index=index, columns="engine", values=["int8_accuracy", "delta_to_fp32", *SPEEDUP])
         side.columns = [f"{v} {e}" for v, e in side.columns]
         side = side.reset_index()
         side["max_drop"] = side.max_drop.where(side.algo == "accuracy-aware")  # an accuracy-aware option only
@@ -626,7 +693,8 @@ def tables(df: pd.DataFrame, labels: np.ndarray | None = None) -> dict[str, pd.D
     `engines_side_by_side`, `reference_side_by_side`. With several machines in the rows, each of these names
     ends in `__<machine_slug>`. Across machines: `isa_side_by_side` (capped ISAs against native on one CPU,
     where the run has them), `expected_equal` (a machine capped to the ISA of another, where the rows have both)
-    and `not_ok`. Each table's `attrs["machine"]` names its machine."""
+    and `not_ok`. Each table's `attrs["machine"]` names its machine, and `attrs["code_versions"]` says when the
+    rows come from more than one version of calib's code (`code_versions`)."""
     labels = labels if labels is not None else df.attrs.get("test_labels")
     subsets = df.attrs.get("test_subsets")
     df = _normalize(df)
@@ -650,7 +718,24 @@ def tables(df: pd.DataFrame, labels: np.ndarray | None = None) -> dict[str, pd.D
     cols = ["kind", "model", "source", "algo", "engine", "isa", "status", "reason", "hardware_key"]
     out["not_ok"] = df[df.status != "ok"].reindex(columns=cols).drop_duplicates(
         subset=["status", "reason", "model", "source", "hardware_key"])
+    versions = code_versions(df)
+    if versions:  # never pooled silently: every table says so above it
+        for table in out.values():
+            table.attrs["code_versions"] = versions
     return out
+
+
+def code_versions(df: pd.DataFrame) -> str | None:
+    """One line when the rows come from more than one version of calib's code (`code_fingerprint`; a row without
+    one counts as "none recorded"), with the rows of each; None when they all come from one."""
+    values = df["code_fingerprint"] if "code_fingerprint" in df else pd.Series(None, index=df.index, dtype=object)
+    names = [str(v)[:8] if isinstance(v, str) and v else "none recorded" for v in values]
+    counts = pd.Series(names, dtype=object).value_counts(sort=False)
+    if len(counts) < 2:
+        return None
+    counts = counts.sort_values(ascending=False, kind="stable")
+    each = ", ".join(f"{name} ({n} row{'s' if n != 1 else ''})" for name, n in counts.items())
+    return f"These rows come from {len(counts)} versions of calib's code: {each}."
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -674,11 +759,14 @@ def markdown_table(table: pd.DataFrame) -> str:
             return ".3g"
         return ".4f"
 
-    shown = table.astype(object).where(table.notna(), None)  # tabulate writes missingval for None, not NaN
+    view, not_interleaved = speedup_view(table)
+    shown = view.astype(object).where(view.notna(), None)  # tabulate writes missingval for None, not NaN
     shown = shown.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)  # a hardware key has one
-    text = shown.to_markdown(index=False, floatfmt=tuple(fmt(c) for c in table.columns), missingval="-") + "\n"
-    line = machine_line(table)
-    return f"{line}\n\n{text}" if line else text
+    text = shown.to_markdown(index=False, floatfmt=tuple(fmt(c) for c in view.columns), missingval="-") + "\n"
+    if not_interleaved:
+        text += f"\n{NOT_INTERLEAVED_NOTE}\n"
+    lines = [x for x in (table.attrs.get("code_versions"), machine_line(table)) if x]
+    return "\n\n".join([*lines, text]) if lines else text
 
 
 def write_report(run: Path, out: Path | None = None) -> list[Path]:

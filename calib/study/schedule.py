@@ -3,9 +3,12 @@ process kept to its own share of the cores."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+from dataclasses import replace
+from pathlib import Path
 
 from calib.core.hardware import NATIVE
 from calib.study.grid import Cell
@@ -56,10 +59,13 @@ def pin_worker(shares) -> None:
 
 # Relative seconds of a cell's work by kind (kind, algorithm, engine), from the study's committed rows: before
 # any cell of a kind has finished, it is expected to take its prior times what finished cells took per unit of
-# prior. Accuracy-aware search is several default quantizations; ONNX Runtime and baselines are lighter.
+# prior. ONNX Runtime and baselines are lighter than OpenVINO's default INT8; accuracy-aware search has its own
+# prior (`aa_factor`).
 PRIOR = {("quantize", "accuracy-aware", "openvino"): 5.0, ("quantize", "default", "openvino"): 1.0,
          ("quantize", "default", "onnxruntime"): 0.6, ("baseline", "default", "openvino"): 0.6,
          ("baseline", "default", "onnxruntime"): 0.35}
+AA_PRIOR_WEIGHT = 4.0  # the accuracy-aware prior counts as this many finished cells of the model
+PAST_DUE = 0.1  # a cell running past its expected time is expected to need this fraction of it again
 
 
 def kind_of(cell: Cell) -> tuple:
@@ -69,6 +75,35 @@ def kind_of(cell: Cell) -> tuple:
 
 def prior(cell: Cell) -> float:
     return PRIOR.get(kind_of(cell)[:3], 1.0)
+
+
+def aa_factor(model: str) -> float:
+    """An accuracy-aware cell's expected time in default cells of its model, before its own finished: NNCF ranks
+    and restores layers until the drop is within bounds, which takes longer the more a model computes (in the
+    committed rows ResNet56's searches took many times what ShuffleNetV2 x0.5's did): one default cell plus one
+    per 8 M multiply-adds, at most 16."""
+    from calib.core.zoo import model_info
+
+    try:
+        madds = model_info(model).madds_m or 50.0
+    except Exception:  # noqa: BLE001 - a model outside the zoo: a middling size
+        madds = 50.0
+    return min(16.0, 1.0 + madds / 8.0)
+
+
+def speed_prior(grid, cell: Cell, pairs: bool = True) -> float:
+    """Seconds to time a cell alone before any cell was timed: each file's throughput and latency, each a
+    warm-up and the repeats; a baseline that also times PyTorch has two files; a quantize cell also times its
+    FP32 and INT8 files in turns for its speed-up (`calib.study.timing.speedup_fields`: two warm-ups, twice the
+    repeats), unless `pairs` is off (rows made before that pair was timed)."""
+    from calib.study.plan import measures_pytorch, protocol_of
+
+    protocol = protocol_of(grid)
+    once = protocol.warmup_s + protocol.repeats * protocol.duration_s
+    if cell.kind == "quantize":
+        return 2 * once + (2 * once if pairs else 0.0)
+    files = 2 if measures_pytorch(grid, cell) else 1
+    return files * 2 * once
 
 
 def _geomean(values: list[float]) -> float:
@@ -89,22 +124,37 @@ def fit_factors(seconds: dict[tuple, float]) -> tuple[dict, dict]:
     return models, kinds
 
 
+def _as_default(cell: Cell) -> Cell:
+    return replace(cell, algo="default", max_drop=0.01)
+
+
 class Estimate:
-    """Time left in a run, from the cells that finished. A cell left is expected to take what finished cells of
-    its model and kind took; a pair not seen yet, its model's factor times its kind's (`fit_factors` over the
-    pairs seen; the probes `longest_first` starts with see every model and kind early), else its `prior` in the
-    seconds finished cells took per unit of prior. The work is shared by `jobs` slots, and each timed cell's speed
-    is measured alone at the end. A count of cells is no clock here: long cells run first, timing runs last."""
+    """Time left in a run: the work of the cells left, shared by `jobs` slots, then each timed cell's speed
+    measured alone.
 
-    SPEED_PRIOR = 8.0  # seconds to time one model file (1 s warm-up, 5 x 1 s) before any was timed
+    - A cell is expected to take what finished cells of its model and kind took (less the one-off FP32 export);
+      a pair not seen yet, its model's factor times its kind's (`fit_factors`), else its kind's `PRIOR` in
+      seconds per unit of prior. `longest_first` starts one cell of every pair early.
+    - An accuracy-aware cell is expected to take `aa_factor` default cells of its model, weighed as
+      `AA_PRIOR_WEIGHT` cells against its model's finished accuracy-aware cells: how long NNCF searches depends
+      on what it restores, and the first cells (real images) restore least.
+    - A running cell has its expected time less what it has run left, at least `PAST_DUE` of it.
+    - The slots are simulated: running cells first, then the rest in `longest_first` order, each to the slot
+      that frees first; the run's work ends when the last slot does.
+    - Speed: each timed cell's `speed` prior, scaled by what the timed cells so far took against theirs, one
+      after another in the order the runner times them; the one being timed counts its elapsed time.
+    """
 
-    def __init__(self, cells: list[Cell], jobs: int, timed: set[Cell] | None = None):
+    def __init__(self, cells: list[Cell], jobs: int, speed: dict[Cell, float] | None = None):
         self.work_left = list(cells)
-        self.speed_left = [c for c in cells if c in (timed or set())]
+        speed = speed or {}
+        self.speed_prior = {c: speed[c] for group in by_isa(list(cells)).values() for c in group if c in speed}
+        self.speed_left = list(self.speed_prior)  # in the order the runner times them
         self.jobs = jobs
-        self.seconds: dict[tuple, list[float]] = {}  # (model, kind) -> seconds of its finished cells
-        self.speed: list[float] = []
+        self.seconds: dict[Cell, float] = {}  # finished cells' work seconds
+        self.speed_seconds: dict[Cell, float] = {}
         self.running: dict[Cell, float] = {}  # cell -> when its work started (time.time())
+        self.last_end: float | None = None  # when the last work or speed ended (the next speed starts then)
         self.lock = threading.RLock()  # the runner reports while the progress line asks
 
     def started(self, cell: Cell, at: float | None = None) -> None:
@@ -113,70 +163,93 @@ class Estimate:
         with self.lock:
             self.running[cell] = time.time() if at is None else at
 
-    def _drop(self, cells: list[Cell], cell: Cell) -> bool:
-        if cell in cells:
-            cells.remove(cell)
-            return True
-        return False
-
-    def work_done(self, cell: Cell, row: dict) -> None:
+    def work_done(self, cell: Cell, row: dict, at: float | None = None) -> None:
         """A cell's work ended (its speed, if timed, is still to come)."""
         with self.lock:
             self.running.pop(cell, None)
-            if self._drop(self.work_left, cell) and row.get("status") == "ok":
-                seconds = float(row.get("wall_seconds") or 0.0) - float(row.get("speed_seconds") or 0.0)
-                self.seconds.setdefault((cell.model, kind_of(cell)), []).append(seconds)
+            if cell not in self.work_left:
+                return
+            self.work_left.remove(cell)
+            self.last_end = time.time() if at is None else at
+            if row.get("status") == "ok":
+                steps = row.get("step_seconds") or {}
+                self.seconds[cell] = max(0.0, float(row.get("wall_seconds") or 0.0)
+                                         - float(row.get("speed_seconds") or 0.0) - float(steps.get("export", 0.0)))
 
-    def row(self, cell: Cell, row: dict) -> None:
+    def row(self, cell: Cell, row: dict, at: float | None = None) -> None:
         """A cell's row arrived: its work (if not reported already) and its speed are done."""
         with self.lock:
-            self.work_done(cell, row)
-            if self._drop(self.speed_left, cell) and isinstance(row.get("speed_seconds"), int | float):
-                self.speed.append(float(row["speed_seconds"]))
+            self.work_done(cell, row, at)
+            if cell in self.speed_left:
+                self.speed_left.remove(cell)
+                self.last_end = time.time() if at is None else at
+                if isinstance(row.get("speed_seconds"), int | float):
+                    self.speed_seconds[cell] = float(row["speed_seconds"])
 
     def left(self, now: float | None = None) -> float | None:
-        """Seconds left at `now` (time.time()), or None before any cell finished. A running cell has its expected
-        time less what it has run left; one that has run longer than expected, a third as long again (the longer
-        an accuracy-aware search has run, the more it is likely still to restore)."""
+        """Seconds left at `now` (time.time()), or None before any cell finished."""
         with self.lock:
             return self._left(time.time() if now is None else now)
 
-    def _left(self, now: float) -> float | None:
-        if not self.seconds:
-            return None
-        means = {pair: sum(v) / len(v) for pair, v in self.seconds.items()}
-        aa = {pair: t for pair, t in means.items() if pair[1][1] == "accuracy-aware"}
-        # accuracy-aware time depends on how much NNCF restores, not only on the model: factors from the rest
-        models, kinds = fit_factors({p: t for p, t in means.items() if p not in aa} or means)
+    def _expected(self):
+        """A function: the seconds a cell is expected to take, from the cells finished so far."""
+        plain = {c: t for c, t in self.seconds.items() if c.algo != "accuracy-aware"}
+        if not plain:  # only accuracy-aware cells finished: their default cells from them
+            plain = {_as_default(c): t / aa_factor(c.model) for c, t in self.seconds.items()}
+        pairs: dict[tuple, list[float]] = {}
+        for c, t in plain.items():
+            pairs.setdefault((c.model, kind_of(c)), []).append(t)
+        means = {pair: sum(v) / len(v) for pair, v in pairs.items()}
+        models, kinds = fit_factors(means)
         typical_model = _geomean(list(models.values()))
-        for kind in {k for _, k in aa} - set(kinds):
-            kinds[kind] = _geomean([t / models.get(m, typical_model) for (m, k), t in aa.items() if k == kind])
         unit = _geomean([kinds[k] / PRIOR.get(k[:3], 1.0) for k in kinds])  # seconds per unit of prior
+        searched: dict[str, list[float]] = {}
+        for c, t in self.seconds.items():
+            if c.algo == "accuracy-aware":
+                searched.setdefault(c.model, []).append(t)
 
-        def expected(cell: Cell) -> float:
+        def default(cell: Cell) -> float:
             kind = kind_of(cell)
             if (cell.model, kind) in means:
                 return means[cell.model, kind]
             return models.get(cell.model, typical_model) * kinds.get(kind, prior(cell) * unit)
 
-        def remaining(cell: Cell) -> float:
-            if cell not in self.running:
-                return expected(cell)
-            ran = max(0.0, now - self.running[cell])
-            return expected(cell) - ran if ran < expected(cell) else 0.3 * ran
+        def expected(cell: Cell) -> float:
+            if cell.algo != "accuracy-aware":
+                return default(cell)
+            seen = searched.get(cell.model, [])
+            guess = default(_as_default(cell)) * aa_factor(cell.model)
+            return (AA_PRIOR_WEIGHT * guess + sum(seen)) / (AA_PRIOR_WEIGHT + len(seen))
 
-        times = [remaining(c) for c in self.work_left]
-        work = max(sum(times) / max(1, min(self.jobs, len(times))), max(times, default=0.0))
-        speed = sum(self.speed) / len(self.speed) if self.speed else self.SPEED_PRIOR
-        return work + speed * len(self.speed_left)
+        return expected
+
+    def _left(self, now: float) -> float | None:
+        if not self.seconds:
+            return None
+        expected = self._expected()
+
+        def remaining(expect: float, since: float) -> float:
+            return max(expect - max(0.0, now - since), PAST_DUE * expect)
+
+        slots = sorted(remaining(expected(c), t) for c, t in self.running.items() if c in self.work_left)
+        slots += [0.0] * max(0, self.jobs - len(slots))
+        for cell in longest_first([c for c in self.work_left if c not in self.running]):
+            slots[slots.index(min(slots))] += expected(cell)
+        work = max(slots, default=0.0)
+        timed = [c for c in self.speed_prior if c in self.speed_seconds]
+        scale = (sum(self.speed_seconds[c] for c in timed) / max(1e-9, sum(self.speed_prior[c] for c in timed))
+                 if timed else 1.0)
+        speed = [self.speed_prior[c] * scale for c in self.speed_left]
+        if speed and not self.work_left and self.last_end is not None:
+            speed[0] = remaining(speed[0], self.last_end)  # being timed now
+        return work + sum(speed)
 
 
 def simulate(rows: list[dict], jobs: int) -> list[tuple[float, float | None, float]]:
     """A finished run's cells scheduled again, as `longest_first` orders them, on `jobs` slots, each taking the
     seconds its row took, and fed to `Estimate` as they end: (elapsed, estimated seconds left, seconds actually
     left) after each. What the estimate would have said of that run, from its own rows."""
-    fields = set(Cell.__dataclass_fields__)
-    done = {Cell(**{k: v for k, v in r.items() if k in fields}): r for r in rows if r.get("status") == "ok"}
+    done = {_cell(r): r for r in rows if r.get("status") == "ok"}
     work = {c: float(r["wall_seconds"]) - float(r.get("speed_seconds") or 0.0) for c, r in done.items()}
     estimate = Estimate(list(done), jobs)
     free = [0.0] * jobs
@@ -188,6 +261,78 @@ def simulate(rows: list[dict], jobs: int) -> list[tuple[float, float | None, flo
     end = max(free)
     out = []
     for t, cell in sorted(ends, key=lambda e: e[0]):
-        estimate.work_done(cell, done[cell])
-        out.append((t, estimate.left(), end - t))
+        estimate.work_done(cell, done[cell], at=t)
+        out.append((t, estimate.left(now=t), end - t))
     return out
+
+
+def _cell(row: dict) -> Cell:
+    fields = set(Cell.__dataclass_fields__)
+    return Cell(**{k: v for k, v in row.items() if k in fields})
+
+
+def replay(rows: list[dict], jobs: int, speed: dict[Cell, float] | None = None, start: float | None = None,
+           every: float = 10.0) -> list[tuple[float, float | None, float]]:
+    """A finished run's rows fed to `Estimate` as they happened (each cell's start, end of work and row) and asked
+    every `every` seconds, as the progress line asks: (elapsed, estimated seconds left, seconds actually left).
+    Elapsed counts from `start` (when the run began; default the first cell's start). `speed`: each timed cell's
+    prior seconds (`speed_prior`)."""
+    cells = [(_cell(r), r) for r in rows if "started_at" in r and "finished_at" in r]
+    if not cells:
+        return []
+    estimate = Estimate([c for c, _ in cells], jobs, speed)
+    events = sorted([(r["started_at"], 0, i) for i, (_, r) in enumerate(cells)]
+                    + [(r.get("work_finished_at", r["finished_at"]), 1, i) for i, (_, r) in enumerate(cells)]
+                    + [(r["finished_at"], 2, i) for i, (_, r) in enumerate(cells)])
+    start = min(events[0][0], start) if start is not None else events[0][0]
+    end = max(r["finished_at"] for _, r in cells)
+    out, pos, t = [], 0, start + every
+    while t < end:
+        while pos < len(events) and events[pos][0] <= t:
+            at, what, i = events[pos]
+            cell, row = cells[i]
+            if what == 0:
+                estimate.started(cell, at)
+            else:
+                (estimate.work_done if what == 1 else estimate.row)(cell, row, at)
+            pos += 1
+        out.append((t - start, estimate.left(t), end - t))
+        t += every
+    return out
+
+
+def worst_error(points: list[tuple[float, float | None, float]], floor: float = 30.0) -> float | None:
+    """The largest |said - actual| / actual of a run's time-left estimates after a quarter of the run, while at
+    least `floor` seconds were left (closer to the end a few seconds are a large share); None without any."""
+    if not points:
+        return None
+    end = points[-1][0] + points[-1][2]
+    errors = [abs(left - actual) / actual for elapsed, left, actual in points
+              if left is not None and elapsed >= end / 4 and actual >= floor]
+    return max(errors, default=None)
+
+
+def replay_run(rows_path: Path, hardware: str | None = None, jobs: int | None = None,
+               every: float = 10.0) -> list[tuple[float, float | None, float]]:
+    """`replay` of a run folder's rows (those whose `hardware_key` contains `hardware`), from when the run began
+    (its latest manifest before the first cell), with the speed priors of its grid and its summary's jobs."""
+    from calib.core.runs import read_jsonl
+    from calib.study.grid import load_grid
+
+    folder = rows_path.parent
+    rows = [r for r in read_jsonl(rows_path) if hardware is None or hardware in str(r.get("hardware_key", ""))]
+    rows = [r for r in rows if "started_at" in r and "finished_at" in r]
+    if not rows:
+        return []
+    if jobs is None:
+        summary = folder / "summary.json"
+        jobs = int(json.loads(summary.read_text()).get("jobs", 2)) if summary.is_file() else 2
+    speed = {}
+    if (folder / "grid.toml").is_file():
+        grid = load_grid(folder / "grid.toml")
+        pairs = any("int8_speedup" in r for r in rows)  # rows from before the speed-up pair took no time for it
+        speed = {_cell(r): speed_prior(grid, _cell(r), pairs) for r in rows if r.get("timed")}
+    first = min(r["started_at"] for r in rows)
+    began = [int(p.stem.split("-")[-1]) for p in folder.glob("manifest-*.json") if p.stem.split("-")[-1].isdigit()]
+    start = max((t for t in began if t <= first), default=None)
+    return replay(rows, jobs, speed, start, every)

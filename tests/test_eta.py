@@ -1,0 +1,83 @@
+"""The study's "about ... left": committed runs replayed through the estimate, and its parts one by one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calib.study.grid import Cell
+from calib.study.schedule import PAST_DUE, Estimate, aa_factor, replay_run, worst_error
+
+REPO = Path(__file__).resolve().parents[1]
+THIS_MACHINE = "avx512_core_bf16"  # the machine kind whose committed runs the estimate is held to
+OK = {"status": "ok"}
+
+
+@pytest.mark.parametrize("run", ["main", "official"])
+def test_time_left_holds_within_a_fifth_after_a_quarter_of_each_committed_run(run):
+    """Each cell's start, end of work and row fed to the estimate as they happened in the committed run (two
+    slots, the speed phase alone at the end), asked every 10 s: after a quarter of the run, while at least 30 s
+    were left, it is never off by more than 20 %."""
+    points = replay_run(REPO / "results" / "study" / run / "rows.jsonl", THIS_MACHINE)
+    assert len(points) > 10
+    assert worst_error(points) <= 0.20
+
+
+def test_replay_is_a_command():
+    out = subprocess.run([sys.executable, "scripts/eta_check.py", "--replay", "results/study/main/rows.jsonl",
+                          "--hardware", THIS_MACHINE], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "| elapsed | said left | actually left | error |" in out
+    assert "largest |error| after a quarter of the run" in out
+
+
+def test_worst_error_looks_after_a_quarter_and_while_enough_is_left():
+    points = [(10.0, 500.0, 90.0), (30.0, 66.0, 60.0), (60.0, 40.0, 40.0), (80.0, 100.0, 20.0)]
+    assert worst_error(points) == pytest.approx(0.1)  # the first is before a quarter, the last under 30 s left
+    assert worst_error([]) is None
+
+
+def test_time_left_of_default_cells_comes_from_their_model_and_kind():
+    r20 = [Cell("quantize", "resnet20", seed=s) for s in range(3)]
+    r56 = [Cell("quantize", "resnet56", seed=s) for s in range(2)]
+    base20, base56 = Cell("baseline", "resnet20"), Cell("baseline", "resnet56")
+    est = Estimate([*r20, *r56, base20, base56], jobs=2)
+    assert est.left(now=0.0) is None  # nothing finished: no estimate
+    est.work_done(r20[0], OK | {"wall_seconds": 4.0, "step_seconds": {"export": 1.0}}, at=0.0)  # export: once
+    est.work_done(base20, OK | {"wall_seconds": 2.0}, at=0.0)
+    est.work_done(base56, OK | {"wall_seconds": 6.0}, at=0.0)  # resnet56 takes 3 times resnet20
+    # left: 2 resnet20 cells of 3 s, 2 resnet56 cells of 9 s, two slots: 9 + 3 on each
+    assert est.left(now=0.0) == pytest.approx(12.0)
+    est.started(r56[0], at=0.0)
+    assert est.left(now=5.0) == pytest.approx(4.0 + 3.0 + 3.0)  # 4 s left, then both resnet20 cells beside 9 s
+    est.started(r56[1], at=0.0)
+    assert est.left(now=100.0) == pytest.approx(PAST_DUE * 9.0 + 3.0)  # both past due: a tenth again, then 3 s
+    est.row(r20[1], {"status": "skipped"}, at=100.0)  # a skipped cell is no measure of its kind
+    assert r20[1] not in est.seconds and r20[1] not in est.work_left
+
+
+def test_an_accuracy_aware_cell_expects_a_search_until_its_model_shows_otherwise():
+    """Its prior is `aa_factor` default cells of its model, weighed as a few cells against the model's finished
+    accuracy-aware cells."""
+    default, aa = Cell("quantize", "resnet56"), Cell("quantize", "resnet56", algo="accuracy-aware", seed=1)
+    first = Cell("quantize", "resnet56", algo="accuracy-aware")
+    est = Estimate([default, aa, first], jobs=1)
+    est.work_done(default, OK | {"wall_seconds": 2.0}, at=0.0)
+    guess = 2.0 * aa_factor("resnet56")
+    assert est.left(now=0.0) == pytest.approx(2 * guess)
+    est.work_done(first, OK | {"wall_seconds": 3.0}, at=0.0)
+    assert guess > est.left(now=0.0) > 3.0
+    assert aa_factor("resnet56") > aa_factor("resnet20") > aa_factor("shufflenetv2_x0_5") >= 1.0
+
+
+def test_speed_is_timed_alone_after_the_work_and_learns_from_the_timed_cells():
+    a, b, c = (Cell("baseline", m) for m in ("resnet20", "resnet32", "resnet44"))
+    est = Estimate([a, b, c], jobs=2, speed={a: 10.0, b: 10.0, c: 20.0})
+    for cell in (a, b, c):
+        est.work_done(cell, OK | {"wall_seconds": 1.0}, at=0.0)
+    assert est.left(now=0.0) == pytest.approx(40.0)  # all work done: each speed after another
+    assert est.left(now=4.0) == pytest.approx(36.0)  # the first is being timed
+    est.row(a, OK | {"wall_seconds": 16.0, "speed_seconds": 15.0}, at=15.0)  # 1.5 times its prior
+    assert est.left(now=15.0) == pytest.approx(1.5 * 30.0)
