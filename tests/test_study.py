@@ -594,3 +594,15 @@ def test_a_cell_reruns_when_calibs_code_changes_and_only_then(tmp_path):
     rows = read_jsonl(tmp_path / "run" / "rows.jsonl")
     assert len({r["code_fingerprint"] for r in rows}) == 2 and len({r["code_free_condition"] for r in rows}) == 2
     assert first["code_fingerprint"] != again["summary"]["code_fingerprint"]
+
+
+def test_a_run_folder_takes_its_grid_again_with_other_comments_but_not_other_values(tmp_path):
+    text = GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["stylegan2-ada"]').replace("seeds = [0, 1]",
+                                                                                             "seeds = [0]")
+    run_study(write_grid(tmp_path, text), tmp_path / "run", progress=False)
+    commented = write_grid(tmp_path, "# the same grid, explained\n" + text)
+    assert run_study(commented, tmp_path / "run", progress=False)["ran"] == 1  # the skipped cell retries
+    assert (tmp_path / "run" / "grid.toml").read_text() == commented.read_text()
+    with pytest.raises(CalibError, match="holds a run of another grid"):
+        run_study(write_grid(tmp_path, text.replace("per_class = 2", "per_class = 3")), tmp_path / "run",
+                  progress=False)

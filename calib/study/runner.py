@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import tomllib
+
 from calib.core.errors import CalibError
 from calib.core.hardware import ATEN_ENV, ISA_ENV, MKL_ENV, NUMPY_ENV
 from calib.core.runs import atomic_write_bytes, provenance, read_jsonl, to_jsonable
@@ -171,10 +173,11 @@ def _run_study(grid_path: Path, out: Path, executor: str, address: str | None, d
     grid = resolve_grid(grid, data_dir)
     data_dir = Path(grid.data_dir) if grid.data_dir else None
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "grid.toml").exists():
-        atomic_write_bytes(out / "grid.toml", grid_path.read_bytes())
-    elif (out / "grid.toml").read_bytes() != grid_path.read_bytes():
+    kept = out / "grid.toml"
+    if kept.exists() and tomllib.loads(kept.read_text()) != tomllib.loads(grid_path.read_text()):
         raise CalibError(f"{out} holds a run of another grid; choose another --out")
+    if not kept.exists() or kept.read_bytes() != grid_path.read_bytes():
+        atomic_write_bytes(kept, grid_path.read_bytes())  # the same grid; its comments may have changed
     ctx = resolve_context(grid, data_dir)
     manifest = provenance({"grid_seeds": list(grid.seeds)}, {"grid": str(grid_path), "data_dir": grid.data_dir,
                                                              "weights_dir": grid.weights_dir, **ctx.data})
