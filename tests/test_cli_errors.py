@@ -183,3 +183,32 @@ def test_a_failing_run_is_exit_1_and_leaves_no_folder(tmp_path, monkeypatch):
                                  "--out", str(tmp_path / "q"), "--record", str(tmp_path / "r.jsonl")])
     assert result.exit_code == 1 and "999" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q").exists() and not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- one prefix, one line, exit code 2
+@pytest.mark.parametrize("args, needle", [
+    (["quantize", "--model", "tiny_cnn", "--no-such-option"], "No such option: --no-such-option"),  # click's parser
+    (["quantize", "--model", "tiny_cnn", "--seed", "abc"], "'--seed'"),  # typer's validation of a value
+    (["evaluate", "--model", "tiny_cnn", "--format", "xml"], "'--format'"),  # typer's validation of a choice
+    (["quantize", "--model", "tiny_cnn", "--weights", "card.json"], "weight card"),  # a parameter callback
+    (["quantize", "--model", "tiny_cnn"], "give --calib SET"),  # calib's own OptionError
+    (["inspect", "SET", "--model", "net.onnx"], "is a model file"),  # calib's own OptionError
+])
+def test_every_refusal_is_one_error_line_on_stderr_with_exit_code_2(args, needle, tmp_path, monkeypatch):
+    """Whoever refuses the input (click, typer or calib), the user reads one line on stderr that starts with
+    `error: `, never click's `Error:` box or line, and gets exit code 2; stdout stays empty."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.onnx").write_bytes(b"")
+    result = runner.invoke(app, args)
+    err = result.stderr.strip()
+    assert result.exit_code == 2, result.output
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
+    assert "Error:" not in result.output and "Traceback" not in result.output and result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [[], ["zoo"], ["benchmark"]])
+def test_a_group_without_a_command_prints_its_help_not_an_error_line(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("Usage: ") and "error" not in result.stderr.lower().split("\n")[0]
+    assert len(result.stderr.splitlines()) > 3  # the help as it is, not folded into one line

@@ -322,3 +322,99 @@ def test_grid_option_diagnoses_every_openvino_quantize_cell(tmp_path, cifar_dir,
         assert len(rows) == r["diagnose_layers"] > 0
         assert {x["source"] for x in rows} == {r["source"]}
         assert all(0 <= x["clipped_fraction"] <= 1 for x in rows)
+
+
+# ---------------------------------------------------------------- readable tables for any exporter's names
+class _TopLevelOps(torch.nn.Module):
+    """A block in a scope, then functional ops at the top level: torch.onnx names those `/Mul`, `/HardSwish`."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Hardswish())
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = self.features(x)
+        x = torch.nn.functional.hardswish(x * torch.sigmoid(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_onnx_layer_names_keep_their_scope_and_say_what_unscoped_ones_follow(tmp_path):
+    """torch.onnx's `/features/features.1/HardSwish` keeps its scope (`features.1/HardSwish`), and a top-level
+    `/Mul` says which scoped node it follows; the table also gives each layer's OpenVINO op type."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from calib.core.diagnose import activation_quantizers, ranked_table, readable
+
+    torch.onnx.export(_TopLevelOps().eval(), torch.zeros(1, 3, 8, 8), str(tmp_path / "m.onnx"),
+                      input_names=["images"], dynamo=False)
+    model = ov.Core().read_model(str(tmp_path / "m.onnx"))
+    by_name = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    for name in ("/features/features.1/HardSwish", "/Mul", "/HardSwish"):  # what NNCF would quantize
+        out = by_name[name].output(0)
+        targets = list(out.get_target_inputs())
+        lo, hi = ops.constant(np.float32(-1)), ops.constant(np.float32(1))
+        fq = ops.fake_quantize(out, lo, hi, lo, hi, 256, name=f"{name}/fq_output_0")
+        for t in targets:
+            t.replace_source_output(fq.output(0))
+    shown = {q.layer: q.short for q in activation_quantizers(model)}
+    assert shown == {"/features/features.1/HardSwish": "features.1/HardSwish",
+                     "/Mul": "Mul after features.1/HardSwish", "/HardSwish": "HardSwish after features.1/HardSwish"}
+    assert readable("__module.layer1.0.relu/aten::relu_/Relu_1") == "layer1.0.relu/Relu_1"  # the zoo's, as before
+    row = {"rank": 1, "index": 0, "layer": "Mul after features.1/HardSwish", "op_type": "Multiply",
+           "per_channel": False, "low": -1.0, "high": 1.0, "ref_min": -0.5, "ref_max": 0.5, "clipped_fraction": 0.0,
+           "range_used": 0.5, "local_sqnr_db": 30.0, "sqnr_db": 25.0, "cosine": 0.99}
+    assert ranked_table([row])[["layer", "op"]].values.tolist() == [["Mul after features.1/HardSwish", "Multiply"]]
+
+
+def _stats_row(fp, fq_in, fq_out, low=-1.0, high=1.0):
+    from calib.core.diagnose import Quantizer, _Stats
+
+    q = Quantizer(0, "fq", "/Mul", "Multiply", np.asarray(low), np.asarray(high), 256)
+    stats = _Stats()
+    stats.update(q, *(np.asarray(t, np.float32) for t in (fp, fq_in, fq_out)))
+    return {**stats.row(q), "rank": 1, "index": 0, "layer": q.short, "op_type": q.op_type, "per_channel": False,
+            "low": low, "high": high}
+
+
+def test_an_int8_tensor_that_is_all_zero_reads_0_db_and_cosine_0_with_its_reason():
+    """Tiny activations (1e-5) under a range far too wide quantize to zero: the error equals the signal (0 dB)
+    and the tensors share no direction (cosine 0, not 1); the table says why rather than a bare 0.0 dB."""
+    from calib.core.diagnose import ranked_table
+
+    x = np.random.default_rng(0).uniform(1e-6, 1e-5, (4, 3, 5, 5))
+    row = _stats_row(x, x, np.zeros_like(x), low=0.0, high=6.0)
+    assert row["sqnr_db"] == pytest.approx(0.0) and row["cosine"] == 0.0 and row["sqnr_note"] == "INT8 all zero"
+    table = ranked_table([row]).iloc[0]
+    assert table["SQNR dB"] == "0.00 (INT8 all zero)" and table["local SQNR dB"] == "0.00 (INT8 all zero)"
+    assert table["ref max"] == float(f"{x.max():.4g}") > 0  # four significant digits, never 0.0
+
+
+def test_tiny_activations_have_the_sqnr_of_large_ones_printed_with_its_decimals():
+    """SQNR is a ratio: the same relative error at 1e-5 as at 1 gives the same dB, printed with two decimals
+    below 10 dB so that a small SQNR never reads 0.0."""
+    from calib.core.diagnose import db_text, ranked_table
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 3, 5, 5))
+    noisy = x * (1 + 0.9 * rng.normal(size=x.shape))
+    big, tiny = _stats_row(x, x, noisy), _stats_row(x * 1e-5, x * 1e-5, noisy * 1e-5, -1e-5, 1e-5)
+    assert tiny["sqnr_db"] == pytest.approx(big["sqnr_db"], abs=1e-3) and tiny["sqnr_note"] is None
+    assert tiny["cosine"] == pytest.approx(big["cosine"], abs=1e-6)
+    assert ranked_table([tiny]).iloc[0]["SQNR dB"] == f"{tiny['sqnr_db']:.2f}" != "0.00"
+    assert ranked_table([tiny]).iloc[0]["high"] == 1e-5
+    assert db_text(0.04) == "0.04" and db_text(23.456) == "23.5" and db_text(None) == "-"
+
+
+def test_no_signal_and_no_error_say_so_instead_of_a_number():
+    from calib.core.diagnose import ranked_table
+
+    zero = np.zeros((2, 3, 4, 4))
+    silent = _stats_row(zero, zero, zero)
+    assert silent["sqnr_db"] is None and silent["sqnr_note"] == "no signal" and silent["cosine"] == 1.0
+    x = np.full((2, 3, 4, 4), 0.5)
+    exact = _stats_row(x, x, x)
+    assert exact["sqnr_db"] is None and exact["sqnr_note"] == "exact"
+    assert ranked_table([silent]).iloc[0]["SQNR dB"] == "n/a (no signal)"
+    assert ranked_table([exact]).iloc[0]["SQNR dB"] == "exact"

@@ -213,3 +213,65 @@ def test_mct_generate_script_in_its_venv(tmp_path):
     r = mct_generate("tiny_cnn", 8, 0, weights, n_iter=2, batch_size=4, extra_pixels=0)
     assert r.images.shape == (8, 32, 32, 3) and r.images.dtype == np.uint8 and len(r.labels) == 8
     assert r.info["n_iter"] == 2 and r.info["mct"].startswith("2.")
+
+
+# ---------------------------------------------------------------- your own model: the same source, by its contract
+class _OwnNet(torch.nn.Module):
+    """Any classifier with BatchNorm: 7 classes, a non-square input."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+                                        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 7))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.fixture(scope="module")
+def own_pt2(tmp_path_factory):
+    torch.manual_seed(0)
+    net = _OwnNet().eval()
+    with torch.no_grad():  # running statistics that are not the defaults
+        net.body[1].running_mean.uniform_(-1, 1)
+        net.body[1].running_var.uniform_(0.5, 2)
+    path = tmp_path_factory.mktemp("own") / "net.pt2"
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 3, 24, 20),), dynamic_shapes=({0: batch},)), str(path))
+    return net, path
+
+
+def test_the_source_inverts_your_model_file_at_its_contract(own_pt2):
+    """With a contract, the registry's inversion source inverts your file at the contract's size, in its
+    normalized space (raw 0..255 pixels, BGR here), with no class targets, and records what it inverted; the
+    own-model path's `invert` on the module in memory is the same function: the same bytes."""
+    from calib.core import own
+    from calib.core.contract import InputContract
+    from calib.core.sources import source_info
+
+    net, path = own_pt2
+    contract = InputContract((103.5, 116.3, 123.7), (57.4, 57.1, 58.4), (24, 20), channel_order="BGR", scale=1.0)
+    opts = {"iterations": 3, "batch_size": 4, "lr": 0.25, "w_tv": 1e-4, "w_l2": 1e-5, "channels_last": False}
+    g = source_info("inversion").fn(per_class=1, seed=2, model=str(path), contract=contract, **opts)  # this process
+    assert g.images.shape == (10, 24, 20, 3) and g.images.dtype == np.uint8
+    assert g.extra["inversion"]["w_ce"] == 0.0 and g.extra["model"] == str(path) and "model_sha256" in g.extra
+    assert [len(b["ids"]) for b in g.extra["batches"]] == [4, 4, 2]
+    images, info = own.invert(net, contract, 10, 2, iterations=3, batch_size=4)
+    np.testing.assert_array_equal(images, g.images)  # one per class: class order is the interleaved order
+    assert info["bn_loss_uint8"] == pytest.approx(np.mean([b["bn_loss_uint8"] for b in g.extra["batches"]]))
+    with pytest.raises(CalibError, match="takes no weights"):
+        source_info("inversion").fn(per_class=1, seed=0, model=str(path), contract=contract, weights=path)
+
+
+def test_your_model_file_through_the_registry_is_refused_in_one_line_where_it_cannot_be_inverted(tmp_path):
+    from calib.core import own
+    from calib.core.contract import InputContract
+
+    contract = InputContract((0.5,) * 3, (0.25,) * 3, (16, 16))
+    script = tmp_path / "net.pt"
+    torch.jit.script(_OwnNet().eval()).save(str(script))
+    with pytest.raises(CalibError, match="a TorchScript module takes no BatchNorm hooks") as e:
+        own.make_images("inversion", 4, 0, contract, model=script)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CalibError, match="inverts your model's file"):
+        own.make_images("inversion", 4, 0, contract)

@@ -215,3 +215,15 @@ def test_an_fp16_compressed_ir_is_not_called_fp32(made, tmp_path):
     assert result.exit_code == 0, result.output
     assert "MB FP32 graph with FP16-compressed weights (as given) ->" in result.stdout
     assert json.loads((tmp_path / "run" / "quantize.json").read_text())["fp16_weights"] is True
+
+
+def test_docs_give_the_kinds_of_every_command_as_their_help_does_and_the_run_layout():
+    """docs/commands.md quotes the same kind tables the commands' --help quotes, and no doc points your own
+    model's INT8 file at RUN/int8/int8.xml (runs write RUN/int8.xml, as zoo runs do)."""
+    from calib.core.kinds import readers_text
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    commands = (docs / "commands.md").read_text()
+    assert all(readers_text(use) in commands for use in ("quantize", "diagnose", "run"))
+    assert "int8/int8.xml" not in "".join(p.read_text() for p in docs.glob("*.md"))
+    assert "runs/quantize/RUN/int8.xml" in (docs / "own-model.md").read_text()

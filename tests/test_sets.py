@@ -214,3 +214,25 @@ def test_quantize_refuses_a_copied_test_tree(tmp_path, cifar_dir):
     assert result.exit_code == 1 and "test-split images" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "r.jsonl").exists()
     assert not (tmp_path / "q").exists()  # refused before the run folder is made: no half-written run
+
+
+@pytest.mark.parametrize("model", ["net.onnx", "net.xml", "net.pt2", "net.pt", "folder"])
+def test_inspect_is_for_zoo_classifiers_only(tmp_path, model, monkeypatch):
+    """A model file (any kind, with or without a card beside it) is refused in one line before the set is read:
+    the metrics need a zoo classifier's features, BatchNorm statistics and CIFAR-10's validation split."""
+    from typer.testing import CliRunner
+
+    from calib.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    if model != "folder":
+        (tmp_path / model).write_bytes(b"")
+        (tmp_path / f"{model}.calib.toml").write_text('mean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]\n'
+                                                      'input_size = [64, 64]\n')
+    result = CliRunner().invoke(app, ["inspect", "no-such-set", "--model", model])
+    err = result.stderr.strip()
+    assert result.exit_code == 2 and len(err.splitlines()) == 1, result.output
+    assert err.startswith(f"error: --model {model} is a model file") and "zoo" in err and result.stdout == ""
+    help_text = " ".join(CliRunner().invoke(app, ["inspect", "--help"]).stdout.split())
+    assert "Zoo models only" in help_text and "a model file is refused" in help_text

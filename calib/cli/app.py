@@ -35,8 +35,16 @@ ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Cl
 _RUN: ContextVar[dict] = ContextVar("calib_run")  # this command's --quiet and library log
 
 
+def print_error(message: str) -> None:
+    """A problem as one line on stderr with calib's one prefix, `error: `, whoever found it (click's parser,
+    typer's validation, or calib): the message's own line breaks and runs of spaces become single spaces."""
+    err_console.print(f"[red]error:[/red] {escape(' '.join(str(message).split()))}", highlight=False, emoji=False,
+                      soft_wrap=True)
+
+
 class Group(TyperGroup):
-    """Usage errors (unknown option, wrong type, value out of range) as one line on stderr, exit code 2."""
+    """Usage errors (unknown option, wrong type, value out of range) as one line on stderr, exit code 2; a group
+    called without a command prints its help on stderr (exit code 2), as click does, not as an error line."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -44,9 +52,14 @@ class Group(TyperGroup):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # no command given: the help, as it is
+                print(e.format_message(), file=sys.stderr)
+                sys.exit(e.exit_code)
             where = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) is not None else ""
-            message = " ".join(e.format_message().split())
-            print(f"error: {message}{where}", file=sys.stderr)
+            print_error(f"{e.format_message()}{where}")
+            sys.exit(e.exit_code)
+        except CalibError as e:  # raised while options are parsed (a callback), before the command runs
+            print_error(str(e))
             sys.exit(e.exit_code)
         except typer.Abort:
             print("aborted", file=sys.stderr)
@@ -101,7 +114,7 @@ class App(typer.Typer):
                         run["log"] = log
                         return fn(*a, **k)
                 except CalibError as e:
-                    err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+                    print_error(str(e))
                     raise typer.Exit(e.exit_code) from None
                 except KeyboardInterrupt:
                     err_console.print("[red]interrupted[/red]")

@@ -10,7 +10,6 @@ import typer
 from calib.cli.app import App, Format, OutputFormat, console, emit, is_quiet, result_table, say, spinner
 from calib.cli.choices import Engine
 from calib.cli.options import (
-    CONTRACT_ORDER,
     DEFAULT_RECORD,
     Bgr,
     Classes,
@@ -23,6 +22,7 @@ from calib.cli.options import (
     RecordPath,
     Std,
     one_model,
+    with_contract_order,
 )
 from calib.core.errors import OptionError
 from calib.core.kinds import readers_text
@@ -134,7 +134,7 @@ def benchmark_files_cmd(
     emit(rows, format, text)
 
 
-benchmark_files_cmd.__doc__ += "\n\n" + CONTRACT_ORDER
+with_contract_order(benchmark_files_cmd)
 
 
 def _num(value, digits: int, scale: float = 1.0) -> str:

@@ -11,7 +11,6 @@ from rich.table import Table
 from calib.cli.app import Quiet, console, keep_log, say, spinner
 from calib.cli.choices import RankBy
 from calib.cli.options import (
-    CONTRACT_ORDER,
     DEFAULT_RECORD,
     Bgr,
     Classes,
@@ -31,6 +30,7 @@ from calib.cli.options import (
     check_zoo_name,
     model_engine,
     refuse_int8,
+    with_contract_order,
 )
 from calib.cli.own import contract_options, diagnose_own_model, is_own, own_request
 from calib.core.errors import OptionError
@@ -112,7 +112,7 @@ def diagnose_cmd(
     _show(r, model, rank_by, top)
 
 
-diagnose_cmd.__doc__ += "\n\n" + CONTRACT_ORDER
+with_contract_order(diagnose_cmd)
 
 
 def _show(r: dict, model: str, rank_by, top: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -108,6 +109,15 @@ def refuse_int8(model: str) -> None:
 CONTRACT_ORDER = ("Your own model's input contract is read in this order: the options --mean, --std, --input-size, "
                   "--bgr, --raw-pixels, --classes (each overriding one field), a card (--contract, else "
                   "<model>.calib.toml beside the file), the contract calib wrote into the file.")
+
+
+def with_contract_order(command):
+    """Append how the input contract is read to a command's help (its docstring dedented first, so the help
+    keeps its paragraphs)."""
+    command.__doc__ = inspect.cleandoc(command.__doc__ or "") + "\n\n" + CONTRACT_ORDER
+    return command
+
+
 Source = Annotated[str | None, typer.Option(help="Your own model: make the calibration set at its input size from "
                                                  "noise, fractal, folder (--folder DIR), distylegan (32x32, resized) "
                                                  "or inversion (a .pt2 model's own BatchNorm statistics).")]

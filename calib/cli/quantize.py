@@ -10,7 +10,6 @@ import typer
 from calib.cli.app import Format, OutputFormat, emit, is_quiet, keep_log, say
 from calib.cli.choices import Engine, QuantEngine
 from calib.cli.options import (
-    CONTRACT_ORDER,
     DEFAULT_RECORD,
     Bgr,
     Classes,
@@ -32,6 +31,7 @@ from calib.cli.options import (
     model_engine,
     one_model,
     refuse_int8,
+    with_contract_order,
 )
 from calib.cli.own import accuracy_text, contract_options, evaluate_own_model, is_own, own_request, quantize_own_model
 from calib.core.errors import CalibError, OptionError
@@ -154,7 +154,7 @@ def quantize_cmd(
     emit(row, format, text)
 
 
-quantize_cmd.__doc__ += "\n\n" + CONTRACT_ORDER
+with_contract_order(quantize_cmd)
 
 
 def evaluate_cmd(name: ModelArg = None,
@@ -203,4 +203,4 @@ def evaluate_cmd(name: ModelArg = None,
                                   f"({row['eval_fps']:.0f} images/s, engine {row['engine']})"))
 
 
-evaluate_cmd.__doc__ += "\n\n" + CONTRACT_ORDER
+with_contract_order(evaluate_cmd)

@@ -10,7 +10,7 @@ import typer
 
 from calib.cli.app import App, Format, OutputFormat, Quiet, emit, is_quiet, say
 from calib.cli.choices import InversionInit, Source
-from calib.cli.options import DEFAULT_RECORD, DataDir, RecordPath, Seed, WeightsPath
+from calib.cli.options import DEFAULT_RECORD, DataDir, RecordPath, Seed, WeightsPath, check_zoo_name
 from calib.core.errors import OptionError
 
 app = App(help="Calibration sets on disk: validate, export and import through Datumaro.")
@@ -75,18 +75,27 @@ def show_cmd(set_dir: Annotated[Path, typer.Argument(metavar="SET")],
 
 
 def inspect_cmd(set_dir: Annotated[Path, typer.Argument(metavar="SET")],
-                model: Annotated[str, typer.Option(help="Zoo classifier the metrics are measured under.")]
+                model: Annotated[str, typer.Option(help="Zoo classifier the metrics are measured under (a zoo "
+                                                        "name; a model file is refused).")]
                 = "resnet20",
                 weights: WeightsPath = None, data_dir: DataDir = None,
                 record_path: RecordPath = DEFAULT_RECORD, format: OutputFormat = Format.text) -> None:
-    """Set-quality metrics under a zoo classifier; printed and recorded."""
+    """Set-quality metrics under a zoo classifier; printed and recorded. Zoo models only: the metrics read the
+    classifier's features and BatchNorm statistics in PyTorch and compare the set with CIFAR-10's validation
+    split, so your own model's file (and its input contract) has no place here."""
     from calib.core.data import train_splits
+    from calib.core.kinds import kind_of
     from calib.core.progress import progress
     from calib.core.quality import set_metrics
     from calib.core.runs import record
     from calib.core.sets import read_set
     from calib.core.weights import load_model, resolve_weights
 
+    if kind_of(model) is not None or Path(model).exists():
+        raise OptionError(f"--model {model} is a model file; calib inspect measures sets under a zoo classifier "
+                          "only (its features and BatchNorm statistics, against CIFAR-10's validation split): give "
+                          "a zoo name (calib zoo list)")
+    check_zoo_name(model)
     cset = read_set(set_dir)
     net = load_model(model, weights, fuse=False)
     with progress(f"inspect {set_dir.name}", None, is_quiet()):

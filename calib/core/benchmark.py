@@ -11,7 +11,7 @@ import numpy as np
 
 from calib.core.data import load_split
 from calib.core.engines import get_engine, list_engines
-from calib.core.errors import CalibError, OptionError
+from calib.core.errors import CalibError
 from calib.core.evaluate import evaluate
 from calib.core.pipeline import fp32_file, quantize_with
 from calib.core.runs import record
@@ -71,28 +71,6 @@ def benchmark_models(names: list[str], engines: list[str], protocol: Protocol, o
                 row |= {"pytorch_fps": torch_speed["fps_throughput_median"],
                         "pytorch_latency_fps": torch_speed["fps_latency_median"]}
             rows.append(record(record_path, "benchmark", row))
-    return rows
-
-
-def benchmark_files(paths: list[Path], protocol: Protocol, record_path: Path = Path("runs/records.jsonl"),
-                    quiet: bool = False) -> list[dict]:
-    """Model files of any model (your own included), each timed by the engine that reads it at the input size it
-    declares, under one protocol; `vs_first` is each throughput over the first file's (FP32 then INT8, say)."""
-    from calib.core.contract import read_from_model
-    from calib.core.progress import track
-
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise OptionError(f"no such model file: {', '.join(missing)}")
-    rows: list[dict] = []
-    for path in track(paths, "benchmark files", quiet=quiet):
-        b = bench_file(path, protocol)
-        contract = read_from_model(Path(path))
-        row = {"file": str(path), "engine": b["engine"], "bytes": model_size_bytes(Path(path)),
-               **speed_fields("model", b), "protocol": asdict(protocol), "protocol_text": protocol.describe(),
-               "contract": contract.to_dict() if contract else None}
-        row["vs_first"] = row["model_fps"] / rows[0]["model_fps"] if rows else 1.0
-        rows.append(record(record_path, "benchmark_files", row))
     return rows
 
 

@@ -63,13 +63,45 @@ class Quantizer:
     low: np.ndarray
     high: np.ndarray
     levels: int
+    after: str = ""  # for a node named without a scope: the nearest scoped node upstream (`readable`)
 
     @property
     def short(self) -> str:
-        """`__module.layer1.0.relu/aten::relu_/Relu_1` -> `layer1.0.relu/Relu_1`."""
-        parts = self.layer.split("/")
-        module = parts[0].removeprefix("__module.")
-        return module if len(parts) == 1 else f"{module}/{parts[-1]}"
+        """The producer's name as `readable` shortens it, with the node it follows where it has no scope."""
+        return readable(self.layer) + (f" after {self.after}" if self.after else "")
+
+
+def readable(name: str) -> str:
+    """A node's friendly name short enough for a table, its scope kept: OpenVINO's PyTorch frontend
+    `__module.layer1.0.relu/aten::relu_/Relu_1` -> `layer1.0.relu/Relu_1`; torch.onnx's scope path
+    `/features/features.0/act/HardSwish` -> `features.0/act/HardSwish` (a scope that the next one repeats as its
+    prefix dropped); a name without a scope (`/Mul`) -> `Mul`."""
+    if name.startswith("/"):
+        parts = [p for p in name.split("/") if p] or [name]
+        return "/".join([p for p, nxt in zip(parts, parts[1:]) if not nxt.startswith(p + ".")] + parts[-1:])
+    parts = name.split("/")
+    module = parts[0].removeprefix("__module.")
+    return module if len(parts) == 1 else f"{module}/{parts[-1]}"
+
+
+def _unscoped(name: str) -> bool:
+    """A torch.onnx node name at the graph's top level (`/Mul`): it says the op, not where it is."""
+    return name.startswith("/") and name.count("/") == 1
+
+
+def _scoped_upstream(node, hops: int = 32) -> str:
+    """The `readable` name of the nearest node upstream (along first inputs, past quantizers) whose name has a
+    scope; "" where none is found within `hops`."""
+    for _ in range(hops):
+        if node.get_input_size() == 0:
+            return ""
+        node = node.input_value(0).get_node()
+        name = node.get_friendly_name()
+        if node.get_type_name() == "Parameter":
+            return f"input {name}"
+        if node.get_type_name() not in ("FakeQuantize", "Convert", "Constant") and not _unscoped(name):
+            return readable(name)
+    return ""
 
 
 def activation_quantizers(int8_model) -> list[Quantizer]:
@@ -87,8 +119,10 @@ def activation_quantizers(int8_model) -> list[Quantizer]:
             if node.get_type_name() != "Constant":
                 raise CalibError(f"{op.get_friendly_name()}: range input {port} is not a constant")
             bounds.append(np.asarray(node.get_data(), np.float64))
-        found.append(Quantizer(len(found), op.get_friendly_name(), producer.get_friendly_name(),
-                               producer.get_type_name(), bounds[0], bounds[1], int(op.get_attributes()["levels"])))
+        name = producer.get_friendly_name()
+        found.append(Quantizer(len(found), op.get_friendly_name(), name, producer.get_type_name(), bounds[0],
+                               bounds[1], int(op.get_attributes()["levels"]),
+                               _scoped_upstream(producer) if _unscoped(name) else ""))
     return found
 
 
@@ -107,6 +141,8 @@ class _Stats:
     local_noise: float = 0.0  # sum (fq_out - fq_in)^2
     cosine_sum: float = 0.0
     images: int = 0
+    zero_out: int = 0  # images whose INT8 tensor is all zero where the FP32 one is not
+    local_zero_out: int = 0  # images where this quantizer's output is all zero and its input is not
     reduce_axes: tuple[int, ...] = field(default=())
 
     def update(self, q: Quantizer, fp: np.ndarray, fq_in: np.ndarray, fq_out: np.ndarray) -> None:
@@ -119,14 +155,18 @@ class _Stats:
         self.vmax = np.maximum(self.vmax, fp.max(axis=axes, keepdims=True))
         a, b, c = (t.reshape(len(t), -1) for t in (fp, fq_in, fq_out))
         sq = lambda t: np.einsum("ij,ij->i", t, t, dtype=np.float64)  # noqa: E731 - per-image sums of squares
-        fp_sq, out_sq = sq(a), sq(c)
+        fp_sq, in_sq, out_sq = sq(a), sq(b), sq(c)
         self.signal += float(fp_sq.sum())
         self.noise += float(sq(c - a).sum())
-        self.local_signal += float(sq(b).sum())
+        self.local_signal += float(in_sq.sum())
         self.local_noise += float(sq(c - b).sum())
+        self.zero_out += int(((out_sq == 0) & (fp_sq > 0)).sum())
+        self.local_zero_out += int(((out_sq == 0) & (in_sq > 0)).sum())
         denom = np.sqrt(fp_sq * out_sq)
         dot = np.einsum("ij,ij->i", a, c, dtype=np.float64)
-        self.cosine_sum += float(np.where(denom > 0, dot / np.where(denom > 0, denom, 1), 1.0).sum())
+        # two zero tensors agree (1); a zero tensor against another shares no direction with it (0, as sklearn)
+        self.cosine_sum += float(np.where(denom > 0, dot / np.where(denom > 0, denom, 1),
+                                          np.where((fp_sq == 0) & (out_sq == 0), 1.0, 0.0)).sum())
         self.images += len(fp)
 
     def row(self, q: Quantizer) -> dict:
@@ -136,8 +176,12 @@ class _Stats:
         return {"clipped_fraction": (self.below + self.above) / self.n, "clipped_below": self.below / self.n,
                 "clipped_above": self.above / self.n, "ref_min": float(np.min(self.vmin)),
                 "ref_max": float(np.max(self.vmax)), "range_used": float(np.mean(used)),
-                "sqnr_db": _db(self.signal, self.noise), "local_sqnr_db": _db(self.local_signal, self.local_noise),
-                "cosine": self.cosine_sum / self.images}
+                "sqnr_db": _db(self.signal, self.noise, self.n),
+                "local_sqnr_db": _db(self.local_signal, self.local_noise, self.n),
+                "cosine": self.cosine_sum / self.images,
+                "sqnr_note": _db_note(self.signal, self.noise, self.n, self.zero_out, self.images),
+                "local_sqnr_note": _db_note(self.local_signal, self.local_noise, self.n, self.local_zero_out,
+                                            self.images)}
 
 
 def _broadcastable(bound: np.ndarray, ndim: int) -> np.ndarray:
@@ -145,11 +189,30 @@ def _broadcastable(bound: np.ndarray, ndim: int) -> np.ndarray:
     return bound.reshape((1,) * (ndim - bound.ndim) + bound.shape) if bound.ndim < ndim else bound
 
 
-def _db(signal: float, noise: float) -> float | None:
-    """10 log10(signal / noise); None where the quantizer changed nothing (no finite ratio)."""
-    if noise <= 0 or signal <= 0:
+# below float32's smallest normal number, an activation's RMS is no signal to measure an error against
+NO_SIGNAL_RMS = float(np.finfo(np.float32).tiny)
+
+
+def _db(signal: float, noise: float, n: int) -> float | None:
+    """10 log10(signal / noise) over `n` values; None where there is no meaningful finite ratio (no error, or no
+    signal: `_db_note`)."""
+    if noise <= 0 or n == 0 or math.sqrt(signal / n) < NO_SIGNAL_RMS:
         return None
     return 10 * math.log10(signal / noise)
+
+
+def _db_note(signal: float, noise: float, n: int, zero_images: int, images: int) -> str | None:
+    """Why an SQNR reads as it does, where its number alone would mislead: "no signal" (the reference tensor's
+    RMS is below float32's smallest normal number: the ratio means nothing), "exact" (no error: no finite
+    ratio), "INT8 all zero" (every image's quantized tensor is zero, so the error equals the signal: 0 dB for
+    any scale, however small); None otherwise."""
+    if n == 0 or math.sqrt(signal / n) < NO_SIGNAL_RMS:
+        return "no signal"
+    if noise <= 0:
+        return "exact"
+    if images and zero_images == images:
+        return "INT8 all zero"
+    return None
 
 
 def _with_outputs(model, names: list[str]):
@@ -342,25 +405,43 @@ def add_layer_accuracy(rows: list[dict], q: dict, k: int, validation: LabeledIma
 
 # ---------------------------------------------------------------- tables and plots
 def ranked_table(rows: list[dict], top: int | None = None):
-    """A pandas table of one set's rows, worst first, percentages and dB rounded for reading, ranges to four
-    significant digits."""
+    """A pandas table of one set's rows, worst first: each layer's name and OpenVINO op type, percentages rounded
+    for reading, SQNR as `db_text` writes it, ranges to four significant digits."""
     import pandas as pd
 
     df = pd.DataFrame(rows).sort_values("rank")
     if top:
         df = df.head(top)
     df["per_channel"] = df["per_channel"].map({True: "per channel", False: ""})
-    cols = {"rank": "rank", "index": "#", "layer": "layer", "per_channel": "range", "low": "low", "high": "high",
+    cols = {"rank": "rank", "index": "#", "layer": "layer", "op_type": "op", "per_channel": "range", "low": "low",
+            "high": "high",
             "ref_min": "ref min", "ref_max": "ref max", "clipped_fraction": "clipped %", "range_used": "range used %",
             "local_sqnr_db": "local SQNR dB", "sqnr_db": "SQNR dB", "cosine": "cosine",
             "val_accuracy_layer_fp32": "val acc, layer FP32"}
+    for col, note in (("local_sqnr_db", "local_sqnr_note"), ("sqnr_db", "sqnr_note")):
+        notes = df[note] if note in df else pd.Series(None, index=df.index, dtype=object)
+        df[col] = [db_text(v, n) for v, n in zip(df[col], notes)]
     df = df[[c for c in cols if c in df]].rename(columns=cols)
     for c in ("clipped %", "range used %"):
         df[c] = df[c] * 100
     for c in ("low", "high", "ref min", "ref max"):  # four significant digits: a 1e-5 range never reads 0.0
         df[c] = df[c].map(lambda v: float(f"{v:.4g}"))
-    return df.round({"clipped %": 3, "range used %": 1, "local SQNR dB": 1, "SQNR dB": 1, "cosine": 4,
-                     "val acc, layer FP32": 4})
+    return df.round({"clipped %": 3, "range used %": 1, "cosine": 4, "val acc, layer FP32": 4})
+
+
+def db_text(value: float | None, note: str | None = None) -> str:
+    """An SQNR for reading: one decimal from 10 dB, two below (a small SQNR never rounds to a bare 0.0), and
+    the reason where the number alone would mislead (`_db_note`): "n/a (no signal)", "exact", "0.00 (INT8 all
+    zero)"; "-" for a row without one."""
+    note = note if isinstance(note, str) else None  # a missing note reads NaN in a DataFrame
+    if note == "no signal":
+        return "n/a (no signal)"
+    if note == "exact":
+        return "exact"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+    return f"{text} ({note})" if note else text
 
 
 def _labels(df):

@@ -7,9 +7,10 @@ image-folder tree `<root>/{train,val,test}/<class>/*` with the contract's class 
 the contract), each part once and only when asked: train is cut by `calib.core.data.train_split_indices` into a
 calibration pool and a validation split that never overlap (unless val/ exists), test is for the final accuracy
 only. `make_images` draws calibration images from the source registry (`calib.core.sources`: the same `noise`,
-`fractal` and `distylegan` functions the zoo uses, at the contract's size and normalization) or from a folder
-(refused where it holds a test or validation image of the tree in use); `invert` makes them from the model's
-own BatchNorm statistics with the inversion source's optimizer (source `inversion`). `quantize_own` goes from
+`fractal`, `distylegan` and `inversion` functions the zoo uses, at the contract's size and normalization;
+inversion from the model file's own BatchNorm statistics) or from a folder (refused where it holds a test or
+validation image of the tree in use); `invert` runs the inversion source's `invert_module` on a module already in
+memory. `quantize_own` goes from
 "my model, no data" to an INT8 model in one call, `evaluate_own` and `benchmark_own_files` run any file through
 the one evaluator (`calib.core.evaluate`) and the one timing protocol; rows carry the contract and its origin.
 """
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from calib.core.spec import QuantizeSpec
 
 SOURCES = ("noise", "fractal", "folder", "distylegan", "inversion")
+# inversion of your own model: half the zoo's batch (inputs may be 224x224) and weaker image priors
+OWN_INVERSION = {"iterations": 100, "batch_size": 50, "lr": 0.25, "w_tv": 1e-4, "w_l2": 1e-5, "channels_last": False}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
@@ -222,24 +225,46 @@ def _interleaved(labels: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(np.arange(len(labels)) % per_class, kind="stable")[:n]
 
 
+def _registry_images(source: str, n: int, seed: int, contract: InputContract,
+                     **options) -> tuple[np.ndarray, dict]:
+    """`n` images of a registry source at the contract's size and normalization (a source that takes no
+    contract: resized), every class folder in turn, and the source's manifest extras."""
+    from calib.core.sources import generate, source_info
+
+    takes = {"contract": contract} if "contract" in source_info(source).options else {}
+    g = generate(source, -(-n // 10), seed, **takes, **options)
+    return C.resize(g.images[_interleaved(g.labels, n)], contract.input_size), g.extra
+
+
+def _inversion_summary(batches: list[dict], opts: dict) -> dict:
+    """What a row records of an inversion: the options and the BN losses averaged over the batches."""
+    return {**opts, "bn_loss_start": float(np.mean([b["bn_loss_start"] for b in batches])),
+            "bn_loss_uint8": float(np.mean([b["bn_loss_uint8"] for b in batches])), "batches": len(batches)}
+
+
+def invert_file(model: Path, contract: InputContract, n: int, seed: int) -> tuple[np.ndarray, dict]:
+    """`n` images inverted from the BatchNorm statistics of your model's file by the registry's `inversion`
+    source (pinned kernels, as for the zoo), at the contract's size and normalization; and what the row records."""
+    images, extra = _registry_images("inversion", n, seed, contract, model=str(model), **OWN_INVERSION)
+    return images, {**_inversion_summary(extra["batches"], extra["inversion"]), "kernels": extra.get("kernels")}
+
+
 def make_images(source: str, n: int, seed: int, contract: InputContract, folder: Path | None = None,
-                tree: Tree | None = None) -> np.ndarray:
+                tree: Tree | None = None, model: Path | None = None) -> np.ndarray:
     """`n` calibration images (uint8 NHWC RGB at the contract's size) from `source`: the registry's own source
-    (`calib.core.sources`) at the contract's size and normalization, every class folder in turn; or a `folder`
-    (at most `n` of its images, seeded), whose image equal to a test or validation image of `tree` is refused,
-    as is a folder inside its test/."""
+    (`calib.core.sources`) at the contract's size and normalization, every class folder in turn (`inversion`:
+    of the `model` file); or a `folder` (at most `n` of its images, seeded), whose image equal to a test or
+    validation image of `tree` is refused, as is a folder inside its test/."""
     if source not in SOURCES:
         raise OptionError(f"--source {source} is not one for your own model; sources: {', '.join(SOURCES)}")
     if n < 1:
         raise OptionError(f"--images must be at least 1, not {n}")
     if source == "inversion":
-        raise OptionError("--source inversion inverts the model itself: quantize_own does that (own.invert)")
+        if model is None:
+            raise OptionError("--source inversion inverts your model's file: give it")
+        return invert_file(Path(model), contract, n, seed)[0]
     if source != "folder":
-        from calib.core.sources import generate, source_info
-
-        takes = {"contract": contract} if "contract" in source_info(source).options else {}
-        g = generate(source, -(-n // 10), seed, **takes)
-        return C.resize(g.images[_interleaved(g.labels, n)], contract.input_size)
+        return _registry_images(source, n, seed, contract)[0]
     if folder is None:
         raise OptionError("--source folder needs --folder DIR (any folder of unlabeled images)")
     folder = Path(folder).resolve()
@@ -294,15 +319,14 @@ class OwnRequest:
 
 @dataclass(frozen=True)
 class OwnPlan:
-    """A request checked against its model file before any work: the file, the engine, the spec, the tree and,
-    for inversion, the module to invert."""
+    """A request checked against its model file before any work: the file, the engine, the spec, the tree and
+    its validation split where a step uses it."""
 
     model: ForeignModel
     engine: str
     spec: QuantizeSpec
     tree: Tree | None
     validation: LabeledImages | None
-    module: Any = None
 
 
 def plan_own(req: OwnRequest, tree: Tree | None = None) -> OwnPlan:
@@ -339,13 +363,13 @@ def plan_own(req: OwnRequest, tree: Tree | None = None) -> OwnPlan:
         raise OptionError(f"--data-dir {req.data_dir}: no such folder")
     spec = QuantizeSpec(str(req.model), Path("."), engine=engine, seed=req.seed, algo=req.algo,
                         max_drop=req.max_drop)  # checks the options against the engine
-    module = None
     if req.source == "inversion":
         if model.kind not in ("torchscript", "export"):
             raise OptionError(f"--source inversion needs a PyTorch model (a torch.export .pt2 archive); "
                               f"{req.model} is {kinds.NAMES[model.kind]}")
-        module = foreign.load_module(model)
-        check_invertible(module)
+        from calib.core.sources.inversion import check_invertible
+
+        check_invertible(foreign.load_module(model))
     tree = tree or req.tree()
     validation = None
     try:
@@ -362,7 +386,7 @@ def plan_own(req: OwnRequest, tree: Tree | None = None) -> OwnPlan:
         raise
     except CalibError as e:
         raise OptionError(str(e)) from None
-    return OwnPlan(model, engine, spec, tree, validation, module)
+    return OwnPlan(model, engine, spec, tree, validation)
 
 
 def own_folder(req: OwnRequest, root: Path = Path("runs/quantize"), extra: dict | None = None) -> Path:
@@ -406,7 +430,7 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None, tr
         model, req.contract, out / f"fp32{engine.suffix}")
     inverted: dict = {}
     if req.source == "inversion":
-        images, inverted = invert(plan.module, req.contract, req.images, req.seed)
+        images, inverted = invert_file(req.model, req.contract, req.images, req.seed)
     else:
         images = make_images(req.source, req.images, req.seed, req.contract, req.folder, tree)
     x = C.to_model_input(images, req.contract)
@@ -437,62 +461,21 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None, tr
     return row
 
 
-def check_invertible(module) -> None:
-    """One line unless inversion can run on `module`: a Python module or a torch.export graph with BatchNorm."""
-    import torch
-
-    from calib.core.sources.inversion import has_batch_norm
-
-    if isinstance(module, torch.jit.ScriptModule):
-        raise OptionError("inversion needs the model as a Python nn.Module: a TorchScript module takes no "
-                         "BatchNorm hooks (save it with torch.export.save as .pt2 instead)")
-    if not has_batch_norm(module):
-        raise OptionError("inversion needs BatchNorm2d layers, and this model has none; use --source fractal")
-
-
-def invert(module, contract: InputContract, n: int, seed: int, iterations: int = 100, batch_size: int = 50,
-           lr: float = 0.25, w_bn: float = 1.0, w_tv: float = 1e-4, w_l2: float = 1e-5,
+def invert(module, contract: InputContract, n: int, seed: int, iterations: int = OWN_INVERSION["iterations"],
+           batch_size: int = OWN_INVERSION["batch_size"], lr: float = OWN_INVERSION["lr"], w_bn: float = 1.0,
+           w_tv: float = OWN_INVERSION["w_tv"], w_l2: float = OWN_INVERSION["w_l2"],
            jitter: int = 2) -> tuple[np.ndarray, dict]:
     """`n` images (uint8 NHWC RGB at the contract's size) inverted from the BatchNorm statistics of a PyTorch
-    `nn.Module`, as the `inversion` source does for the zoo, in the model's own input space: the loss on every
-    BatchNorm2d input, total variation and L2, with jitter and flips; no class targets (your classes may be
-    anything). A model without BatchNorm2d layers is refused in one line."""
-    import torch
-
-    from calib.core.contract import to_model_input
-    from calib.core.sources import image_seed
-    from calib.core.sources.inversion import bn_statistics, optimize_inputs
+    module already in memory (an `nn.Module` or a torch.export graph) by the inversion source's own
+    `invert_module`, as `make_images` does for a model file: the same batches, the same images. A module without
+    BatchNorm2d layers, or a TorchScript one, is refused in one line."""
+    from calib.core.sources.inversion import check_invertible, invert_module
 
     check_invertible(module)
-    if not isinstance(module, torch.fx.GraphModule):  # an exported graph is fixed in the mode it was exported in
-        module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    mean = torch.tensor(contract.mean).view(1, 3, 1, 1)
-    std = torch.tensor(contract.std).view(1, 3, 1, 1)
-    top = 255.0 if contract.scale == 1.0 else 1.0
-    lo, hi = (0 - mean) / std, (top - mean) / std
-    out, bn_start, bn_end = [], [], []
-    stats = bn_statistics(module)  # once: for an exported graph it is an instrumented copy
-    try:
-        for s in range(0, n, batch_size):
-            seeds = [image_seed(seed, i) for i in range(s, min(n, s + batch_size))]
-            x = torch.stack([torch.randn(contract.shape, generator=torch.Generator().manual_seed(k)) for k in seeds])
-            x = torch.maximum(torch.minimum(x, hi), lo).requires_grad_(True)
-            x, first_bn, _ = optimize_inputs(stats, x, lo, hi, seeds[0], iterations, lr, w_bn, w_tv, w_l2, jitter)
-            bn_start.append(first_bn)
-            with torch.no_grad():
-                pixels = (x * std + mean) * (255.0 if contract.scale != 1.0 else 1.0)
-                if contract.bgr:
-                    pixels = pixels.flip(1)
-                images = pixels.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-                stats.run(torch.from_numpy(to_model_input(images, contract)))
-            bn_end.append(float(stats.value()))
-            out.append(images)
-    finally:
-        stats.remove()
-    return np.concatenate(out), {"bn_loss_start": float(np.mean(bn_start)), "bn_loss_uint8": float(np.mean(bn_end)),
-                                 "iterations": iterations, "batch_size": batch_size, "lr": lr}
+    opts = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "w_bn": w_bn, "w_ce": 0.0, "w_tv": w_tv,
+            "w_l2": w_l2, "jitter": jitter, "channels_last": OWN_INVERSION["channels_last"]}
+    images, labels, _, batches, _ = invert_module(module, -(-n // 10), seed, opts, contract)
+    return images[_interleaved(labels, n)], _inversion_summary(batches, opts)
 
 
 def evaluate_own(model: Path, data_dir: Path | None, options: dict | None = None, card: Path | None = None,

@@ -6,6 +6,11 @@ with cross-entropy toward each image's class, total-variation and L2 priors, ran
 Images are kept inside the valid pixel range at every step; the result is de-normalized and rounded
 to uint8, and the BN loss is measured again on those uint8 images, since that is what calibration sees.
 
+With a `contract` (your own model's `calib.core.contract.InputContract`), `model` is your model's file (a
+`torch.export` archive, or any `nn.Module` through `invert_module`) and the images are made at the contract's
+size, in its normalized space, channel order and pixel scale, without class targets (its classes may be
+anything): the same optimizer, loss and batch plan as for the zoo.
+
 The batch is the unit of generation: a batch is optimized jointly against its own statistics, so an image
 depends on its batch-mates. Batches follow from `(per_class, batch_size)` alone (`batch_plan`); a batch's
 initial noise comes from its images' seeds and its jitter stream from its first image's seed. The set's
@@ -19,14 +24,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from calib.core.data import MEAN, STD, from_model_input, to_model_input
-from calib.core.errors import CalibError
+from calib.core.errors import CalibError, OptionError
 from calib.core.sources import Generated, balanced_labels, image_seed, register_source
+
+if TYPE_CHECKING:
+    from calib.core.contract import InputContract
 
 # Settings before the speed-up (issue: 1.01 s/image measured at 400 iterations, batch 20); kept for benchmarks.
 OLD_DEFAULTS = {"iterations": 1000, "batch_size": 100, "lr": 0.1, "channels_last": False}
@@ -132,6 +141,15 @@ def has_batch_norm(model: nn.Module) -> bool:
         isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+def check_invertible(module) -> None:
+    """One line unless inversion can run on `module`: a Python module or a torch.export graph with BatchNorm."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise OptionError("inversion needs the model as a Python nn.Module: a TorchScript module takes no "
+                          "BatchNorm hooks (save it with torch.export.save as .pt2 instead)")
+    if not has_batch_norm(module):
+        raise OptionError("inversion needs BatchNorm2d layers, and this model has none; use --source fractal")
+
+
 def bn_statistics(model: nn.Module) -> _BNTerms:
     """The BatchNorm-statistics loss of `model`: hooks on its BatchNorm2d modules, or the batch-norm calls of a
     `torch.export` graph (which keeps no BatchNorm modules)."""
@@ -148,15 +166,49 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
+def _model_input(images_u8: np.ndarray, contract: InputContract | None) -> torch.Tensor:
+    """uint8 NHWC RGB images as the model's input: the zoo's normalization, or the contract's."""
+    if contract is None:
+        return torch.from_numpy(to_model_input(images_u8))
+    from calib.core.contract import to_model_input as by_contract
+
+    return torch.from_numpy(by_contract(images_u8, contract))
+
+
 @torch.no_grad()
-def bn_loss_of(model: nn.Module, images_u8: np.ndarray) -> float:
-    """BN-statistics distance of a batch of uint8 images under `model` (eval mode)."""
-    hooks = bn_statistics(model)
+def bn_loss_of(model: nn.Module | _BNTerms, images_u8: np.ndarray, contract: InputContract | None = None) -> float:
+    """BN-statistics distance of a batch of uint8 images under `model` (eval mode), or under its loss already
+    built (`bn_statistics`); made model inputs by `contract`, else the zoo's normalization."""
+    hooks = model if isinstance(model, _BNTerms) else bn_statistics(model)
     try:
-        hooks.run(torch.from_numpy(to_model_input(images_u8)))
+        hooks.run(_model_input(images_u8, contract))
         return float(hooks.value())
     finally:
-        hooks.remove()
+        if hooks is not model:
+            hooks.remove()
+
+
+def pixel_bounds(contract: InputContract | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid pixel range (black, white) in the normalized input space, per channel, shaped (1, 3, 1, 1)."""
+    if contract is None:
+        return to_normalized(torch.zeros(1, 3, 1, 1)), to_normalized(torch.ones(1, 3, 1, 1))
+    mean = torch.tensor(contract.mean).view(1, 3, 1, 1)
+    std = torch.tensor(contract.std).view(1, 3, 1, 1)
+    top = 255.0 if contract.scale == 1.0 else 1.0
+    return (0 - mean) / std, (top - mean) / std
+
+
+def to_pixels(x: torch.Tensor, contract: InputContract | None) -> np.ndarray:
+    """Normalized model inputs back to uint8 NHWC RGB images (the zoo's normalization, or the contract's)."""
+    if contract is None:
+        pixels = from_model_input(x).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        return np.rint(pixels * 255).astype(np.uint8)
+    mean = torch.tensor(contract.mean).view(1, 3, 1, 1)
+    std = torch.tensor(contract.std).view(1, 3, 1, 1)
+    pixels = (x * std + mean) * (255.0 if contract.scale != 1.0 else 1.0)
+    if contract.bgr:
+        pixels = pixels.flip(1)
+    return pixels.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
 
 
 def batch_plan(per_class: int, batch_size: int, num_classes: int = 10) -> list[np.ndarray]:
@@ -208,37 +260,44 @@ def optimize_inputs(model: nn.Module | _BNTerms, x: torch.Tensor, lo: torch.Tens
     return x, first_bn, last_bn
 
 
-def invert_batch(model: nn.Module, labels: np.ndarray, seeds: list[int], iterations: int, lr: float,
+def invert_batch(model: nn.Module, labels: np.ndarray | None, seeds: list[int], iterations: int, lr: float,
                  w_bn: float, w_ce: float, w_tv: float, w_l2: float, jitter: int = 2,
-                 start: np.ndarray | None = None, channels_last: bool = False) -> tuple[np.ndarray, dict]:
+                 start: np.ndarray | None = None, channels_last: bool = False, contract: InputContract | None = None,
+                 stats: _BNTerms | None = None) -> tuple[np.ndarray, dict]:
     """One batch, optimized jointly: initial noise from each image's seed (or `start`, uint8 images), jitter and
     flips from `seeds[0]`. `channels_last` makes the BN-statistics reductions contiguous (ResNet20: 1.6x
-    faster per step on 2 cores)."""
-    model.eval()
-    for p in model.parameters():
+    faster per step on 2 cores). With `contract`, at its input size and in its normalized space; `labels` None:
+    no class targets. `stats`: the model's loss built once (`bn_statistics`) for many batches."""
+    net = stats.model if stats is not None else model  # what runs: a graph's loss runs an instrumented copy
+    if not isinstance(net, torch.fx.GraphModule):  # an exported graph is fixed in the mode it was exported in
+        net.eval()
+    for p in net.parameters():
         p.requires_grad_(False)
+    shape = contract.shape if contract is not None else (3, 32, 32)
     if start is None:
-        x = torch.stack([torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        x = torch.stack([torch.randn(*shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
     else:
-        x = torch.from_numpy(to_model_input(start))
+        x = _model_input(start, contract)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)
+    net.to(memory_format=fmt)
     x = x.contiguous(memory_format=fmt).requires_grad_(True)
-    lo, hi = to_normalized(torch.zeros(1, 3, 1, 1)), to_normalized(torch.ones(1, 3, 1, 1))
-    x, first_bn, last_bn = optimize_inputs(model, x, lo, hi, seeds[0], iterations, lr, w_bn, w_tv, w_l2, jitter,
+    lo, hi = pixel_bounds(contract)
+    loss = stats if stats is not None else model
+    x, first_bn, last_bn = optimize_inputs(loss, x, lo, hi, seeds[0], iterations, lr, w_bn, w_tv, w_l2, jitter,
                                            labels=labels, w_ce=w_ce)
-    pixels = from_model_input(x.detach()).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    images = np.rint(pixels * 255).astype(np.uint8)
-    return images, {"bn_loss_start": first_bn, "bn_loss_float": last_bn, "bn_loss_uint8": bn_loss_of(model, images)}
+    images = to_pixels(x.detach(), contract)
+    return images, {"bn_loss_start": first_bn, "bn_loss_float": last_bn,
+                    "bn_loss_uint8": bn_loss_of(loss, images, contract)}
 
 
 def _step_options(opts: dict) -> dict:
     return {k: v for k, v in opts.items() if k not in ("batch_size", "init")}
 
 
-def _start_images(init: str, per_class: int, seed: int) -> tuple[np.ndarray | None, dict]:
+def _start_images(init: str, per_class: int, seed: int,
+                  contract: InputContract | None = None) -> tuple[np.ndarray | None, dict]:
     """Starting images: noise (None), or another source's set with the same per-class count and seed, so that
-    image i starts from that source's image i (which has the same seed)."""
+    image i starts from that source's image i (which has the same seed); at the contract's size where given."""
     if init == "noise":
         return None, {}
     if init not in INITS:
@@ -246,7 +305,12 @@ def _start_images(init: str, per_class: int, seed: int) -> tuple[np.ndarray | No
     from calib.core.sources import generate
 
     g = generate(init, per_class, seed)
-    return g.images, {"source": init, **{k: v for k, v in g.extra.items() if "sha256" in k or "checkpoint" in k}}
+    images = g.images
+    if contract is not None:
+        from calib.core.contract import resize
+
+        images = resize(images, contract.input_size)
+    return images, {"source": init, **{k: v for k, v in g.extra.items() if "sha256" in k or "checkpoint" in k}}
 
 
 def _load(model: str, weights: Path | None) -> tuple[nn.Module, Path | None]:
@@ -256,37 +320,72 @@ def _load(model: str, weights: Path | None) -> tuple[nn.Module, Path | None]:
     return load_model(model, path, fuse=False, pretrained=path is not None), path  # unfused: keep every BN
 
 
+def invert_module(net: nn.Module, per_class: int, seed: int, opts: dict, contract: InputContract | None = None,
+                  init: str = "noise", progress: Callable[[int, int], None] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[str], list[dict], dict]:
+    """Every batch of `batch_plan(per_class, opts["batch_size"])` inverted from `net` (`invert_batch`, with the
+    step options of `opts`): class targets for the zoo, none with a `contract` (at its size and normalization).
+    Returns the images, labels and ids in class order, each batch's ids and BN losses, and the start's
+    provenance."""
+    labels = balanced_labels(per_class)
+    seeds = [image_seed(seed, i) for i in range(len(labels))]
+    start, start_extra = _start_images(init, per_class, seed, contract)
+    h, w = contract.input_size if contract is not None else (32, 32)
+    images = np.empty((len(labels), h, w, 3), np.uint8)
+    batches: list[dict] = []
+    stats = bn_statistics(net) if contract is not None else None  # once: for a graph it is an instrumented copy
+    try:
+        for idx in batch_plan(per_class, opts["batch_size"]):
+            imgs, st = invert_batch(net, labels[idx] if contract is None else None, [seeds[i] for i in idx],
+                                    **_step_options(opts), start=None if start is None else start[idx],
+                                    contract=contract, stats=stats)
+            images[idx] = imgs
+            batches.append({"ids": [f"{seeds[i]:010d}" for i in idx], **st})
+            if progress is not None:
+                progress(sum(len(b["ids"]) for b in batches), len(labels))
+    finally:
+        if stats is not None:
+            stats.remove()
+    return images, labels, [f"{s:010d}" for s in seeds], batches, start_extra
+
+
+def _load_own(path: Path) -> nn.Module:
+    """Your own model's PyTorch module from its file, refused in one line where it cannot be inverted."""
+    from calib.core import foreign
+
+    net = foreign.load_module(foreign.open_model(Path(path)))
+    check_invertible(net)
+    return net
+
+
 @register_source("inversion", pinned=True)
 def inversion(per_class: int, seed: int, model: str = "resnet20", weights: Path | None = None,
               iterations: int = DEFAULTS["iterations"], batch_size: int = DEFAULTS["batch_size"],
               lr: float = DEFAULTS["lr"], w_bn: float = 1.0, w_ce: float = 1.0, w_tv: float = 1e-3,
               w_l2: float = 1e-4, init: str = "noise", channels_last: bool = True,
+              contract: InputContract | None = None,
               progress: Callable[[int, int], None] | None = None) -> Generated:
-    """Class-conditional images optimized to match the model's BatchNorm running statistics."""
-    from calib.core.weights import weights_provenance
+    """Class-conditional images optimized to match the model's BatchNorm running statistics; with `contract`,
+    your own model's file (`model`) inverted at the contract's size and normalization, without class targets."""
+    from calib.core.weights import file_sha256, weights_provenance
 
     if iterations < 1 or batch_size < 1 or lr <= 0:
         raise CalibError("inversion needs iterations >= 1, batch_size >= 1 and lr > 0")
-    net, path = _load(model, weights)
+    if contract is None:
+        net, path = _load(model, weights)
+        provenance = {"model": model, "weights": str(path) if path else "random", **weights_provenance(path)}
+    else:
+        if weights is not None:
+            raise CalibError("inversion of your own model file takes no weights: the file holds them")
+        net, w_ce = _load_own(Path(model)), 0.0  # your classes are not CIFAR-10's: no class targets
+        provenance = {"model": str(model), "model_sha256": file_sha256(Path(model)), "contract": contract.to_dict()}
     opts = {"iterations": iterations, "batch_size": batch_size, "lr": lr, "w_bn": w_bn, "w_ce": w_ce,
             "w_tv": w_tv, "w_l2": w_l2, "init": init, "channels_last": channels_last}
-    labels = balanced_labels(per_class)
-    seeds = [image_seed(seed, i) for i in range(len(labels))]
-    start, start_extra = _start_images(init, per_class, seed)
-    images = np.empty((len(labels), 32, 32, 3), np.uint8)
-    batches = []
-    for idx in batch_plan(per_class, batch_size):
-        imgs, st = invert_batch(net, labels[idx], [seeds[i] for i in idx], **_step_options(opts),
-                                start=None if start is None else start[idx])
-        images[idx] = imgs
-        batches.append({"ids": [f"{seeds[i]:010d}" for i in idx], **st})
-        if progress is not None:
-            progress(sum(len(b["ids"]) for b in batches), len(labels))
+    images, labels, ids, batches, start_extra = invert_module(net, per_class, seed, opts, contract, init, progress)
     rebuild = {"unit": "batch", "needs": "options in 'inversion', 'batches', 'weights_sha256', this torch build",
                "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    extra = {"model": model, "weights": str(path) if path else "random", **weights_provenance(path),
-             "inversion": opts, "init_source": start_extra, "regenerate": rebuild, "batches": batches}
-    return Generated(images, labels, [f"{s:010d}" for s in seeds], extra=extra)
+    extra = {**provenance, "inversion": opts, "init_source": start_extra, "regenerate": rebuild, "batches": batches}
+    return Generated(images, labels, ids, extra=extra)
 
 
 def regenerate(set_dir: Path, ids: list[str]) -> dict[str, np.ndarray]:
