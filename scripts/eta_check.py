@@ -18,29 +18,18 @@ Prints a Markdown table of every minute's estimate and the largest relative erro
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
-LINE = re.compile(r"(?P<done>\d+)/(?P<total>\d+) \(\d+ %\), (?P<elapsed>.+?) elapsed(?:, about (?P<left>.+?) left)?$")
-UNIT = re.compile(r"(\d+(?:\.\d+)?) (h|min|s)\b")
-
-
-def seconds(text: str) -> float:
-    return sum(float(n) * {"h": 3600, "min": 60, "s": 1}[u] for n, u in UNIT.findall(text))
-
 
 def from_log(path: Path) -> list[tuple[float, float | None, float]]:
-    """(elapsed, said left, actually left) of each progress line of a log."""
-    points = []
-    for line in path.read_text().splitlines():
-        m = LINE.search(line.strip())
-        if m:
-            points.append((seconds(m["elapsed"]), seconds(m["left"]) if m["left"] else None))
+    """(elapsed, said left, actually left) of each progress line of a log (`calib.study.schedule.log_points`)."""
+    from calib.study.schedule import log_points
+
+    points = log_points(path.read_text())
     if not points:
         sys.exit(f"{path}: no progress lines")
-    end = points[-1][0]
-    return [(elapsed, left, end - elapsed) for elapsed, left in points]
+    return points
 
 
 def show(points: list[tuple[float, float | None, float]]) -> float | None:

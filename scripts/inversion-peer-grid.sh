@@ -18,7 +18,8 @@ table() {
   # the speed-up against the settings of the 1.01 s/image figure, in one run
   calib benchmark inversion-speed --model resnet20 --images 100 --record $rec
   calib benchmark inversion --models resnet20,shufflenetv2_x0_5 --methods calib,mct,mct-matched \
-    --images 100 --seeds 0,1,2 --record $rec --markdown results/inversion/table.md
+    --images 100 --seeds 0,1,2 --record $rec
+  calib study blocks results/inversion/table.md results/inversion/README.md
 }
 levers() {
   local rec=results/inversion/rows.jsonl

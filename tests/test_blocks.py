@@ -47,6 +47,18 @@ def test_a_block_is_filled_and_refilled(tmp_path, counter):
     assert "count: two\n<!-- end test-count -->" in path.read_text() and "count: one" not in path.read_text()
 
 
+def test_a_per_page_block_sees_its_page(tmp_path, monkeypatch):
+    """A command's output pages (`calib diagnose`'s ranked-<set>.md beside its rows) hold one block each, filled
+    from where the page is."""
+    monkeypatch.setitem(blocks._BLOCKS, "test-where", BlockInfo("test-where", lambda repo, page: f"{page.name}\n",
+                                                                "test block", per_page=True))
+    pages = [tmp_path / name for name in ("a.md", "b.md")]
+    for path in pages:
+        path.write_text(markers("test-where"))
+    assert build(tmp_path, pages) == pages
+    assert ["a.md\n" in pages[0].read_text(), "b.md\n" in pages[1].read_text()] == [True, True]
+
+
 @pytest.mark.parametrize("text,message", [
     ("a\n<!-- begin no-such-block -->\n<!-- end no-such-block -->\n", "page.md:2: unknown block 'no-such-block'"),
     ("a\nb\n<!-- begin test-count -->\nx\n", "page.md:3: block test-count has no end marker"),

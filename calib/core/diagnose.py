@@ -588,6 +588,16 @@ def _diagnose_into(out: Path, model: str, sets: list, names: list[str], ref: Lab
     return {"rows": rows, "written": written, "summary": summary}
 
 
+def ranked_markdown(df, name: str) -> str:
+    """`ranked-<set>.md`: the quantizers of set `name` among the rows `df`, worst first."""
+    return ranked_table(df[df.set == name].to_dict("records")).to_markdown(index=False) + "\n"
+
+
+def compare_markdown(df) -> str:
+    """`compare.md`: the sets of the rows `df` side by side per quantizer."""
+    return compare_table(df).to_markdown(index=False) + "\n"
+
+
 def write_diagnosis(out: Path, rows: list[dict], names: list[str], ref: LabeledImages) -> tuple[list[Path], dict]:
     """`rows.jsonl`, `ranked-<set>.md` per set, `compare.md` (several sets) and `layers.png` under `out`; returns
     the files written and a summary (worst layer and mean clipping per set)."""
@@ -601,11 +611,10 @@ def write_diagnosis(out: Path, rows: list[dict], names: list[str], ref: LabeledI
     written = [out / "rows.jsonl"]
     for name in names:
         path = out / f"ranked-{name}.md"
-        atomic_write_bytes(path, (ranked_table(df[df.set == name].to_dict("records")).to_markdown(index=False)
-                                  + "\n").encode())
+        atomic_write_bytes(path, ranked_markdown(df, name).encode())
         written.append(path)
     if len(names) > 1:
-        atomic_write_bytes(out / "compare.md", (compare_table(df).to_markdown(index=False) + "\n").encode())
+        atomic_write_bytes(out / "compare.md", compare_markdown(df).encode())
         written.append(out / "compare.md")
     written.append(plot_layers(df, out / "layers.png"))
     summary: dict = {"reference": ref.role, "reference_images": len(ref), "quantizers": int(df["index"].nunique()),

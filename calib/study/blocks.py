@@ -5,10 +5,11 @@ pair of marker lines, so a page cannot drift from the rows it describes.
     ...the block's current output...
     <!-- end NAME -->
 
-A block is a function `(repo) -> str` registered with `@register_block("NAME")`; its description is the first
-line of its docstring. `render` refills every block of one text, `build` every page of a repository (or the
-pages given), writing only those that change; `build(..., check=True)` writes nothing and names the stale ones.
-Marker lines inside fenced code (```) are examples, not blocks.
+A block is a function `(repo) -> str` registered with `@register_block("NAME")`, or `(repo, page) -> str` with
+`per_page=True` when what it shows follows from where the page is (a command's output folder, rows beside the
+page); its description is the first line of its docstring. `render` refills every block of one text, `build`
+every page of a repository (or the pages given), writing only those that change; `build(..., check=True)`
+writes nothing and names the stale ones. Marker lines inside fenced code (```) are examples, not blocks.
 """
 
 from __future__ import annotations
@@ -36,19 +37,22 @@ PAGES = ("README.md", "results/**/*.md", "docs/**/*.md")  # the pages `build` lo
 @dataclass(frozen=True)
 class BlockInfo:
     name: str
-    fn: Callable[[Path], str]
+    fn: Callable[..., str]
     description: str
+    per_page: bool = False
 
 
 _BLOCKS: dict[str, BlockInfo] = {}
 
 
-def register_block(name: str):
-    """Register `fn(repo) -> str` as block `name`; a name registered twice is a mistake, not an override."""
-    def wrap(fn: Callable[[Path], str]) -> Callable[[Path], str]:
+def register_block(name: str, per_page: bool = False):
+    """Register `fn(repo) -> str` (with `per_page`, `fn(repo, page) -> str`) as block `name`; a name registered
+    twice is a mistake, not an override."""
+    def wrap(fn: Callable[..., str]) -> Callable[..., str]:
         if name in _BLOCKS:
             raise ValueError(f"block {name} is registered twice")
-        _BLOCKS[name] = BlockInfo(name, fn, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
+        _BLOCKS[name] = BlockInfo(name, fn, (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+                                  per_page)
         return fn
 
     return wrap
@@ -90,14 +94,16 @@ def render(text: str, repo: Path, path: Path | str = "<text>", cache: dict[str, 
                     raise CalibError(f"{path}:{open_at[1]}: block {open_at[0]} has no end marker before the "
                                      f"begin marker of line {number}")
                 name = begin.group(1)
-                if name not in cache:
-                    try:
-                        info = block_info(name)
-                    except CalibError as e:
-                        raise CalibError(f"{path}:{number}: {e}") from None
-                    cache[name] = info.fn(repo).rstrip("\n") + "\n"
+                try:
+                    info = block_info(name)
+                except CalibError as e:
+                    raise CalibError(f"{path}:{number}: {e}") from None
+                key = f"{name}@{path}" if info.per_page else name
+                if key not in cache:
+                    made = info.fn(repo, Path(path)) if info.per_page else info.fn(repo)
+                    cache[key] = made.rstrip("\n") + "\n"
                 out.append(line)
-                out.append(cache[name])
+                out.append(cache[key])
                 open_at = (name, number)
                 continue
             if open_at is None or end.group(1) != open_at[0]:
@@ -367,6 +373,31 @@ def time_official(repo: Path) -> str:
     """The whole official grid before and after the scheduling work, on this machine's cells."""
     return _before_after(repo, ((Path("results/study/official-before"), "Before"),
                                 (Path("results/study/official"), "After")))
+
+
+@register_block("time-left")
+def time_left(repo: Path) -> str:
+    """How far the progress line's "about ... left" was off after a quarter of a run: real runs (their committed
+    progress logs) and the committed runs' rows replayed through today's estimator."""
+    from calib.study.schedule import log_points, replay_run, worst_error
+
+    def pct(points) -> str:
+        worst = worst_error(points)
+        return "-" if worst is None else f"{100 * worst:.0f} %"
+
+    lines = []
+    for log in sorted((repo / "results" / "timing").glob("*-progress.log")):
+        points = log_points(log.read_text())
+        end = points[-1][0] if points else 0.0
+        lines.append([f"[`{log.name}`](/{log.relative_to(repo).as_posix()})", "the run, as it printed", duration(end),
+                      pct(points)])
+    for run in (MAIN, OFFICIAL):
+        points = replay_run(repo / run / "rows.jsonl", "avx512_core_bf16")
+        end = points[-1][0] + points[-1][2] if points else 0.0
+        lines.append([f"[`{run.as_posix()}`](/{run.as_posix()})", "its rows replayed (`scripts/eta_check.py --replay`)",
+                      duration(end), pct(points)])
+    return ("Largest |said − actual| / actual of \"time left\" after a quarter of the run, while at least 30 s were "
+            "left (AMD EPYC | avx512_core_bf16):\n\n" + _md(["run", "estimate", "run time", "largest error"], lines))
 
 
 @register_block("expected-equal")
@@ -696,6 +727,28 @@ def inversion_table(repo: Path) -> str:
                     f"{statistics.mean(r['bn_distance_set'] for r in part):.2f}"])
     return (_machines(rows) + "\n\n" + _md(["model", "method", "images", "seeds", "s/image, median (range)",
                                              "INT8 accuracy (mean ± sd)", "FP32", "BN distance"], out))
+
+
+@register_block("diagnose-ranked", per_page=True)
+def diagnose_ranked(repo: Path, page: Path) -> str:
+    """`calib diagnose`'s quantizers of one set, worst first, from the rows beside the page (`ranked-<set>.md`)."""
+    import pandas as pd
+
+    from calib.core.diagnose import ranked_markdown
+
+    rows = pd.DataFrame(_jsonl(repo, str((page.parent / "rows.jsonl").resolve().relative_to(repo.resolve()))))
+    return ranked_markdown(rows, page.stem.removeprefix("ranked-"))
+
+
+@register_block("diagnose-compare", per_page=True)
+def diagnose_compare(repo: Path, page: Path) -> str:
+    """`calib diagnose`'s sets side by side per quantizer, from the rows beside the page."""
+    import pandas as pd
+
+    from calib.core.diagnose import compare_markdown
+
+    rows = pd.DataFrame(_jsonl(repo, str((page.parent / "rows.jsonl").resolve().relative_to(repo.resolve()))))
+    return compare_markdown(rows)
 
 
 @register_block("inversion-speed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import replace
@@ -301,6 +302,24 @@ def replay(rows: list[dict], jobs: int, speed: dict[Cell, float] | None = None, 
     return out
 
 
+_PROGRESS = re.compile(r"(?P<done>\d+)/(?P<total>\d+) \(\d+ %\), (?P<elapsed>.+?) elapsed(?:, about (?P<left>.+?) "
+                       r"left)?$")
+_UNIT = re.compile(r"(\d+(?:\.\d+)?) (h|min|s)\b")
+
+
+def _seconds(text: str) -> float:
+    return sum(float(n) * {"h": 3600, "min": 60, "s": 1}[u] for n, u in _UNIT.findall(text))
+
+
+def log_points(text: str) -> list[tuple[float, float | None, float]]:
+    """(elapsed, said left, actually left) of each progress line a `calib study run` wrote when piped (one every
+    10 s); the last line is the run's end."""
+    points = [(_seconds(m["elapsed"]), _seconds(m["left"]) if m["left"] else None)
+              for line in text.splitlines() if (m := _PROGRESS.search(line.strip()))]
+    end = points[-1][0] if points else 0.0
+    return [(elapsed, left, end - elapsed) for elapsed, left in points]
+
+
 def worst_error(points: list[tuple[float, float | None, float]], floor: float = 30.0) -> float | None:
     """The largest |said - actual| / actual of a run's time-left estimates after a quarter of the run, while at
     least `floor` seconds were left (closer to the end a few seconds are a large share); None without any."""
@@ -314,8 +333,9 @@ def worst_error(points: list[tuple[float, float | None, float]], floor: float = 
 
 def replay_run(rows_path: Path, hardware: str | None = None, jobs: int | None = None,
                every: float = 10.0) -> list[tuple[float, float | None, float]]:
-    """`replay` of a run folder's rows (those whose `hardware_key` contains `hardware`), from when the run began
-    (its latest manifest before the first cell), with the speed priors of its grid and its summary's jobs."""
+    """`replay` of a run folder's newest run (the rows that started after its newest manifest; of those whose
+    `hardware_key` contains `hardware`), from when that run began, with the speed priors of its grid and its
+    summary's jobs."""
     from calib.core.runs import read_jsonl
     from calib.study.grid import load_grid
 
@@ -332,7 +352,11 @@ def replay_run(rows_path: Path, hardware: str | None = None, jobs: int | None = 
         grid = load_grid(folder / "grid.toml")
         pairs = any("int8_speedup" in r for r in rows)  # rows from before the speed-up pair took no time for it
         speed = {_cell(r): speed_prior(grid, _cell(r), pairs) for r in rows if r.get("timed")}
+    began = sorted(int(p.stem.split("-")[-1]) for p in folder.glob("manifest-*.json")
+                   if p.stem.split("-")[-1].isdigit())
     first = min(r["started_at"] for r in rows)
-    began = [int(p.stem.split("-")[-1]) for p in folder.glob("manifest-*.json") if p.stem.split("-")[-1].isdigit()]
     start = max((t for t in began if t <= first), default=None)
+    if began and began[-1] > first:  # a folder resumed or rerun later: the newest run's cells alone
+        rows = [r for r in rows if r["started_at"] >= began[-1]]
+        start = began[-1]
     return replay(rows, jobs, speed, start, every)
