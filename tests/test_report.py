@@ -16,7 +16,7 @@ from calib.study.report import (
     reference_side_by_side,
     tables,
 )
-from tests.conftest import SHARED
+from tests.conftest import REPO, SHARED
 
 RNG = np.random.default_rng(0)
 LABELS = RNG.integers(0, 10, 200)
@@ -359,3 +359,23 @@ def test_rows_of_several_code_versions_are_never_pooled_without_a_line_saying_so
     (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     page = html.unescape(build_html(run))
     assert page.index(line) < page.index('id="verdict"')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", sorted(p.parent.parent.name for p in (REPO / "results" / "study").glob("*/report/"
+                                                                                                       "manifest.json")))
+def test_every_committed_report_table_is_what_the_report_command_writes_from_the_committed_rows(run, tmp_path):
+    """The tables under results/study/*/report/ are generated, not typed: `calib study report` on a copy of the
+    run folder's rows writes every Markdown and CSV table again, byte for byte."""
+    import filecmp
+    import shutil
+
+    from calib.study.report import write_report
+
+    committed = REPO / "results" / "study" / run
+    copy = tmp_path / run
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("report", "plots"))
+    write_report(copy)
+    tables = sorted(p.name for p in (committed / "report").iterdir() if p.suffix in (".md", ".csv"))
+    assert tables and sorted(p.name for p in (copy / "report").iterdir() if p.suffix in (".md", ".csv")) == tables
+    assert [t for t in tables if not filecmp.cmp(committed / "report" / t, copy / "report" / t, shallow=False)] == []
