@@ -606,3 +606,54 @@ def test_a_run_folder_takes_its_grid_again_with_other_comments_but_not_other_val
     with pytest.raises(CalibError, match="holds a run of another grid"):
         run_study(write_grid(tmp_path, text.replace("per_class = 2", "per_class = 3")), tmp_path / "run",
                   progress=False)
+
+
+def test_the_worker_decides_nothing_about_what_a_cell_is(tmp_path, monkeypatch):
+    """Once the driver resolved the cells (`calib.study.resolve.resolve_cells`), every function that decides what
+    a cell is (its condition, set plan, spec, skip reason, weights lookup, validation and test images) fails if
+    called: the cells still run, here in this process, so the worker used only what it was shipped."""
+    import calib.core.data
+    import calib.core.pipeline
+    import calib.core.weights
+    import calib.study.artifacts
+    import calib.study.condition
+    import calib.study.grid
+    import calib.study.plan
+    import calib.study.resolve
+    import calib.study.runner
+
+    text = (GRID.replace('["noise", "fractal", "stylegan2-ada"]', '["noise"]').replace("seeds = [0, 1]", "seeds = [0]")
+            .replace('algos = ["default"]', 'algos = ["default", "accuracy-aware"]\n'
+                     'accuracy_aware_models = ["tiny_cnn"]\nmax_drop = 0.9'))
+    real_resolve, real_lookup = calib.study.resolve.resolve_cells, calib.core.weights.resolve_weights
+
+    def forbidden(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{name} called after the cells were resolved")
+        return fail
+
+    def lookup_only_given(name, weights=None, *args, **kwargs):  # a path given is checked, never looked up
+        if weights is None:
+            raise AssertionError("weights looked up after the cells were resolved")
+        return real_lookup(name, weights, *args, **kwargs)
+
+    def resolve_then_forbid(*args, **kwargs):
+        resolved = real_resolve(*args, **kwargs)
+        for module, name in ((calib.study.condition, "condition"), (calib.study.resolve, "condition"),
+                             (calib.study.artifacts, "set_plan"), (calib.study.resolve, "set_plan"),
+                             (calib.study.grid, "quantize_spec"), (calib.study.resolve, "quantize_spec"),
+                             (calib.study.plan, "skip_reason"), (calib.study.resolve, "skip_reason"),
+                             (calib.core.data, "evaluation_split"), (calib.core.pipeline, "evaluation_split"),
+                             (calib.core.data, "final_test"), (calib.core.pipeline, "final_test")):
+            monkeypatch.setattr(module, name, forbidden(f"{module.__name__}.{name}"))
+        monkeypatch.setattr(calib.core.weights, "resolve_weights", lookup_only_given)
+        return resolved
+
+    monkeypatch.setattr(calib.study.runner, "resolve_cells", resolve_then_forbid)
+    summary = run_study(write_grid(tmp_path, text), tmp_path / "run", progress=False)
+    rows = read_jsonl(tmp_path / "run" / "rows.jsonl")
+    assert summary["ok"] == 3 and summary["errors"] == 0, [r.get("reason") for r in rows]
+    assert {(r["kind"], r["algo"]) for r in rows} == {("baseline", "default"), ("quantize", "default"),
+                                                     ("quantize", "accuracy-aware")}
+    aware = next(r for r in rows if r["algo"] == "accuracy-aware")
+    assert aware["validation_indices_sha256"] and aware["test_indices_sha256"]  # shipped, not decided here
