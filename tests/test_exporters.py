@@ -3,8 +3,8 @@
 A tiny torchvision-style classifier (conv, BatchNorm, ReLU, global pooling, linear head; 5 classes) whose input
 is named `images`, exported by `torch.onnx.export` (TorchScript-based; the `dynamo=True` exporter where
 onnxscript is installed), `torch.export`, `torch.jit.script` and `openvino.convert_model`, each with batch fixed
-to 1 and with a dynamic batch (TorchScript declares no shapes: one cell), at 32x32 and at 64x64 (which stands
-for 224x224 here, to keep the suite fast on two cores). Each file has its contract card beside it.
+to 1 and with a dynamic batch (TorchScript declares no shapes: one cell), at 32x32 and at 224x224. Each file
+has its contract card beside it.
 
 Every cell goes through `calib quantize` with both engines, `calib evaluate` and `benchmark files`: it works,
 or is refused in one line before any work (no folder, no row). The test images are labeled with the torch
@@ -28,7 +28,7 @@ from calib.core import contract as C
 
 CLASSES = ("c0", "c1", "c2", "c3", "c4")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-SIZES = [32, pytest.param(64, marks=pytest.mark.slow)]
+SIZES = [32, pytest.param(224, marks=pytest.mark.slow)]
 BATCHES = ("fixed1", "dynamic")
 
 
