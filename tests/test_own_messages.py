@@ -227,3 +227,26 @@ def test_docs_give_the_kinds_of_every_command_as_their_help_does_and_the_run_lay
     assert all(readers_text(use) in commands for use in ("quantize", "diagnose", "run"))
     assert "int8/int8.xml" not in "".join(p.read_text() for p in docs.glob("*.md"))
     assert "runs/quantize/RUN/int8.xml" in (docs / "own-model.md").read_text()
+
+
+def test_accuracy_aware_that_kept_every_layer_in_fp32_says_why(made, tmp_path, monkeypatch):
+    """When NNCF keeps every quantized layer in FP32 (one validation image is worth more than --max-drop), the
+    summary says so and what to change; whether NNCF gets there depends on the CPU's INT8 arithmetic, so NNCF's
+    report is made to say it kept them all."""
+    from calib.core import own
+
+    real = own.quantize_own
+
+    def kept_all(*args, **kwargs):
+        row = real(*args, **kwargs)
+        ops = row["quantize"].get("aa_quantized_ops") or 5
+        row["quantize"] |= {"aa_kept_fp32_count": ops, "aa_quantized_ops": ops}
+        return row
+
+    monkeypatch.setattr(own, "quantize_own", kept_all)
+    result, _ = run(["quantize", "--model", str(made / "net.xml"), "--source", "noise", "--images", "20", *STATED,
+                     "--algo", "accuracy-aware", "--max-drop", "0.01", "--data-dir", str(made / "notest"),
+                     "--out", str(tmp_path / "run"), "--record", str(tmp_path / "rows.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "every quantized layer was kept in FP32, so the INT8 file is no smaller" in result.stdout
+    assert "give more validation images or a larger --max-drop" in result.stdout
