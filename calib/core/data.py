@@ -224,6 +224,11 @@ class Evaluation:
         validation.provenance = {**whole.provenance, "validation_source": self.validation_source}
         return validation
 
+    @property
+    def test_indices_sha256(self) -> str:
+        """Which images test this model (`indices_sha256` of `test`, without reading them)."""
+        return _indices_sha256(self.test_indices)
+
     def decided(self, validation: bool) -> Evaluation:
         """A copy that carries its validation indices already decided (`validation`) and no images: what a
         study ships to the process that runs the cell."""
@@ -235,7 +240,7 @@ class Evaluation:
     def facts(self, validation: bool = True) -> dict:
         """Flat keys for a result row: which images tested and why, and (`validation`) which validated."""
         out = {"model_trained_on": self.trained_on, "trained_on_reason": self.trained_on_reason,
-               "test_images": len(self.test_indices), "test_indices_sha256": _indices_sha256(self.test_indices)}
+               "test_images": len(self.test_indices), "test_indices_sha256": self.test_indices_sha256}
         if validation:
             cut = (f"SPLIT: validation_per_class={SPLIT.validation_per_class}, seed={SPLIT.seed}"
                    if self.validation_source == "train_validation_split"

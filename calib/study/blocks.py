@@ -729,26 +729,29 @@ def inversion_table(repo: Path) -> str:
                                              "INT8 accuracy (mean ± sd)", "FP32", "BN distance"], out))
 
 
+def _rows_beside(repo: Path, page: Path) -> pd.DataFrame:  # noqa: F821 (pandas is imported lazily)
+    """The `rows.jsonl` in a page's own folder (a command's output folder), as a table."""
+    import pandas as pd
+
+    return pd.DataFrame(_jsonl(repo, (page.parent / "rows.jsonl").resolve().relative_to(repo.resolve()).as_posix()))
+
+
 @register_block("diagnose-ranked", per_page=True)
 def diagnose_ranked(repo: Path, page: Path) -> str:
     """`calib diagnose`'s quantizers of one set, worst first, from the rows beside the page (`ranked-<set>.md`)."""
-    import pandas as pd
 
     from calib.core.diagnose import ranked_markdown
 
-    rows = pd.DataFrame(_jsonl(repo, str((page.parent / "rows.jsonl").resolve().relative_to(repo.resolve()))))
-    return ranked_markdown(rows, page.stem.removeprefix("ranked-"))
+    return ranked_markdown(_rows_beside(repo, page), page.stem.removeprefix("ranked-"))
 
 
 @register_block("diagnose-compare", per_page=True)
 def diagnose_compare(repo: Path, page: Path) -> str:
     """`calib diagnose`'s sets side by side per quantizer, from the rows beside the page."""
-    import pandas as pd
 
     from calib.core.diagnose import compare_markdown
 
-    rows = pd.DataFrame(_jsonl(repo, str((page.parent / "rows.jsonl").resolve().relative_to(repo.resolve()))))
-    return compare_markdown(rows)
+    return compare_markdown(_rows_beside(repo, page))
 
 
 @register_block("inversion-speed")

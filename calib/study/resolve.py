@@ -98,7 +98,7 @@ def resolve_cells(grid: Grid, cells: list[Cell], out: Path, ctx: Context) -> lis
             spec = quantize_spec(grid, cell, set_folder, weights, data_dir, pretrained=weights is not None)
         diagnose = grid.diagnose and cell.engine == "openvino" and cell.kind == "quantize"
         cond = condition(cell, ctx, file_sha256(weights) if weights else None,
-                         evaluation.facts(validation=False)["test_indices_sha256"] if evaluation else None,
+                         evaluation.test_indices_sha256 if evaluation else None,
                          spec, set_options, diagnose, protocol)
         cid = condition_id(cond)
         row = {"grid": grid.name, "cell": cell.id, **asdict(cell), "timed": timed,

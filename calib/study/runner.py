@@ -79,17 +79,15 @@ def _record_test_labels(out: Path, data_dir: Path | None) -> None:
 def _record_test_subsets(out: Path, resolved: list[Resolved]) -> None:
     """Where a model's accuracy is on part of the test split, keep those indices by their hash in
     `test_indices/`, so the report pairs predictions with the right labels."""
-    from calib.core.data import load_split
-
     seen = set()
     for rc in resolved:
         ev = rc.evaluation
         if ev is None or rc.weights in seen:
             continue
         seen.add(rc.weights)
-        if len(ev.test_indices) == len(load_split("test", rc.data_dir)):
+        if ev.test_slice is None:
             continue  # the whole split: test_labels.json says it all
-        path = out / "test_indices" / f"{ev.facts(validation=False)['test_indices_sha256']}.json"
+        path = out / "test_indices" / f"{ev.test_indices_sha256}.json"
         if not path.exists():
             atomic_write_bytes(path, json.dumps({"indices": ev.test_indices.tolist()}).encode())
 

@@ -33,7 +33,7 @@ def timed(what: str, time_it: Callable[[], dict], rc: Resolved, out: Path) -> di
     return entry
 
 
-def speedup_fields(fp32: Path, int8: Path, rc: Resolved, out: Path) -> dict:
+def speedup_fields(fp32: Path, int8: Path, int8_fingerprint: str, rc: Resolved, out: Path) -> dict:
     """INT8 over FP32 throughput of a quantize cell, from the two files timed in turns (FP32, INT8, FP32, ...: a
     slow spell of the machine hits both), with a bootstrap interval over the repeat pairs; once per pair of
     model computations."""
@@ -45,7 +45,7 @@ def speedup_fields(fp32: Path, int8: Path, rc: Resolved, out: Path) -> dict:
                            rc.protocol)
         return {"fp32_runs": runs["fp32"], "int8_runs": runs["int8"]}
 
-    entry = timed(f"pair:{model_fingerprint(fp32)}:{model_fingerprint(int8)}", time_pair, rc, out)
+    entry = timed(f"pair:{model_fingerprint(fp32)}:{int8_fingerprint}", time_pair, rc, out)
     ratio = ratio_interval(entry["result"]["fp32_runs"], entry["result"]["int8_runs"])
     return {"int8_speedup": ratio["ratio"], "int8_speedup_low": ratio["ratio_low"],
             "int8_speedup_high": ratio["ratio_high"], "int8_speedup_runs": ratio["ratio_runs"],
@@ -84,7 +84,7 @@ def add_speed(rc: Resolved, row: dict, out: Path) -> dict:
             "speed_seconds_each": protocol.duration_s}
         if cell.kind == "quantize":
             fp32 = fp32_export(rc.fp32_file, cell.model, cell.engine, cell.fuse, rc.weights)
-            row |= speedup_fields(fp32, path, rc, out)
+            row |= speedup_fields(fp32, path, what, rc, out)
     except Exception as e:  # noqa: BLE001 - a failing cell must not stop the study
         row |= failure_fields(e)
     row["speed_seconds"] = round(time.perf_counter() - t0, 2)
