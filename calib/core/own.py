@@ -452,6 +452,7 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None, tr
         row |= {"fp32_accuracy": p32["accuracy"], "int8_accuracy": p8["accuracy"],
                 "int8_agreement": float((p32["predictions"] == p8["predictions"]).mean()),
                 "test_images": p32["test_images"], "test": str(tree.root / "test")}
+    row |= probe_own(fp32, int8, req)
     row["seconds"] = round(time.perf_counter() - t0, 2)
     row["out"] = str(out)
     runs.atomic_write_json(out / "quantize.json", row)
@@ -459,6 +460,18 @@ def quantize_own(req: OwnRequest, out: Path, record_path: Path | None = None, tr
         row = runs.record(record_path, "quantize_own", row, seeds={"calibration": req.seed},
                           inputs={"model_sha256": model_sha})
     return row
+
+
+def probe_own(fp32: Path, int8: Path, req: OwnRequest) -> dict:
+    """The label-free estimate of your model's drop (`calib.core.drop`): probe images at its input size, made by
+    the registry's data-free sources with a seed the calibration set did not take."""
+    from calib.core.drop import measure, probe_images, probe_seed
+
+    def make(source: str, per_class: int, seed: int) -> np.ndarray:
+        return _registry_images(source, 10 * per_class, seed, req.contract)[0]
+
+    seed = probe_seed(req.source, req.seed)
+    return measure(fp32, int8, C.to_model_input(probe_images(seed, make), req.contract), seed)
 
 
 def invert(module, contract: InputContract, n: int, seed: int, iterations: int = OWN_INVERSION["iterations"],

@@ -110,6 +110,7 @@ def run_quantize(spec: QuantizeSpec, out: Path | None = None, test: bool = False
     with run_folder(out, overwrite):
         start_run(out, spec, seeds={"quantize": spec.seed}, inputs={"calib": cset.content_hash, **data})
         row = {**quantize_with(spec, cset, out), **data}
+        row |= probe_quantized(row, cset)
         if test:
             weights = None if _is_file(spec.model) else _weights_info(spec.model, spec.weights, spec.pretrained)[0]
             images = final_test(spec.data_dir, weights)  # a validation slice of test, if any, left out
@@ -121,6 +122,15 @@ def run_quantize(spec: QuantizeSpec, out: Path | None = None, test: bool = False
         atomic_write_json(out / "quantize.json", row)
     return record(record_path, "quantize", row, seeds={"quantize": spec.seed},
                   inputs={"calib": cset.content_hash, "weights": Path(row.get("weights", "-")).name})
+
+
+def probe_quantized(row: dict, cset: CalibrationSet) -> dict:
+    """The label-free estimate of a zoo model's drop (`calib.core.drop`), on probe images the set never held."""
+    from calib.core.data import to_model_input
+    from calib.core.drop import measure, probe_images, probe_seed
+
+    seed = probe_seed(cset.manifest.get("source"), cset.manifest.get("seeds", {}).get("set"))
+    return measure(row["fp32_path"], row["int8_path"], to_model_input(probe_images(seed)), seed)
 
 
 def run_evaluate(model: str, batch: int = 50, weights: Path | None = None, data_dir: Path | None = None,

@@ -60,6 +60,22 @@ def set_plan(grid: Grid, cell: Cell, out: Path, data_dir: Path | None,
     return out / "sets" / f"{cell.source}-{cell.per_class}pc-s{cell.seed}-{digest}", opts
 
 
+def probe_plan(grid: Grid, cell: Cell, out: Path) -> tuple[int, tuple[tuple[Path, Cell, dict], ...]]:
+    """The probe of a quantize cell (`calib.core.drop`): its seed, and each probe source's set as (folder, the
+    cell that set would calibrate, its options), made once per run like calibration sets."""
+    from dataclasses import replace
+
+    from calib.core.drop import PROBE_SOURCES, probe_seed
+
+    seed = probe_seed(cell.source, cell.seed)
+    sets = []
+    for source in PROBE_SOURCES:
+        as_cell = replace(cell, source=source, per_class=grid.probe_per_class, seed=seed)
+        folder, opts = set_plan(grid, as_cell, out, None, None)
+        sets.append((folder, as_cell, opts))
+    return seed, tuple(sets)
+
+
 def set_for(folder: Path, cell: Cell, opts: dict) -> Path:
     """Reuse the set a cell needs (validated: a damaged cached set is an error, not silently reused), or make it
     (the driver does this before cells run)."""

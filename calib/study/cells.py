@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from calib.core.errors import CalibError
 from calib.core.hardware import dispatched, hardware
 from calib.core.runs import atomic_write_bytes, to_jsonable
@@ -169,10 +171,23 @@ def quantize_cell(rc: Resolved, out: Path) -> dict:
         kernels = _kernel_fields(Path(q["int8_path"]))
     row |= {"int8_accuracy": int8["accuracy"], "int8_predictions": predictions_to_str(int8["predictions"]),
             **_test_fields(test), **kernels}
+    with step(steps, "probe"):
+        row |= probe_cell(rc, q)
     if rc.diagnose and str(q["int8_path"]).endswith(".xml"):
         with step(steps, "diagnose"):
             row["diagnose_layers"] = diagnose_cell(cell, q, out, rc.data_dir)
     return row | {"step_seconds": steps}
+
+
+def probe_cell(rc: Resolved, q: dict) -> dict:
+    """The label-free estimate of the cell's drop (`calib.core.drop`) on the probe sets the driver made."""
+    from calib.core.data import to_model_input
+    from calib.core.drop import measure
+    from calib.core.sets import read_set
+
+    images = np.concatenate([read_set(folder).images for folder, _, _ in rc.probe_sets])
+    return measure(q["fp32_path"], q["int8_path"], to_model_input(images), rc.probe_seed,
+                   rc.probe_sets[0][1].per_class)
 
 
 def diagnose_cell(cell: Cell, q: dict, out: Path, data_dir: Path | None) -> int:

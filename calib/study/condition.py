@@ -73,7 +73,8 @@ _LOCATIONS = frozenset({"data_dir", "weights"})
 
 
 def condition(cell: Cell, ctx: Context, weights_sha256: str | None, test_indices_sha256: str | None,
-              spec: QuantizeSpec | None, source_options: dict, diagnose: bool, protocol: Protocol | None) -> dict:
+              spec: QuantizeSpec | None, source_options: dict, diagnose: bool, protocol: Protocol | None,
+              probe: dict | None = None) -> dict:
     """Everything that decides a cell's numbers, from what `calib.study.resolve` decided: equal conditions give
     equal rows (up to timing)."""
     cond: dict = {"cell": asdict(cell), "weights_sha256": weights_sha256, "data": ctx.data, "versions": ctx.versions,
@@ -84,6 +85,8 @@ def condition(cell: Cell, ctx: Context, weights_sha256: str | None, test_indices
         cond["quantize"] = {k: v for k, v in asdict(spec).items() if k not in ("model", "calib", "weights", "data_dir")}
         cond["source_options"] = {k: str(v) for k, v in source_options.items() if k not in _LOCATIONS}
         cond["diagnose"] = diagnose
+    if probe:
+        cond["probe"] = probe  # the label-free estimate's images (`calib.core.drop`): no accuracy depends on them
     if protocol is not None:
         cond["speed"] = {k: v for k, v in asdict(protocol).items() if v is not None or k not in _RECORDED_WHEN_SET}
     if ctx.code:
@@ -94,14 +97,14 @@ def condition(cell: Cell, ctx: Context, weights_sha256: str | None, test_indices
 def code_free(cond: dict) -> dict:
     """A condition without calib's code fingerprint: what a row made before the fingerprint was recorded has as
     its whole condition, so a resumed run can say which cells it reruns because the code changed."""
-    return {k: v for k, v in cond.items() if k != "code"}
+    return {k: v for k, v in cond.items() if k not in ("code", "probe")}  # the probe came with the fingerprint
 
 
 def accuracy_part(cond: dict) -> dict:
     """The part of a condition that decides accuracy and predictions, whatever code computed it: all of it but the
     speed protocol and calib's code fingerprint, so a grid that times fewer cells still pairs with one that times
     more, and a run of today's code with a committed run (`calib study compare --by accuracy`)."""
-    return {k: v for k, v in cond.items() if k not in ("speed", "code")}
+    return {k: v for k, v in cond.items() if k not in ("speed", "code", "probe")}
 
 
 def condition_id(cond: dict) -> str:

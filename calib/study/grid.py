@@ -95,6 +95,8 @@ class Grid:
     ranking_subset_size: int | None = None
     # oneDNN instruction sets to run OpenVINO cells with: "native" (no cap) or levels up to this CPU's
     isas: tuple[str, ...] = (NATIVE,)
+    # images per class of the label-free estimate's probe (`calib.core.drop`), made once per run
+    probe_per_class: int = 50
 
     def isas_for(self, engine: str) -> tuple[str, ...]:
         """The ISA axis of an engine: the grid's `isas` where the engine's kernels follow the cap, else native."""
@@ -180,6 +182,7 @@ _SCALARS = {
     "diagnose": ("true or false", lambda v: isinstance(v, bool)),
     "calibration_batch": ("a positive integer", lambda v: _int(v) and v > 0),
     "ranking_subset_size": ("a positive integer", lambda v: _int(v) and v > 0),
+    "probe_per_class": ("a positive integer", lambda v: _int(v) and v > 0),
 }
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from calib.core.errors import CalibError
 from calib.core.hardware import isa_env
-from calib.study.artifacts import fp32_folder, set_plan
+from calib.study.artifacts import fp32_folder, probe_plan, set_plan
 from calib.study.condition import Context, code_free, condition, condition_id
 from calib.study.grid import Cell, Grid, quantize_spec
 from calib.study.plan import measures_pytorch, protocol_of, skip_reason
@@ -55,6 +55,8 @@ class Resolved:
     diagnose: bool = False
     caps: dict = field(default_factory=dict)  # the environment of the cell's ISA cap (`isa_env`)
     hardware_key: str = ""  # the machine and ISA the driver expects the worker to be
+    probe_seed: int | None = None  # quantize cells: the label-free estimate's probe (`calib.core.drop`)
+    probe_sets: tuple = field(default=(), repr=False)  # (folder, the cell that set would calibrate, options)
 
 
 def _evaluations(weights: Path | None, data_dir: Path | None, ctx: Context, memo: dict) -> Evaluation | None:
@@ -91,15 +93,18 @@ def resolve_cells(grid: Grid, cells: list[Cell], out: Path, ctx: Context) -> lis
         skip = skip_reason(grid, cell, weights, missing)
         timed = grid.times(cell)
         protocol = protocol_of(grid) if timed else None
-        spec = set_folder = None
+        spec = set_folder = probe_seed = None
         set_options: dict = {}
+        probe_sets: tuple = ()
         if cell.kind == "quantize":
             set_folder, set_options = set_plan(grid, cell, out, data_dir, weights)
+            probe_seed, probe_sets = probe_plan(grid, cell, out)
             spec = quantize_spec(grid, cell, set_folder, weights, data_dir, pretrained=weights is not None)
         diagnose = grid.diagnose and cell.engine == "openvino" and cell.kind == "quantize"
         cond = condition(cell, ctx, file_sha256(weights) if weights else None,
                          evaluation.test_indices_sha256 if evaluation else None,
-                         spec, set_options, diagnose, protocol)
+                         spec, set_options, diagnose, protocol,
+                         {"per_class": grid.probe_per_class, "seed": probe_seed} if weights and spec else None)
         cid = condition_id(cond)
         row = {"grid": grid.name, "cell": cell.id, **asdict(cell), "timed": timed,
                **identity_fields(cond, ctx), **hardware_fields(ctx.hardware[cell.isa])}
@@ -108,7 +113,7 @@ def resolve_cells(grid: Grid, cells: list[Cell], out: Path, ctx: Context) -> lis
             set_options, fp32_folder(cell.model, cell.engine, cell.fuse, weights, out, ctx.versions),
             evaluation.decided(cell.algo == "accuracy-aware") if evaluation else None, timed, protocol,
             cell.kind == "baseline" and measures_pytorch(grid, cell), diagnose, isa_env(cell.isa),
-            ctx.hardware[cell.isa]["hardware_key"]))
+            ctx.hardware[cell.isa]["hardware_key"], probe_seed, probe_sets))
     return resolved
 
 

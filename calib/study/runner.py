@@ -110,15 +110,19 @@ def prepare(resolved: list[Resolved], out: Path, progress: bool = False) -> tupl
             if rc.cell.kind != "quantize":
                 runnable.append(rc)
                 continue
-            folder = rc.set_folder
-            if folder not in failed and not folder.exists():
-                advance(0, description=f"set {folder.name}")
-                try:
-                    generate_once(folder, rc.cell.source, rc.cell.per_class, rc.cell.seed, rc.set_options)
-                except Exception as e:  # noqa: BLE001 - the cells of this set get an error row each
-                    failed[folder] = f"set {folder.name} could not be made: {type(e).__name__}: {e}"
-            if folder in failed:
-                rows.append(error_row(rc, failed[folder]))
+            needed = [(rc.set_folder, rc.cell, rc.set_options)]
+            if rc.weights is not None:  # the label-free estimate's probe: cells with accuracy only
+                needed += list(rc.probe_sets)
+            for folder, as_cell, options in needed:
+                if folder not in failed and not folder.exists():
+                    advance(0, description=f"set {folder.name}")
+                    try:
+                        generate_once(folder, as_cell.source, as_cell.per_class, as_cell.seed, options)
+                    except Exception as e:  # noqa: BLE001 - the cells of this set get an error row each
+                        failed[folder] = f"set {folder.name} could not be made: {type(e).__name__}: {e}"
+            broken = [failed[folder] for folder, _, _ in needed if folder in failed]
+            if broken:
+                rows.append(error_row(rc, broken[0]))
             else:
                 runnable.append(rc)
     return runnable, rows

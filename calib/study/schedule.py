@@ -26,7 +26,8 @@ def by_isa(cells: list[Cell]) -> dict[str, list[Cell]]:
 def longest_first(cells: list[Cell]) -> list[Cell]:
     """Cells in the order slots should start them: likely long ones first (accuracy-aware, then OpenVINO, then
     larger models), so no long cell is left alone at the end; but one cell of every (model, kind) pair before
-    the second of any, so the time-left estimate has seen every pair early."""
+    the second of any, so the time-left estimate has seen every pair early, those first cells taking the
+    sources in turn (a pair's first cell stands for all of its sources)."""
     from calib.core.zoo import model_info
 
     def cost(cell: Cell) -> tuple:
@@ -34,9 +35,19 @@ def longest_first(cells: list[Cell]) -> list[Cell]:
         return cell.kind != "quantize", cell.algo != "accuracy-aware", cell.engine != "openvino", -madds
 
     ordered = sorted(cells, key=cost)
-    seen: set[tuple] = set()
-    first = [c for c in ordered if (c.model, kind_of(c)) not in seen and not seen.add((c.model, kind_of(c)))]
-    return first + [c for c in ordered if c not in set(first)]
+    by_pair: dict[tuple, list[Cell]] = {}
+    for c in ordered:
+        by_pair.setdefault((c.model, kind_of(c)), []).append(c)
+    sources = sorted({c.source for c in ordered if c.kind == "quantize"})
+    first, turn = [], 0
+    for pair in by_pair.values():
+        have = {c.source: c for c in reversed(pair)}  # each source's first cell of the pair
+        pick = next((have[sources[(turn + i) % len(sources)]] for i in range(len(sources))
+                     if sources[(turn + i) % len(sources)] in have), pair[0])
+        turn += pick.kind == "quantize"
+        first.append(pick)
+    chosen = set(first)
+    return first + [c for c in ordered if c not in chosen]
 
 
 def core_shares(workers: int, pin: bool = True) -> list[list[int]]:
@@ -67,6 +78,7 @@ PRIOR = {("quantize", "accuracy-aware", "openvino"): 5.0, ("quantize", "default"
          ("baseline", "default", "onnxruntime"): 0.35}
 AA_PRIOR_WEIGHT = 4.0  # the accuracy-aware prior counts as this many finished cells of the model
 PAST_DUE = 0.1  # a cell running past its expected time is expected to need this fraction of it again
+PACE_CELLS = 8  # the run's pace: the last this many finished cells of a (model, kind) pair seen before
 
 
 def kind_of(cell: Cell) -> tuple:
@@ -123,6 +135,23 @@ def fit_factors(seconds: dict[tuple, float]) -> tuple[dict, dict]:
         models = {m: _geomean([t / kinds[k] for (mm, k), t in seconds.items() if mm == m]) for m in models}
         kinds = {k: _geomean([t / models[m] for (m, kk), t in seconds.items() if kk == k]) for k in kinds}
     return models, kinds
+
+
+def _pace(seconds: dict[Cell, float]) -> float:
+    """How fast the run goes now against its past: the geometric mean, over the last `PACE_CELLS` finished cells
+    whose (model, kind) pair had finished before, of each one's seconds over the mean of those earlier ones
+    (within 1/2 and 2). Cells started later share the machine with other work, other sources, a warmer cache:
+    the first cell of a pair alone says little of the last."""
+    pairs: dict[tuple, list[float]] = {}
+    ratios = []
+    for cell, t in seconds.items():  # in the order they finished
+        pair = pairs.setdefault((cell.model, kind_of(cell)), [])
+        if pair:
+            ratios.append(t / max(1e-3, sum(pair) / len(pair)))
+        pair.append(t)
+    if not ratios:
+        return 1.0
+    return min(2.0, max(0.5, _geomean(ratios[-PACE_CELLS:])))
 
 
 def _as_default(cell: Cell) -> Cell:
@@ -201,6 +230,7 @@ class Estimate:
         for c, t in plain.items():
             pairs.setdefault((c.model, kind_of(c)), []).append(t)
         means = {pair: sum(v) / len(v) for pair, v in pairs.items()}
+        pace = _pace(plain)
         models, kinds = fit_factors(means)
         typical_model = _geomean(list(models.values()))
         unit = _geomean([kinds[k] / PRIOR.get(k[:3], 1.0) for k in kinds])  # seconds per unit of prior
@@ -212,8 +242,8 @@ class Estimate:
         def default(cell: Cell) -> float:
             kind = kind_of(cell)
             if (cell.model, kind) in means:
-                return means[cell.model, kind]
-            return models.get(cell.model, typical_model) * kinds.get(kind, prior(cell) * unit)
+                return means[cell.model, kind] * pace
+            return models.get(cell.model, typical_model) * kinds.get(kind, prior(cell) * unit) * pace
 
         def expected(cell: Cell) -> float:
             if cell.algo != "accuracy-aware":

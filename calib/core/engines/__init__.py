@@ -162,9 +162,14 @@ class Engine(ABC):
         raise CalibError(f"engine {self.name} has no INT8 quantization (it is an FP32 baseline)")
 
     @abstractmethod
+    def scores(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
+        """The model's outputs (N, classes) for every row of the normalized NCHW float32 `x`, and inference
+        images/s (compilation and input preparation excluded)."""
+
     def predict(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
-        """Class of every row of the normalized NCHW float32 `x`, and inference images/s (compilation and input
-        preparation excluded)."""
+        """Class of every row of `x` (the largest score), and inference images/s."""
+        scores, fps = self.scores(model, x, batch)
+        return np.asarray(scores).argmax(1).astype(np.int64), fps
 
     @abstractmethod
     def throughput_runner(self, model, protocol: Protocol) -> Runner:

@@ -162,18 +162,17 @@ class OnnxRuntimeEngine(Engine):
                   "quantize_seconds": round(time.perf_counter() - t0, 2)}
         return int8, record
 
-    def predict(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
+    def scores(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
         """The last batch is zero-padded to `batch` rows (a file may take that batch only); padding is dropped."""
         sess = session(model)
         name = sess.get_inputs()[0].name
         n = len(x)
         padded = np.zeros((n + (-n) % batch, *x.shape[1:]), np.float32)
         padded[:n] = x
-        preds = np.empty(len(padded), np.int64)
         t0 = time.perf_counter()
-        for s in range(0, len(padded), batch):
-            preds[s : s + batch] = sess.run(None, {name: padded[s : s + batch]})[0].argmax(1)
-        return preds[:n], n / (time.perf_counter() - t0)
+        out = np.concatenate([sess.run(None, {name: padded[s : s + batch]})[0]
+                              for s in range(0, len(padded), batch)])
+        return out[:n], n / (time.perf_counter() - t0)
 
     def throughput_runner(self, model, protocol: Protocol) -> Runner:
         calls = []

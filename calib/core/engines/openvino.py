@@ -122,8 +122,8 @@ def run_queue(compiled, inputs: list, outputs: list, requests: int) -> float:
     return time.perf_counter() - t0
 
 
-def predict_ov(model, x: np.ndarray, batch: int = 50, precision: str = "f32") -> tuple[np.ndarray, float, dict]:
-    """Classes of `x` under the THROUGHPUT hint, the inference images/s, and the device configuration it ran
+def scores_ov(model, x: np.ndarray, batch: int = 50, precision: str = "f32") -> tuple[np.ndarray, float, dict]:
+    """Outputs for `x` under the THROUGHPUT hint, the inference images/s, and the device configuration it ran
     with. The last batch is zero-padded; padding rows are dropped."""
     import openvino as ov
 
@@ -137,7 +137,13 @@ def predict_ov(model, x: np.ndarray, batch: int = 50, precision: str = "f32") ->
     outputs = [ov.Tensor(logits[s : s + batch], shared_memory=True) for s in starts]
     requests = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
     seconds = run_queue(compiled, inputs, outputs, requests)
-    return logits[:n].argmax(1), n / seconds, {**device_config(compiled), "requests": requests, "batch": batch}
+    return logits[:n], n / seconds, {**device_config(compiled), "requests": requests, "batch": batch}
+
+
+def predict_ov(model, x: np.ndarray, batch: int = 50, precision: str = "f32") -> tuple[np.ndarray, float, dict]:
+    """Classes of `x` (`scores_ov`'s largest output), the inference images/s and the device configuration."""
+    scores, fps, config = scores_ov(model, x, batch, precision)
+    return scores.argmax(1), fps, config
 
 
 class QueueRunner(Runner):
@@ -368,9 +374,9 @@ class OpenVINOEngine(Engine):
                        **accuracy_restorer_report(log.messages)}
         return int8, record
 
-    def predict(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
-        preds, fps, _ = predict_ov(model, x, batch)
-        return preds, fps
+    def scores(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
+        scores, fps, _ = scores_ov(model, x, batch)
+        return scores, fps
 
     def throughput_runner(self, model, protocol: Protocol) -> Runner:
         compiled = compile_model(model, "f32", "THROUGHPUT", protocol.batch, protocol.n_threads,

@@ -73,19 +73,18 @@ class PyTorchEngine(Engine):
         torch.export.save(program, str(path))
         return path
 
-    def predict(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
+    def scores(self, model, x: np.ndarray, batch: int = 50) -> tuple[np.ndarray, float]:
         import torch
 
         module = load_module(model)
         n = len(x)
         padded = np.zeros((n + (-n) % batch, *x.shape[1:]), np.float32)  # a file may take that batch only
         padded[:n] = x
-        preds = np.empty(len(padded), np.int64)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            for s in range(0, len(padded), batch):
-                preds[s : s + batch] = module(torch.from_numpy(padded[s : s + batch])).argmax(1).numpy()
-        return preds[:n], n / (time.perf_counter() - t0)
+            out = np.concatenate([module(torch.from_numpy(padded[s : s + batch])).float().numpy()
+                                  for s in range(0, len(padded), batch)])
+        return out[:n], n / (time.perf_counter() - t0)
 
     def throughput_runner(self, model, protocol: Protocol) -> Runner:
         import torch
