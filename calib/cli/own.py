@@ -84,12 +84,14 @@ def own_request(model: str, source: str | None, images: int, folder: Path | None
     """The `OwnRequest` the options describe, checked against the model file (one line each); the contract
     found as every command finds it, an override said on stderr."""
     from calib.core import contract as C
-    from calib.core.own import SOURCES, OwnRequest
+    from calib.core.own import AUTO, SOURCES, OwnRequest
 
     if source is None:
-        raise OptionError(f"your own model needs --source ({', '.join(SOURCES)}) to make its calibration set")
-    if source not in SOURCES:
-        raise OptionError(f"--source {source} is not one for your own model; sources: {', '.join(SOURCES)}")
+        raise OptionError(f"your own model needs --source ({', '.join(SOURCES)} or {AUTO}) to make its calibration "
+                          "set")
+    if source not in (*SOURCES, AUTO):
+        raise OptionError(f"--source {source} is not one for your own model; sources: {', '.join(SOURCES)}, {AUTO} "
+                          "(each data-free source tried, the lowest label-free estimate kept)")
     if (folder is None) != (source != "folder"):
         raise OptionError("--folder DIR goes with --source folder, and only with it")
     if not Path(model).is_file():
@@ -109,24 +111,27 @@ def own_request(model: str, source: str | None, images: int, folder: Path | None
 def quantize_own_model(req, out: Path | None, overwrite: bool, record_path: Path, format: Format) -> None:
     """`calib quantize` for your own model: every check (`calib.core.own.plan_own`) before the folder is
     claimed, the folder named by the condition, a failed run leaving no folder and no row."""
+    from dataclasses import replace
+
     from calib.core.folders import run_folder
-    from calib.core.own import own_folder, plan_own, quantize_own
+    from calib.core.own import AUTO, DATA_FREE, own_folder, plan_own, quantize_auto, quantize_own
     from calib.core.progress import progress
     from calib.core.runs import record
 
-    plan = plan_own(req)
+    auto = req.source == AUTO
+    plan = plan_own(replace(req, source=DATA_FREE[0]) if auto else req)
     say_overrides(req.overrides)
     out = out or own_folder(req)
     with run_folder(out, overwrite):
         with progress(f"quantize {req.model.name} ({plan.engine}, {req.source})", None, is_quiet()):
-            row = quantize_own(req, out, plan=plan)
+            row = quantize_auto(req, out, plan.tree) if auto else quantize_own(req, out, plan=plan)
     row = record(record_path, "quantize_own", row, seeds={"calibration": req.seed},
                  inputs={"model_sha256": row["model_sha256"]})
     keep_log(out)
 
     def text() -> None:
         c = req.contract
-        shown = f"{row['images']} {req.source} images"
+        shown = f"{row['images']} {row['source']} images"
         if row["images"] < req.images:
             shown += f" (the folder holds {row['images']} of the {req.images} asked)"
         say(f"{req.model.name} INT8 ({plan.engine}, {req.algo}, {shown} at {c.input_size[0]}x{c.input_size[1]}, "
@@ -150,6 +155,10 @@ def quantize_own_model(req, out: Path | None, overwrite: bool, record_path: Path
         given = "FP32" if not row["fp16_weights"] else "FP32 graph with FP16-compressed weights (as given)"
         say(f"  size {row['fp32_bytes'] / 1e6:.2f} MB {given} -> {row['int8_bytes'] / 1e6:.2f} MB INT8; {tested}")
         say(f"  {drop_text(row)}")
+        for t in row.get("choice", []):
+            said = (t["error"] if t.get("error") else drop_text(t) if t.get("estimated_drop") is not None
+                    else f"probe KL {t.get('probe_kl', float('nan')):.3g}")
+            say(f"  --source auto tried {t['source']}{' (kept)' if t['source'] == row['source'] else ''}: {said}")
         say(f"  everything: {Path(row['out']) / 'quantize.json'} (--format json prints it)")
 
     emit(row, format, text)

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from calib.core.spec import QuantizeSpec
 
 SOURCES = ("noise", "fractal", "folder", "distylegan", "inversion")
+AUTO = "auto"  # --source auto: every data-free source tried, the one with the lowest label-free estimate kept
+DATA_FREE = ("distylegan", "fractal", "inversion", "noise")
 # inversion of your own model: half the zoo's batch (inputs may be 224x224) and weaker image priors
 OWN_INVERSION = {"iterations": 100, "batch_size": 50, "lr": 0.25, "w_tv": 1e-4, "w_l2": 1e-5, "channels_last": False}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -472,6 +474,43 @@ def probe_own(fp32: Path, int8: Path, req: OwnRequest) -> dict:
 
     seed = probe_seed(req.source, req.seed)
     return measure(fp32, int8, C.to_model_input(probe_images(seed, make), req.contract), seed)
+
+
+def choice_key(row: dict) -> tuple:
+    """How `quantize_auto` ranks its tries: the lowest estimated drop, else (no fit shipped) the lowest KL of the
+    INT8 outputs from the FP32 ones on the probe; a try that failed last."""
+    if row.get("error"):
+        return (2, 0.0)
+    if row.get("estimated_drop") is not None:
+        return (0, row["estimated_drop"])
+    return (1, row.get("probe_kl", float("inf")))
+
+
+def quantize_auto(req: OwnRequest, out: Path, tree: Tree | None = None) -> dict:
+    """`--source auto`: quantize with each data-free source (`DATA_FREE`) into `out/<source>/`, and keep the try
+    with the lowest label-free estimate (`choice_key`): choosing a source needs no data. A source that cannot run
+    on this model (inversion without BatchNorm) is named with its reason. Writes `out/choice.json`; returns the
+    chosen try's row with `choice` (every try: source, estimate, interval, test accuracy if measured)."""
+    from calib.core import runs
+
+    tries = []
+    for source in DATA_FREE:
+        one = replace(req, source=source)
+        try:
+            row = quantize_own(one, out / source, tree=tree)
+        except CalibError as e:
+            row = {"source": source, "error": str(e)}
+        tries.append(row)
+    chosen = min(tries, key=choice_key)
+    if chosen.get("error"):
+        raise CalibError(f"no data-free source could quantize {req.model}: "
+                         + "; ".join(f"{t['source']}: {t['error']}" for t in tries))
+    keep = ("source", "estimated_drop", "estimated_drop_low", "estimated_drop_high", "probe_flip", "probe_kl",
+            "int8_accuracy", "fp32_accuracy", "out", "error")
+    choice = [{k: t.get(k) for k in keep if k in t} for t in tries]
+    runs.atomic_write_json(out / "choice.json", {"chosen": chosen["source"], "tries": choice,
+                                                 "rule": "lowest estimated drop (no fit: lowest probe KL)"})
+    return {**chosen, "choice": choice, "out": chosen["out"]}
 
 
 def invert(module, contract: InputContract, n: int, seed: int, iterations: int = OWN_INVERSION["iterations"],

@@ -159,7 +159,8 @@ def file_sha256(path: Path) -> str:
 
 # Parts of the package that present results but compute none: editing them reruns no study cell.
 PRESENTATION = ("cli/", "study/report.py", "study/html.py", "study/plot.py", "study/blocks.py", "study/compare.py",
-                "study/check.py", "study/schedule.py", "study/templates/", "core/progress.py", "core/show.py",
+                "study/check.py", "study/schedule.py", "study/dropfit.py", "study/templates/", "core/progress.py",
+                "core/show.py",
                 "core/drop_fit.json")  # a fit of recorded signals: rows name it (`drop_fit`) and keep the signals
 
 

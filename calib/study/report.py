@@ -49,6 +49,7 @@ UNRECORDED = "unrecorded"
 REFERENCE = Path(__file__).with_name("reference_study.csv")
 NO_CHANGE = "no measurable change"
 RESAMPLES = 10_000
+PROBE = ["probe_flip", "probe_kl", "probe_sqnr_db", "probe_images"]  # the label-free signals (`calib.core.drop`)
 SPEEDUP = ["speedup", "speedup_low", "speedup_high", "speedup_repeats", "speedup_interleaved"]
 NOT_INTERLEAVED = " ‡"  # after a speed-up from separate medians
 NOT_INTERLEAVED_NOTE = ("‡ not interleaved: the ratio of INT8's and FP32's separate median throughputs (rows timed "
@@ -259,8 +260,8 @@ def cell_table(df: pd.DataFrame, labels: np.ndarray | None = None, subsets: dict
     cols = [*CONDITION, "seed", "subset_size_images", "fp32_accuracy", "int8_accuracy", "delta_to_fp32",
             "ci_low", "ci_high", "flips_to_wrong", "flips_to_right", "mcnemar_p", "verdict", "int8_fps",
             "int8_fps_spread", "fp32_fps", "fp32_fps_spread", *SPEEDUP, "pytorch_accuracy", "pytorch_fps",
-            "dirty", "git_sha", "hardware_key", "test_indices_sha256", *AA_FIELDS, "fp32_predictions",
-            "int8_predictions"]
+            "dirty", "git_sha", "hardware_key", "test_indices_sha256", *AA_FIELDS, *PROBE, "cell",
+            "fp32_predictions", "int8_predictions"]
     return q.reindex(columns=cols).reset_index(drop=True)
 
 
