@@ -190,3 +190,25 @@ def test_cards_written_by_training_carry_the_fields_and_no_absolute_path(hold_ou
     assert not [s for s in _strings(card) if s.startswith("/") or str(cifar_dir.parent) in s or str(tmp_path) in s]
     for root in (cifar_dir, renamed):
         assert weights_trained_on(weights, root)[0] == expected
+
+
+@pytest.mark.parametrize("claim", ["pool", "all_train"])
+def test_a_decided_evaluation_validates_on_the_images_the_card_allows(claim, cifar_dir, tmp_path, weights_dir):
+    """What a study ships to its workers (`Evaluation.decided`, pickled) validates on the same images as the
+    undecided one and as `aa_validation`: the validation split of train for a pool-trained model, the test slice
+    for one trained on all of train; the final test images stay the same."""
+    import pickle
+
+    card = _pool(_rows_train_sha256(cifar_dir), tree=f"{cifar_dir.name}/train") if claim == "pool" else {
+        "trained_on": TRAINED_ON_ALL}
+    weights = _weights_with_card(tmp_path / "w", weights_dir, card)
+    whole = evaluation_split(cifar_dir, weights)
+    shipped = pickle.loads(pickle.dumps(whole.decided(validation=True)))
+    expected = aa_validation(cifar_dir, weights)
+    split = "train" if claim == "pool" else "test"
+    for ev in (whole, shipped):
+        assert np.array_equal(ev.validation_indices, expected.indices)
+        assert np.array_equal(ev.validation.images, expected.images) and ev.validation.role == "validation"
+        assert ev.validation.provenance["split"] == split
+        assert np.array_equal(ev.test.images, final_test(cifar_dir, weights).images)
+    assert shipped.facts() == whole.facts()

@@ -23,6 +23,7 @@ name = "c"
 models = ["tiny_cnn"]
 sources = ["noise"]
 per_class = 2
+probe_per_class = 2
 seeds = [0]
 algos = ["default", "accuracy-aware"]
 accuracy_aware_models = ["tiny_cnn"]

@@ -127,6 +127,7 @@ name = "out"
 models = ["tiny_cnn"]
 sources = ["noise"]
 per_class = 2
+probe_per_class = 2
 seeds = [0, 1]
 algos = ["default"]
 subset_sizes = [0]

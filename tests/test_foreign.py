@@ -599,3 +599,30 @@ def test_cli_diagnose_own_model_on_its_validation_images_by_its_contract(mobilen
         assert result.exit_code == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
             (args, result.output)
         assert not (tmp_path / "refused").exists()
+
+
+def test_source_auto_tries_every_data_free_source_and_keeps_the_lowest_estimate(mobilenet, tmp_path):
+    """--source auto: each data-free source quantizes into its own folder; the one kept has the lowest estimate
+    (without a fit, the lowest probe KL); a source this file cannot take (inversion of a TorchScript file) is
+    listed with its reason, not fatal."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from calib.cli import app
+    from calib.core.own import DATA_FREE, choice_key
+
+    _, path = mobilenet
+    args = ["quantize", "--model", str(path), "--source", "auto", "--images", "8", "--mean", "0.406,0.456,0.485",
+            "--std", "0.225,0.224,0.229", "--input-size", "64", "--bgr", "--engine", "onnxruntime",
+            "--out", str(tmp_path / "run"), "--record", str(tmp_path / "rows.jsonl"), "--format", "json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    choice = json.loads((tmp_path / "run" / "choice.json").read_text())
+    assert [t["source"] for t in choice["tries"]] == list(DATA_FREE) == [t["source"] for t in row["choice"]]
+    ran = [t for t in choice["tries"] if not t.get("error")]
+    assert len(ran) == 3 and all(0 <= t["probe_flip"] <= 1 and t["probe_kl"] >= 0 for t in ran)
+    assert "inversion" in {t["source"] for t in choice["tries"] if t.get("error")}
+    assert choice["chosen"] == row["source"] == min(ran, key=choice_key)["source"]
+    assert (tmp_path / "run" / row["source"] / "int8.onnx").is_file() and row["probe_images"] == 500

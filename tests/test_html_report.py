@@ -30,6 +30,7 @@ name = "html"
 models = ["tiny_cnn"]
 sources = ["noise", "fractal"]
 per_class = 2
+probe_per_class = 2
 seeds = [0]
 algos = ["default"]
 subset_sizes = [0]

@@ -14,6 +14,7 @@ name = "parallel"
 models = ["tiny_cnn"]
 sources = ["noise", "fractal"]
 per_class = 2
+probe_per_class = 2
 seeds = [0, 1]
 algos = ["default"]
 subset_sizes = [0]

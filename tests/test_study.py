@@ -25,6 +25,7 @@ name = "t"
 models = ["tiny_cnn"]
 sources = ["noise", "fractal", "stylegan2-ada"]
 per_class = 2
+probe_per_class = 2
 seeds = [0, 1]
 algos = ["default"]
 subset_sizes = [0]

@@ -42,7 +42,7 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
     from calib.core.progress import duration, fd_stdout, progress
     from calib.study.grid import Selection, load_grid, select
     from calib.study.runner import run_study
-    from calib.study.schedule import Estimate, speed_prior
+    from calib.study.schedule import Estimate, expected_reuse, reuses_timing, speed_prior, timing_context, timings
 
     if not grid.is_file():
         raise OptionError(f"grid file {grid} does not exist")
@@ -66,6 +66,26 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
     log = run_log()
     cells = {c.id: c for c in select(g, selection)}
     estimate = Estimate(list(cells.values()), jobs, {c: speed_prior(g, c) for c in cells.values() if g.times(c)})
+    known = timings(out)  # files timed before: a cell that makes one again reuses its timing
+    if known:
+        from dataclasses import asdict
+
+        from calib.core.runs import versions
+        from calib.study.plan import protocol_of
+
+        protocol, now = asdict(protocol_of(g)), versions()
+        for cell_id in expected_reuse(out, protocol, now) & set(cells):
+            estimate.speed_reused(cells[cell_id])
+
+    def on_work(cell, row: dict) -> None:
+        estimate.work_done(cell, row)
+        if known and g.times(cell) and row.get("model_file") and (out / row["model_file"]).is_file():
+            from calib.core.speed import model_fingerprint
+
+            fingerprint = model_fingerprint(out / row["model_file"])
+            estimate.speed_reused(cell, reuses_timing(known, fingerprint, timing_context(row, protocol, now),
+                                                      cell.kind == "quantize"))
+
     with progress(f"study {g.name}", total, quiet, left=estimate.left) as advance:
 
         def on_row(row: dict) -> None:  # every cell's row: those done before first, then each as it is written
@@ -82,7 +102,7 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
 
         with fd_stdout(log.stream if log is not None else sys.stderr):
             s = run_study(grid, out, executor.value, address, data_dir, selection, jobs=jobs, progress=False,
-                          on_row=on_row, on_work=estimate.work_done, on_start=estimate.started,
+                          on_row=on_row, on_work=on_work, on_start=estimate.started,
                           on_note=advance.note)
     if log is not None:
         log.save(out / "calib.log")
@@ -241,6 +261,33 @@ def study_plot(run: Annotated[Path, typer.Argument(metavar="RUN", help="Study ru
     _out_folder(out)
     with spinner(f"plots {run.name}"):
         written = write_plots(run, out)
+    for p in written:
+        say(f"wrote {p}")
+
+
+@app.command("fit-drop")
+def study_fit_drop(fit_run: Annotated[Path, typer.Argument(metavar="FIT_RUN", help="Study run folder whose cells "
+                                                           "the label-free estimate is fitted on.")],
+                   judge_run: Annotated[Path, typer.Argument(metavar="JUDGE_RUN", help="Study run folder whose "
+                                                             "cells judge it (held out).")],
+                   fit_out: Annotated[Path | None, typer.Option(help="Write the fit here (calib ships "
+                                                                "calib/core/drop_fit.json).")] = None,
+                   plots: Annotated[Path | None, typer.Option(help="Write a scatter of estimate against "
+                                                              "measured drop per run, one panel per model "
+                                                              "family, into this folder.")] = None) -> None:
+    """Fit the label-free drop estimate (`calib.core.drop`) on one run's cells, judge it on another's, and
+    show how choosing a data-free source by it compares with always inversion or always fractals."""
+    from calib.study.dropfit import validation, write_validation
+
+    for run in (fit_run, judge_run):
+        _run_folder(run)
+    with spinner("fit the label-free estimate"):
+        result = validation(fit_run, judge_run)
+        written = write_validation(result, fit_out, plots)
+    for name, j in result["judged"].items():
+        say(f"{name}: {j['cells']} cells, Spearman {j['spearman']:.2f}, mean absolute error {j['mae_points']:.2f} "
+            f"points, {100 * j['coverage']:.0f} % inside the interval"
+            + (" (fitted on these)" if name == result["fit_run"] else " (held out)"))
     for p in written:
         say(f"wrote {p}")
 

@@ -202,6 +202,8 @@ class Evaluation:
     test_indices: np.ndarray = field(repr=False, compare=False)
     test_slice: np.ndarray | None = field(default=None, repr=False, compare=False)  # the test slice, if validated on
     data_dir: Path | None = None
+    # the validation split of train, once decided (`decided`): a worker then never reads train's labels to cut it
+    train_validation: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @functools.cached_property
     def test(self) -> LabeledImages:
@@ -213,6 +215,8 @@ class Evaluation:
         """Indices of the validation images into their split (train, or test for the slice)."""
         if self.test_slice is not None:
             return self.test_slice
+        if self.train_validation is not None:
+            return self.train_validation
         return train_split_indices(load_split("train", self.data_dir).labels, SPLIT)["validation"]
 
     @functools.cached_property
@@ -232,10 +236,11 @@ class Evaluation:
     def decided(self, validation: bool) -> Evaluation:
         """A copy that carries its validation indices already decided (`validation`) and no images: what a
         study ships to the process that runs the cell."""
-        if validation:
-            self.validation_indices  # noqa: B018 - decided here, once
+        train_validation = None
+        if validation and self.test_slice is None:
+            train_validation = self.validation_indices  # decided here, once
         return Evaluation(self.trained_on, self.trained_on_reason, self.validation_source, self.test_indices,
-                          self.validation_indices if validation else self.test_slice, self.data_dir)
+                          self.test_slice, self.data_dir, train_validation)
 
     def facts(self, validation: bool = True) -> dict:
         """Flat keys for a result row: which images tested and why, and (`validation`) which validated."""

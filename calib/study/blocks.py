@@ -958,3 +958,88 @@ def phase_table(profile: Path) -> str:
 def aa_profile(repo: Path) -> str:
     """One accuracy-aware cell under cProfile (results/timing/aa-resnet56-noise.prof), by phase."""
     return phase_table(repo / "results" / "timing" / "aa-resnet56-noise.prof")
+
+
+# ---- the label-free estimate (calib.core.drop) against the committed cells ----------------------------------
+
+@functools.lru_cache(maxsize=2)
+def _drop_validation(repo: Path, stamp: tuple) -> dict:
+    from calib.study.dropfit import FAMILIES, OFFICIAL, validation
+
+    return validation(repo / OFFICIAL, repo / FAMILIES)
+
+
+def _validation(repo: Path) -> dict:
+    from calib.study.dropfit import FAMILIES, OFFICIAL
+
+    stamp = tuple((repo / r / "rows.jsonl").stat().st_mtime_ns for r in (OFFICIAL, FAMILIES))
+    return _drop_validation(repo.resolve(), stamp)
+
+
+def _share(flags) -> str:
+    flags = [f for f in flags if f is not None]
+    return f"{sum(map(bool, flags))} of {len(flags)}" if flags else "-"
+
+
+@register_block("drop-validation")
+def drop_validation(repo: Path) -> str:
+    """The label-free estimate fitted on the official grid's cells and judged on the families grid's."""
+    v = _validation(repo)
+    fit = v["fit"]
+    rows = []
+    for name, j in v["judged"].items():
+        part = "fitted on" if name == v["fit_run"] else "judged on (held out)"
+        rows.append([f"{name} ({part})", j["cells"], f"{j['spearman']:.2f}", f"{j['mae_points']:.2f}",
+                     f"{100 * j['coverage']:.0f} %"])
+    formula = (f"estimated drop = {100 * fit.intercept:+.2f} + {100 * fit.coef[0]:.2f} x KL(FP32 || INT8) points; "
+               f"{round(100 * fit.level)} % interval {100 * fit.residual_low:+.2f} to {100 * fit.residual_high:+.2f} "
+               "points around it")
+    return (_md(["cells", "count", "Spearman (estimate, measured drop)", "mean absolute error (points)",
+                 f"measured drop inside the {round(100 * fit.level)} % interval"], rows)
+            + f"\nFit: {formula}. Machines: {fit.fitted_on.split('(', 1)[-1].rstrip(')')}.\n")
+
+
+@register_block("drop-worst")
+def drop_worst(repo: Path) -> str:
+    """The held-out cells the label-free estimate got most wrong."""
+    from calib.study.dropfit import worst
+
+    v = _validation(repo)
+    cells = v["cells"][v["judge_run"]]
+    rows = [[r.model, r.source, r.algo, r.engine, r.isa, int(r.seed), f"{100 * r.estimate:+.2f}",
+             f"{100 * r['drop']:+.2f}", f"{100 * r.low:+.2f} to {100 * r.high:+.2f}"]
+            for _, r in worst(cells, v["fit"], 8).iterrows()]
+    return _md(["model", "source", "algorithm", "engine", "ISA", "seed", "estimated drop", "measured drop",
+                "interval"], rows)
+
+
+@register_block("drop-choice")
+def drop_choice(repo: Path) -> str:
+    """Choosing a data-free source by the estimate, against always inversion or always fractals."""
+    v = _validation(repo)
+    rows = []
+    for name, ch in v["choices"].items():
+        if ch.empty:
+            continue
+        rows.append([name, len(ch), _share(ch.pick_within), _share(ch.get("inversion_within", [])),
+                     _share(ch.get("fractal_within", []))])
+    return (_md(["grid", "groups (model, engine, algorithm, ISA, seed)", "estimate's pick within the best",
+                 "always inversion within the best", "always fractals within the best"], rows)
+            + "\nWithin the best: the source's INT8 test accuracy lies inside the paired 95 % bootstrap interval "
+              "of the best data-free source's (the best itself counts). Groups hold the data-free sources each grid "
+              "ran (official: DiStyleGAN, fractals, noise; families: and inversion).\n")
+
+
+@register_block("drop-readme")
+def drop_readme(repo: Path) -> str:
+    """README's lines on the label-free estimate: the held-out figures."""
+    v = _validation(repo)
+    j = v["judged"][v["judge_run"]]
+    ch = v["choices"][v["judge_run"]]
+    return (f"Fitted on {v['fit'].cells} cells of the "
+            f"official grid and judged on {j['cells']} held-out cells of the families grid: rank correlation "
+            f"{j['spearman']:.2f}, mean absolute error {j['mae_points']:.2f} points, the measured drop inside the "
+            f"{round(100 * v['fit'].level)} % interval in {100 * j['coverage']:.0f} % of cells. Choosing the "
+            f"source by it was within the best data-free source's paired interval in {_share(ch.pick_within)} "
+            f"groups (always inversion: {_share(ch.get('inversion_within', []))}; always fractals: "
+            f"{_share(ch.get('fractal_within', []))}).\n")

@@ -44,7 +44,7 @@ def drop_cells(run: Path) -> pd.DataFrame:
     df = load_rows(run)
     if not any(f in df for f in FEATURES):
         raise CalibError(f"{run}: no row records the label-free signals ({', '.join(FEATURES)}); rerun the grid")
-    table = cell_table(df)
+    table = cell_table(df, probe=True)
     labels, subsets = df.attrs.get("test_labels"), df.attrs.get("test_subsets")
     table["correct"] = [_correct(p, labels, _subset(sha, subsets))
                         for p, sha in zip(table.int8_predictions, table.test_indices_sha256)]
@@ -134,3 +134,32 @@ def scatter(cells: pd.DataFrame, fit: DropFit, path: Path) -> Path:
         ax.fill_between(xs, xs + 100 * fit.residual_low, xs + 100 * fit.residual_high, color="grey", alpha=0.15)
     g.set_axis_labels("estimated drop (points)", "measured test drop (points)")
     return save_figure(g.figure, path, dpi=110)
+
+
+OFFICIAL, FAMILIES = Path("results/study/official"), Path("results/study/families")
+
+
+def validation(fit_run: Path, judge_run: Path) -> dict:
+    """The whole validation: the fit made on `fit_run`'s cells and judged on `judge_run`'s, with the choice of
+    source on each (everything a page or the command shows)."""
+    fit_cells, judge_cells = drop_cells(fit_run), drop_cells(judge_run)
+    machines = sorted(set(fit_cells.hardware_key))
+    fit = fit_on(fit_cells, f"{fit_run.name}: {len(fit_cells)} cells ({'; '.join(machines)})")
+    return {"fit": fit, "cells": {fit_run.name: fit_cells, judge_run.name: judge_cells},
+            "judged": {fit_run.name: judge(fit_cells, fit), judge_run.name: judge(judge_cells, fit)},
+            "choices": {fit_run.name: choices(fit_cells, fit), judge_run.name: choices(judge_cells, fit)},
+            "fit_run": fit_run.name, "judge_run": judge_run.name}
+
+
+def write_validation(result: dict, fit_out: Path | None, plots: Path | None) -> list[Path]:
+    """The fit as `fit_out` (the file `calib.core.drop` ships) and a scatter per run under `plots`."""
+    from calib.core.runs import atomic_write_bytes
+
+    written = []
+    if fit_out is not None:
+        atomic_write_bytes(fit_out, result["fit"].to_json().encode())
+        written.append(fit_out)
+    if plots is not None:
+        for name, cells in result["cells"].items():
+            written.append(scatter(cells, result["fit"], plots / f"estimate-vs-measured-{name}.png"))
+    return written

@@ -216,10 +216,12 @@ def _pick(row: dict | None, col: str):
     return np.nan if row is None else row.get(col, np.nan)
 
 
-def cell_table(df: pd.DataFrame, labels: np.ndarray | None = None, subsets: dict | None = None) -> pd.DataFrame:
+def cell_table(df: pd.DataFrame, labels: np.ndarray | None = None, subsets: dict | None = None,
+               probe: bool = False) -> pd.DataFrame:
     """One row per finished quantize cell (one seed) with its FP32 baseline and the paired difference. The
     baseline is the one of the same model, engine, fusing, ISA, weights and machine, on the same test images;
-    a cell without one has no FP32 columns. Labels and test subsets default to those riding in `df.attrs`."""
+    a cell without one has no FP32 columns. Labels and test subsets default to those riding in `df.attrs`.
+    `probe`: also the cell's id and its label-free signals (`PROBE`)."""
     labels = labels if labels is not None else df.attrs.get("test_labels")
     subsets = subsets if subsets is not None else df.attrs.get("test_subsets")
     df = _normalize(df)
@@ -260,8 +262,8 @@ def cell_table(df: pd.DataFrame, labels: np.ndarray | None = None, subsets: dict
     cols = [*CONDITION, "seed", "subset_size_images", "fp32_accuracy", "int8_accuracy", "delta_to_fp32",
             "ci_low", "ci_high", "flips_to_wrong", "flips_to_right", "mcnemar_p", "verdict", "int8_fps",
             "int8_fps_spread", "fp32_fps", "fp32_fps_spread", *SPEEDUP, "pytorch_accuracy", "pytorch_fps",
-            "dirty", "git_sha", "hardware_key", "test_indices_sha256", *AA_FIELDS, *PROBE, "cell",
-            "fp32_predictions", "int8_predictions"]
+            "dirty", "git_sha", "hardware_key", "test_indices_sha256", *AA_FIELDS,
+            *([*PROBE, "cell"] if probe else []), "fp32_predictions", "int8_predictions"]
     return q.reindex(columns=cols).reset_index(drop=True)
 
 

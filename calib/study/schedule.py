@@ -119,6 +119,56 @@ def speed_prior(grid, cell: Cell, pairs: bool = True) -> float:
     return files * 2 * once
 
 
+def timings(folder: Path) -> dict[tuple[str, str], float]:
+    """Each timing a run folder holds (`speed.jsonl`), as (model computation, the rest of its key as JSON: machine,
+    ISA, protocol, versions), with when it was taken: a cell that makes such a file under the same rest reuses
+    it (`calib.study.timing.timed`)."""
+    from calib.core.runs import read_jsonl
+    from calib.study.timing import SPEED
+
+    known: dict[tuple[str, str], float] = {}
+    for e in read_jsonl(folder / SPEED):
+        key = dict(e.get("key", {}))
+        known.setdefault((key.pop("what", ""), json.dumps(key, sort_keys=True)), float(e.get("time", 0.0)))
+    return known
+
+
+def timing_context(row: dict, protocol: dict, versions: dict) -> str:
+    """The rest of a timing's key (`calib.study.timing.timed`) for a finished cell's row under `protocol`."""
+    return json.dumps({"hardware_key": row.get("hardware_key"), "isa": row.get("isa"), "protocol": protocol,
+                       "versions": versions}, sort_keys=True)
+
+
+def reuses_timing(known: dict[tuple[str, str], float], fingerprint: str | None, context: str, quantize: bool,
+                  at: float = float("inf")) -> bool:
+    """Whether a finished cell whose model file has `fingerprint` finds all its timings among `known` under
+    `context` (taken before `at`): the file's, and for a quantize cell its FP32-INT8 pair's too."""
+    if not fingerprint or known.get((fingerprint, context), at) >= at:
+        return False
+    return not quantize or any(w.startswith("pair:") and w.endswith(f":{fingerprint}") and c == context and t < at
+                               for (w, c), t in known.items())
+
+
+def expected_reuse(folder: Path, protocol: dict, versions: dict, before: float | None = None) -> set[str]:
+    """Ids of the cells expected to reuse a timing before any of them runs: a cell whose earlier row in the
+    folder (finished before `before`) has a file whose timings are all there under today's protocol, versions,
+    machine and ISA: run again, it makes the same file. `Estimate.speed_reused` corrects the guess when the
+    cell's work is done."""
+    from calib.core.runs import read_jsonl
+
+    known = timings(folder)
+    if before is not None:
+        known = {k: t for k, t in known.items() if t < before}
+    out = set()
+    for r in read_jsonl(folder / "rows.jsonl"):
+        if r.get("status") != "ok" or (before is not None and r.get("finished_at", before) >= before):
+            continue
+        fingerprint = r.get("int8_model_fingerprint") or r.get("fp32_model_fingerprint")
+        if reuses_timing(known, fingerprint, timing_context(r, protocol, versions), r.get("kind") == "quantize"):
+            out.add(r.get("cell"))
+    return out
+
+
 def _geomean(values: list[float]) -> float:
     import math
 
@@ -180,6 +230,7 @@ class Estimate:
         speed = speed or {}
         self.speed_prior = {c: speed[c] for group in by_isa(list(cells)).values() for c in group if c in speed}
         self.speed_left = list(self.speed_prior)  # in the order the runner times them
+        self._prior_of: dict[Cell, float] = {}  # speed priors before `speed_reused` changed them
         self.jobs = jobs
         self.seconds: dict[Cell, float] = {}  # finished cells' work seconds
         self.speed_seconds: dict[Cell, float] = {}
@@ -205,6 +256,13 @@ class Estimate:
                 steps = row.get("step_seconds") or {}
                 self.seconds[cell] = max(0.0, float(row.get("wall_seconds") or 0.0)
                                          - float(row.get("speed_seconds") or 0.0) - float(steps.get("export", 0.0)))
+
+    def speed_reused(self, cell: Cell, reused: bool = True) -> None:
+        """Whether a cell's file has all its timings already (`timings`): then its speed takes no time."""
+        with self.lock:
+            if cell in self.speed_prior:
+                self._prior_of.setdefault(cell, self.speed_prior[cell])
+                self.speed_prior[cell] = 0.0 if reused else self._prior_of[cell]
 
     def row(self, cell: Cell, row: dict, at: float | None = None) -> None:
         """A cell's row arrived: its work (if not reported already) and its speed are done."""
@@ -267,7 +325,7 @@ class Estimate:
         for cell in longest_first([c for c in self.work_left if c not in self.running]):
             slots[slots.index(min(slots))] += expected(cell)
         work = max(slots, default=0.0)
-        timed = [c for c in self.speed_prior if c in self.speed_seconds]
+        timed = [c for c in self.speed_prior if c in self.speed_seconds and self.speed_prior[c] > 0]
         scale = (sum(self.speed_seconds[c] for c in timed) / max(1e-9, sum(self.speed_prior[c] for c in timed))
                  if timed else 1.0)
         speed = [self.speed_prior[c] * scale for c in self.speed_left]
@@ -303,15 +361,21 @@ def _cell(row: dict) -> Cell:
 
 
 def replay(rows: list[dict], jobs: int, speed: dict[Cell, float] | None = None, start: float | None = None,
-           every: float = 10.0) -> list[tuple[float, float | None, float]]:
+           every: float = 10.0, known: dict | None = None, protocol: dict | None = None,
+           reused: set[str] | None = None) -> list[tuple[float, float | None, float]]:
     """A finished run's rows fed to `Estimate` as they happened (each cell's start, end of work and row) and asked
     every `every` seconds, as the progress line asks: (elapsed, estimated seconds left, seconds actually left).
     Elapsed counts from `start` (when the run began; default the first cell's start). `speed`: each timed cell's
-    prior seconds (`speed_prior`)."""
+    prior seconds (`speed_prior`); `known`, `protocol`: the folder's `timings` and the grid's protocol, to tell
+    the cells whose timings were there already when their work ended; `reused`: the ids of those expected to
+    reuse theirs from the start (`expected_reuse`)."""
     cells = [(_cell(r), r) for r in rows if "started_at" in r and "finished_at" in r]
     if not cells:
         return []
     estimate = Estimate([c for c, _ in cells], jobs, speed)
+    for cell, _ in cells:
+        if cell.id in (reused or ()):
+            estimate.speed_reused(cell)
     events = sorted([(r["started_at"], 0, i) for i, (_, r) in enumerate(cells)]
                     + [(r.get("work_finished_at", r["finished_at"]), 1, i) for i, (_, r) in enumerate(cells)]
                     + [(r["finished_at"], 2, i) for i, (_, r) in enumerate(cells)])
@@ -324,8 +388,15 @@ def replay(rows: list[dict], jobs: int, speed: dict[Cell, float] | None = None, 
             cell, row = cells[i]
             if what == 0:
                 estimate.started(cell, at)
+            elif what == 1:
+                estimate.work_done(cell, row, at)
+                fingerprint = row.get("int8_model_fingerprint") or row.get("fp32_model_fingerprint")
+                versions = {k.removeprefix("version_"): v for k, v in row.items() if k.startswith("version_")}
+                context = timing_context(row, protocol or {}, versions)
+                estimate.speed_reused(cell, reuses_timing(known or {}, fingerprint, context, cell.kind == "quantize",
+                                                          at))
             else:
-                (estimate.work_done if what == 1 else estimate.row)(cell, row, at)
+                estimate.row(cell, row, at)
             pos += 1
         out.append((t - start, estimate.left(t), end - t))
         t += every
@@ -377,9 +448,14 @@ def replay_run(rows_path: Path, hardware: str | None = None, jobs: int | None = 
     if jobs is None:
         summary = folder / "summary.json"
         jobs = int(json.loads(summary.read_text()).get("jobs", 2)) if summary.is_file() else 2
-    speed = {}
+    speed, protocol = {}, None
     if (folder / "grid.toml").is_file():
+        from dataclasses import asdict
+
+        from calib.study.plan import protocol_of
+
         grid = load_grid(folder / "grid.toml")
+        protocol = asdict(protocol_of(grid))
         pairs = any("int8_speedup" in r for r in rows)  # rows from before the speed-up pair took no time for it
         speed = {_cell(r): speed_prior(grid, _cell(r), pairs) for r in rows if r.get("timed")}
     began = sorted(int(p.stem.split("-")[-1]) for p in folder.glob("manifest-*.json")
@@ -389,4 +465,9 @@ def replay_run(rows_path: Path, hardware: str | None = None, jobs: int | None = 
     if began and began[-1] > first:  # a folder resumed or rerun later: the newest run's cells alone
         rows = [r for r in rows if r["started_at"] >= began[-1]]
         start = began[-1]
-    return replay(rows, jobs, speed, start, every)
+    known = timings(folder)
+    reused = None
+    if protocol is not None and start is not None:
+        versions = {k.removeprefix("version_"): v for k, v in rows[0].items() if k.startswith("version_")}
+        reused = expected_reuse(folder, protocol, versions, start)
+    return replay(rows, jobs, speed, start, every, known, protocol, reused)
