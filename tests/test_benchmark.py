@@ -110,7 +110,8 @@ def test_study_rows_carry_per_image_predictions(tmp_path, cifar_dir, monkeypatch
 
     quick_speed(monkeypatch)
     grid = tmp_path / "grid.toml"
-    grid.write_text('name = "p"\nmodels = ["tiny_cnn"]\nsources = ["noise"]\nper_class = 2\nprobe_per_class = 2\nseeds = [0]\n'
+    grid.write_text('name = "p"\nmodels = ["tiny_cnn"]\nsources = ["noise"]\nper_class = 2\nprobe_per_class = 2\n'
+                    'seeds = [0]\n'
                     'benchmark = true\nbenchmark_seconds = 0.05\n')
     run_study(grid, tmp_path / "run", progress=False)
     rows = {r["kind"]: r for r in read_jsonl(tmp_path / "run" / "rows.jsonl")}
@@ -151,7 +152,8 @@ def test_equal_models_share_one_timing_taken_alone(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "PeakMemory", Watched)
     grid = tmp_path / "grid.toml"
-    grid.write_text('name = "s"\nmodels = ["tiny_cnn"]\nsources = ["noise"]\nper_class = 2\nprobe_per_class = 2\nseeds = [0]\n'
+    grid.write_text('name = "s"\nmodels = ["tiny_cnn"]\nsources = ["noise"]\nper_class = 2\nprobe_per_class = 2\n'
+                    'seeds = [0]\n'
                     'algos = ["default", "accuracy-aware"]\naccuracy_aware_models = ["tiny_cnn"]\nmax_drop = 0.9\n'
                     'benchmark = true\nbenchmark_seconds = 0.05\nbenchmark_repeats = 5\n')
     summary = runner.run_study(grid, tmp_path / "run", progress=False)

@@ -306,8 +306,9 @@ def test_grid_option_diagnoses_every_openvino_quantize_cell(tmp_path, cifar_dir,
     from calib.study.runner import run_study
 
     grid = tmp_path / "grid.toml"
-    grid.write_text(f'name = "d"\nmodels = ["tiny_cnn"]\nsources = ["noise", "fractal"]\nper_class = 2\nprobe_per_class = 2\n'
-                    f'seeds = [0]\nengines = ["openvino", "onnxruntime"]\nsubset_sizes = [0]\nbenchmark = false\n'
+    grid.write_text(f'name = "d"\nmodels = ["tiny_cnn"]\nsources = ["noise", "fractal"]\nper_class = 2\n'
+                    f'probe_per_class = 2\nseeds = [0]\nengines = ["openvino", "onnxruntime"]\nsubset_sizes = [0]\n'
+                    f'benchmark = false\n'
                     f'diagnose = true\ndata_dir = "{cifar_dir}"\nweights_dir = "{weights_dir}"\n'
                     '[source_options.fractal]\nvariants = 2\n')
     run_study(grid, tmp_path / "run", progress=False)

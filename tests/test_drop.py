@@ -73,3 +73,26 @@ def test_a_study_cell_measures_its_drop_without_labels_on_images_its_set_never_h
         assert not held & set(image_hashes(read_set(probe).images).tolist())
     clash = next(r for r in cells if r["source"] == "distylegan" and r["seed"] == drop.PROBE_SEED)
     assert clash["probe_seed"] == drop.PROBE_SEED + 1
+
+
+def test_choosing_by_the_estimate_is_judged_against_the_best_source_by_its_paired_interval():
+    """Per group of cells that differ only by data-free source: the pick is the lowest estimate, the best the
+    highest test accuracy, and a source is within the best when their paired interval holds 0."""
+    import pandas as pd
+
+    from calib.study.dropfit import choices
+
+    rng = np.random.default_rng(0)
+    truth = rng.random(900) < 0.9
+    close = truth.copy()
+    close[:3] = ~close[:3]  # three images differ: inside the interval
+    far = truth & (rng.random(900) < 0.9)  # about 80 images lost: outside it
+    group = {"model": "m", "engine": "openvino", "algo": "default", "isa": "native", "fuse": True, "seed": 0,
+             "hardware_key": "cpu", "weights_id": "w"}
+    cells = pd.DataFrame([group | {"source": s, "probe_kl": kl, "correct": c, "int8_accuracy": c.mean()}
+                          for s, kl, c in [("inversion", 0.3, far), ("fractal", 0.1, close), ("noise", 0.2, truth),
+                                           ("cifar10", 0.0, truth)]])
+    fit = drop.DropFit(("probe_kl",), (0.1,), 0.0, -0.01, 0.01, 0.9, "-", 3)
+    (row,) = choices(cells, fit).to_dict("records")
+    assert row["best"] == "noise" and row["pick"] == "fractal" and row["sources"] == 3  # cifar10 is not data-free
+    assert row["pick_within"] and row["fractal_within"] and not row["inversion_within"]

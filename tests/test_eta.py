@@ -91,3 +91,40 @@ def test_speed_is_timed_alone_after_the_work_and_learns_from_the_timed_cells():
     assert est.left(now=4.0) == pytest.approx(36.0)  # the first is being timed
     est.row(a, OK | {"wall_seconds": 16.0, "speed_seconds": 15.0}, at=15.0)  # 1.5 times its prior
     assert est.left(now=15.0) == pytest.approx(1.5 * 30.0)
+
+
+def test_a_cell_whose_file_was_timed_before_expects_no_speed_time():
+    """A cell that makes a file already timed on this machine, ISA, protocol and versions reuses that timing
+    (`calib.study.timing.timed`): its speed prior leaves the estimate, and comes back if its file turns out new."""
+    done, timed = Cell("quantize", "resnet20", seed=0), Cell("quantize", "resnet20", seed=1)
+    est = Estimate([done, timed], jobs=1, speed={timed: 30.0})
+    est.work_done(done, OK | {"wall_seconds": 4.0}, at=0.0)
+    with_speed = est.left(now=0.0)
+    est.speed_reused(timed)
+    assert est.left(now=0.0) == pytest.approx(with_speed - 30.0)
+    est.speed_reused(timed, False)
+    assert est.left(now=0.0) == pytest.approx(with_speed)
+
+
+def test_expected_reuse_needs_every_timing_of_the_cell_under_todays_key(tmp_path):
+    import json
+
+    from calib.study.schedule import expected_reuse
+
+    protocol, versions = {"repeats": 5}, {"openvino": "1"}
+    machine = {"hardware_key": "CPU | avx2", "isa": "native"}
+    key = dict(machine, protocol=protocol, versions=versions)
+    entries = [{"key": {"what": "fp32file", **key}, "time": 1.0}, {"key": {"what": "int8file", **key}, "time": 1.0}]
+    rows = [{"cell": "base", "kind": "baseline", "status": "ok", "fp32_model_fingerprint": "fp32file",
+             "finished_at": 2.0, **machine},
+            {"cell": "quant", "kind": "quantize", "status": "ok", "int8_model_fingerprint": "int8file",
+             "finished_at": 2.0, **machine}]
+    (tmp_path / "speed.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert expected_reuse(tmp_path, protocol, versions) == {"base"}  # the INT8 cell's FP32-INT8 pair is untimed
+    pair = {"key": {"what": "pair:fp32file:int8file", **key}, "time": 1.0}
+    (tmp_path / "speed.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [*entries, pair]))
+    assert expected_reuse(tmp_path, protocol, versions) == {"base", "quant"}
+    assert expected_reuse(tmp_path, {"repeats": 10}, versions) == set()  # another protocol times again
+    assert expected_reuse(tmp_path, protocol, {"openvino": "2"}) == set()  # so do other versions
+    assert expected_reuse(tmp_path, protocol, versions, before=1.5) == set()  # rows that finished later
