@@ -20,14 +20,14 @@ import pandas as pd
 
 from calib.core.drop import DropFit
 from calib.core.errors import CalibError
+from calib.core.own import DATA_FREE  # the sources a user without data can run (`--source auto` tries them)
 
-DATA_FREE = ("distylegan", "fractal", "inversion", "noise")  # sources a user without data can run
 GROUP = ["model", "engine", "algo", "isa", "fuse", "seed", "hardware_key", "weights_id"]  # cells that differ by source
 ALWAYS = ("inversion", "fractal")  # the fixed rules the estimate's pick is set against
 # What the fit reads: the KL divergence of INT8's softmax from FP32's on the probe. Chosen before the committed
 # grids recorded any signal (on a trial run of the main grid's cells it tracked the drop best; flip rates of a few
 # hundred images are coarse); one feature, so nothing is tuned to the cells it is judged on.
-FEATURES = ("probe_kl",)
+FIT_FEATURES = ("probe_kl",)  # of the signals `calib.core.drop.FEATURES` names
 
 
 def family(model: str) -> str:
@@ -42,8 +42,8 @@ def drop_cells(run: Path) -> pd.DataFrame:
     from calib.study.report import _correct, _subset, cell_table, load_rows
 
     df = load_rows(run)
-    if not any(f in df for f in FEATURES):
-        raise CalibError(f"{run}: no row records the label-free signals ({', '.join(FEATURES)}); rerun the grid")
+    if not any(f in df for f in FIT_FEATURES):
+        raise CalibError(f"{run}: no row records the label-free signals ({', '.join(FIT_FEATURES)}); rerun the grid")
     table = cell_table(df, probe=True)
     labels, subsets = df.attrs.get("test_labels"), df.attrs.get("test_subsets")
     table["correct"] = [_correct(p, labels, _subset(sha, subsets))
@@ -51,15 +51,15 @@ def drop_cells(run: Path) -> pd.DataFrame:
     table["drop"] = -table.delta_to_fp32.astype(float)
     table["family"] = table.model.map(family)
     table["run"] = run.name
-    keep = table[table[list(FEATURES)].notna().all(axis=1) & table["drop"].notna()]
+    keep = table[table[list(FIT_FEATURES)].notna().all(axis=1) & table["drop"].notna()]
     return keep.drop(columns=["fp32_predictions", "int8_predictions"]).reset_index(drop=True)
 
 
 def fit_on(cells: pd.DataFrame, fitted_on: str) -> DropFit:
     if cells.empty:
         raise CalibError(f"no cells with signals and a measured drop to fit on ({fitted_on})")
-    return DropFit.fit(cells[list(FEATURES)].to_numpy(float), cells["drop"].to_numpy(float), fitted_on,
-                       features=FEATURES)
+    return DropFit.fit(cells[list(FIT_FEATURES)].to_numpy(float), cells["drop"].to_numpy(float), fitted_on,
+                       features=FIT_FEATURES)
 
 
 def with_estimates(cells: pd.DataFrame, fit: DropFit) -> pd.DataFrame:
