@@ -96,3 +96,13 @@ def test_choosing_by_the_estimate_is_judged_against_the_best_source_by_its_paire
     (row,) = choices(cells, fit).to_dict("records")
     assert row["best"] == "noise" and row["pick"] == "fractal" and row["sources"] == 3  # cifar10 is not data-free
     assert row["pick_within"] and row["fractal_within"] and not row["inversion_within"]
+
+
+def test_the_shipped_fit_is_the_one_the_committed_official_cells_give():
+    """calib/core/drop_fit.json is generated: fitting the committed official rows again gives it to the byte."""
+    from pathlib import Path
+
+    from calib.study.dropfit import OFFICIAL, drop_cells, fit_on, fitted_on
+
+    cells = drop_cells(Path(__file__).resolve().parents[1] / OFFICIAL)
+    assert fit_on(cells, fitted_on("official", cells)).to_json() == drop.FIT_FILE.read_text()

@@ -55,10 +55,15 @@ def drop_cells(run: Path) -> pd.DataFrame:
     return keep.drop(columns=["fp32_predictions", "int8_predictions"]).reset_index(drop=True)
 
 
-def fit_on(cells: pd.DataFrame, fitted_on: str) -> DropFit:
+def fitted_on(name: str, cells: pd.DataFrame) -> str:
+    """How a fit names the cells it was made from: the run, how many, on which machines."""
+    return f"{name}: {len(cells)} cells ({'; '.join(sorted(set(cells.hardware_key)))})"
+
+
+def fit_on(cells: pd.DataFrame, name: str) -> DropFit:
     if cells.empty:
-        raise CalibError(f"no cells with signals and a measured drop to fit on ({fitted_on})")
-    return DropFit.fit(cells[list(FIT_FEATURES)].to_numpy(float), cells["drop"].to_numpy(float), fitted_on,
+        raise CalibError(f"no cells with signals and a measured drop to fit on ({name})")
+    return DropFit.fit(cells[list(FIT_FEATURES)].to_numpy(float), cells["drop"].to_numpy(float), name,
                        features=FIT_FEATURES)
 
 
@@ -143,8 +148,7 @@ def validation(fit_run: Path, judge_run: Path) -> dict:
     """The whole validation: the fit made on `fit_run`'s cells and judged on `judge_run`'s, with the choice of
     source on each (everything a page or the command shows)."""
     fit_cells, judge_cells = drop_cells(fit_run), drop_cells(judge_run)
-    machines = sorted(set(fit_cells.hardware_key))
-    fit = fit_on(fit_cells, f"{fit_run.name}: {len(fit_cells)} cells ({'; '.join(machines)})")
+    fit = fit_on(fit_cells, fitted_on(fit_run.name, fit_cells))
     return {"fit": fit, "cells": {fit_run.name: fit_cells, judge_run.name: judge_cells},
             "judged": {fit_run.name: judge(fit_cells, fit), judge_run.name: judge(judge_cells, fit)},
             "choices": {fit_run.name: choices(fit_cells, fit), judge_run.name: choices(judge_cells, fit)},
