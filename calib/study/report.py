@@ -622,7 +622,7 @@ def expected_equal(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-STEPS = ["set", "export", "quantize", "test_images", "evaluate", "kernels", "pytorch", "diagnose", "time"]
+STEPS = ["set", "export", "quantize", "test_images", "evaluate", "kernels", "probe", "pytorch", "diagnose", "time"]
 
 
 def _cell_kind(row: dict) -> str:
