@@ -62,6 +62,11 @@ def test_quantize_json_is_the_recorded_row_and_nothing_else(tmp_path, noise_set)
     assert json.loads((tmp_path / "q" / "quantize.json").read_text())["int8_path"] == row["int8_path"]
     assert "Statistics collection" not in result.output  # NNCF's bars went to the run's log
     assert "Statistics collection" in (tmp_path / "q" / "calib.log").read_text()
+    from calib.core.drop import PROBE_PER_CLASS, load_fit  # the label-free estimate, by the shipped fit
+
+    fit = load_fit()
+    assert row["probe_images"] == 10 * PROBE_PER_CLASS and row["drop_fit"] == fit.id
+    assert row["estimated_drop"] == pytest.approx(fit.intercept + fit.coef[0] * row["probe_kl"], abs=1e-5)
 
 
 def test_quantize_text_is_a_short_summary_and_verbose_shows_nncf_on_stderr(tmp_path, noise_set):
@@ -69,6 +74,7 @@ def test_quantize_text_is_a_short_summary_and_verbose_shows_nncf_on_stderr(tmp_p
                     tmp_path / "r.jsonl", "--verbose")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) <= 4 and "int8.xml" in result.stdout
+    assert "estimated top-1 drop without labels" in result.stdout
     assert "Statistics collection" in result.stderr and "Statistics collection" not in result.stdout
 
 

@@ -988,8 +988,9 @@ def drop_validation(repo: Path) -> str:
     fit = v["fit"]
     rows = []
     for name, j in v["judged"].items():
-        part = "fitted on" if name == v["fit_run"] else "judged on (held out)"
-        rows.append([f"{name} ({part})", j["cells"], f"{j['spearman']:.2f}", f"{j['mae_points']:.2f}",
+        part = "fitted on" if name == v["fit_run"] else "held out"
+        models = ", ".join(sorted(set(v["cells"][name].model)))
+        rows.append([f"{name} ({part}): {models}", j["cells"], f"{j['spearman']:.2f}", f"{j['mae_points']:.2f}",
                      f"{100 * j['coverage']:.0f} %"])
     formula = (f"estimated drop = {100 * fit.intercept:+.2f} + {100 * fit.coef[0]:.2f} x KL(FP32 || INT8) points; "
                f"{round(100 * fit.level)} % interval {100 * fit.residual_low:+.2f} to {100 * fit.residual_high:+.2f} "

@@ -50,8 +50,12 @@ def _rows(run: Path, key: str, models: list[str] | None) -> dict[str, dict]:
         raise CalibError(f"{run} holds no rows.jsonl")
     rows = {}
     for r in read_jsonl(path):
-        if key in r and (not models or r.get("model") in models):
-            rows[r[key]] = r  # the newest row of a condition counts
+        value = r.get(key)
+        if value is None and key == "accuracy_condition" and "speed" not in r.get("condition_fields", ()):
+            value = r.get("condition") if not r.get("timed") else None  # rows from before the field: an untimed
+            # cell's condition was all accuracy then
+        if value is not None and (not models or r.get("model") in models):
+            rows[value] = r  # the newest row of a condition counts
     return rows
 
 

@@ -32,8 +32,8 @@ FIT_FEATURES = ("probe_kl",)  # of the signals `calib.core.drop.FEATURES` names
 
 def family(model: str) -> str:
     """A model's family from its name: resnet20 -> resnet, shufflenetv2_x0_5 -> shufflenetv2."""
-    m = re.match(r"[a-z]+(?:v\d)?", model)
-    return m.group(0) if m else model
+    m = re.match(r"([a-z]+?(?:v\d)?)\d*(?:_|$)", model)
+    return m.group(1) if m else model
 
 
 def drop_cells(run: Path) -> pd.DataFrame:
