@@ -12,7 +12,6 @@ from pathlib import Path
 
 from calib.cli.app import Format, emit, err_console, is_quiet, keep_log, say
 from calib.cli.options import refuse_int8
-from calib.core.drop import drop_text
 from calib.core.errors import CalibError, OptionError
 
 
@@ -154,6 +153,8 @@ def quantize_own_model(req, out: Path | None, overwrite: bool, record_path: Path
             tested = f"accuracy not measured: {req.data_dir} has no test/ folder (ROOT/test/<class>/*)"
         given = "FP32" if not row["fp16_weights"] else "FP32 graph with FP16-compressed weights (as given)"
         say(f"  size {row['fp32_bytes'] / 1e6:.2f} MB {given} -> {row['int8_bytes'] / 1e6:.2f} MB INT8; {tested}")
+        from calib.core.drop import drop_text  # numpy: not for `--help`
+
         say(f"  {drop_text(row)}")
         for t in row.get("choice", []):
             said = (t["error"] if t.get("error") else drop_text(t) if t.get("estimated_drop") is not None

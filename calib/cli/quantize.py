@@ -34,7 +34,6 @@ from calib.cli.options import (
     with_contract_order,
 )
 from calib.cli.own import accuracy_text, contract_options, evaluate_own_model, is_own, own_request, quantize_own_model
-from calib.core.drop import drop_text
 from calib.core.errors import CalibError, OptionError
 from calib.core.kinds import readers_text
 from calib.core.spec import Algo, CalibMethod, DropType, OverflowFix, Preset
@@ -150,6 +149,8 @@ def quantize_cmd(
             f"{row['calib_source']} set {Path(row['calib_set']).name}, seed {seed}): {row['int8_path']}")
         say(f"  size {row['fp32_bytes'] / 1e6:.2f} MB FP32 -> {row['int8_bytes'] / 1e6:.2f} MB INT8; "
             f"{accuracy_text(row)}")
+        from calib.core.drop import drop_text  # numpy: not for `--help`
+
         say(f"  {drop_text(row)}")
         say(f"  everything: {Path(row['out']) / 'quantize.json'} (--format json prints it)")
 
