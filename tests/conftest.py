@@ -96,13 +96,29 @@ def use_test_data(monkeypatch: pytest.MonkeyPatch, tmp_path_factory, cifar_dir: 
     monkeypatch.setenv("CALIB_WEIGHTS_DIR", str(weights_dir))
 
 
+TEST_PROBE_PER_CLASS = 2  # the label-free estimate's probe in tests: 20 images, not 500 (as test grids set it)
+
+
+def small_probe(monkeypatch) -> None:
+    """`calib quantize`'s probe (`calib.core.drop`) at `TEST_PROBE_PER_CLASS`: tiny images, as everywhere here."""
+    from calib.core import drop
+
+    images, measure = drop.probe_images, drop.measure
+    monkeypatch.setattr(drop, "probe_images", lambda seed, make=None, per_class=TEST_PROBE_PER_CLASS:
+                        images(seed, make, per_class))
+    monkeypatch.setattr(drop, "measure", lambda f, i, x, seed, per_class=TEST_PROBE_PER_CLASS:
+                        measure(f, i, x, seed, per_class))
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch, tmp_path_factory, cifar_dir, weights_dir):
-    """Every test sees the tiny tree and weights, and a private cache; no test touches the network."""
+    """Every test sees the tiny tree and weights, a private cache and a small probe; no test touches the
+    network."""
     use_test_data(monkeypatch, tmp_path_factory, cifar_dir, weights_dir)
     monkeypatch.delenv("CALIB_STYLEGAN2_PKL", raising=False)
     monkeypatch.setattr(torch.hub, "download_url_to_file",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("network disabled in tests")))
+    small_probe(monkeypatch)
 
 
 def reference_file() -> Path:

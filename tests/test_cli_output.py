@@ -62,10 +62,12 @@ def test_quantize_json_is_the_recorded_row_and_nothing_else(tmp_path, noise_set)
     assert json.loads((tmp_path / "q" / "quantize.json").read_text())["int8_path"] == row["int8_path"]
     assert "Statistics collection" not in result.output  # NNCF's bars went to the run's log
     assert "Statistics collection" in (tmp_path / "q" / "calib.log").read_text()
-    from calib.core.drop import PROBE_PER_CLASS, load_fit  # the label-free estimate, by the shipped fit
+    from calib.core.drop import load_fit  # the label-free estimate, by the shipped fit
+    from tests.conftest import TEST_PROBE_PER_CLASS
 
     fit = load_fit()
-    assert row["probe_images"] == 10 * PROBE_PER_CLASS and row["drop_fit"] == fit.id
+    assert row["probe_images"] == row["probe_per_class"] * 10 == TEST_PROBE_PER_CLASS * 10
+    assert row["drop_fit"] == fit.id
     assert row["estimated_drop"] == pytest.approx(fit.intercept + fit.coef[0] * row["probe_kl"], abs=1e-5)
 
 

@@ -75,7 +75,9 @@ def test_ray_and_worker_processes_give_the_same_rows_as_one_process(tmp_path, mo
     got, rows = rows_of(tmp_path / "ray")
     assert summary["ok"] == 5 and got == expected
     assert_speed_was_timed_alone(rows)
-    # every set was made once, by the driver, before the cells ran: no staging folder is left anywhere
+    # every set was made once, by the driver, before the cells ran: no staging folder is left anywhere (four
+    # calibration sets and the label-free estimate's probe)
     for run in ("local", "pool", "ray"):
         names = sorted(p.name for p in (tmp_path / run / "sets").iterdir())
-        assert len(names) == 4 and not any(n.startswith(".") for n in names)
+        assert len(names) == 5 and not any(n.startswith(".") for n in names)
+        assert sum(n.startswith("distylegan-2pc-s") for n in names) == 1
