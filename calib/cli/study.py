@@ -42,7 +42,7 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
     from calib.core.progress import duration, fd_stdout, progress
     from calib.study.grid import Selection, load_grid, select
     from calib.study.runner import run_study
-    from calib.study.schedule import Estimate, expected_reuse, reuses_timing, speed_prior, timing_context, timings
+    from calib.study.schedule import Estimate, expected_reuse, note_reuse, speed_prior, timings
 
     if not grid.is_file():
         raise OptionError(f"grid file {grid} does not exist")
@@ -82,9 +82,7 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
         if known and g.times(cell) and row.get("model_file") and (out / row["model_file"]).is_file():
             from calib.core.speed import model_fingerprint
 
-            fingerprint = model_fingerprint(out / row["model_file"])
-            estimate.speed_reused(cell, reuses_timing(known, fingerprint, timing_context(row, protocol, now),
-                                                      cell.kind == "quantize"))
+            note_reuse(estimate, known, cell, row, model_fingerprint(out / row["model_file"]), protocol, now)
 
     with progress(f"study {g.name}", total, quiet, left=estimate.left) as advance:
 

@@ -149,6 +149,19 @@ def reuses_timing(known: dict[tuple[str, str], float], fingerprint: str | None, 
                                for (w, c), t in known.items())
 
 
+def row_versions(row: dict) -> dict:
+    """The library versions a row recorded (`version_<name>` fields), as a timing's key holds them."""
+    return {k.removeprefix("version_"): v for k, v in row.items() if k.startswith("version_")}
+
+
+def note_reuse(estimate: Estimate, known: dict, cell: Cell, row: dict, fingerprint: str | None, protocol: dict,
+               versions: dict, at: float = float("inf")) -> None:
+    """Tell `estimate` whether a cell whose work just ended (`row`, its file's `fingerprint`) will reuse all its
+    timings (`reuses_timing` among `known`, taken before `at`)."""
+    context = timing_context(row, protocol, versions)
+    estimate.speed_reused(cell, reuses_timing(known, fingerprint, context, cell.kind == "quantize", at))
+
+
 def expected_reuse(folder: Path, protocol: dict, versions: dict, before: float | None = None) -> set[str]:
     """Ids of the cells expected to reuse a timing before any of them runs: a cell whose earlier row in the
     folder (finished before `before`) has a file whose timings are all there under today's protocol, versions,
@@ -391,10 +404,7 @@ def replay(rows: list[dict], jobs: int, speed: dict[Cell, float] | None = None, 
             elif what == 1:
                 estimate.work_done(cell, row, at)
                 fingerprint = row.get("int8_model_fingerprint") or row.get("fp32_model_fingerprint")
-                versions = {k.removeprefix("version_"): v for k, v in row.items() if k.startswith("version_")}
-                context = timing_context(row, protocol or {}, versions)
-                estimate.speed_reused(cell, reuses_timing(known or {}, fingerprint, context, cell.kind == "quantize",
-                                                          at))
+                note_reuse(estimate, known or {}, cell, row, fingerprint, protocol or {}, row_versions(row), at)
             else:
                 estimate.row(cell, row, at)
             pos += 1
@@ -468,6 +478,5 @@ def replay_run(rows_path: Path, hardware: str | None = None, jobs: int | None = 
     known = timings(folder)
     reused = None
     if protocol is not None and start is not None:
-        versions = {k.removeprefix("version_"): v for k, v in rows[0].items() if k.startswith("version_")}
-        reused = expected_reuse(folder, protocol, versions, start)
+        reused = expected_reuse(folder, protocol, row_versions(rows[0]), start)
     return replay(rows, jobs, speed, start, every, known, protocol, reused)
