@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replay", type=Path, metavar="ROWS", help="a run folder's rows.jsonl to replay")
     parser.add_argument("--hardware", help="--replay: only rows whose hardware_key contains this")
     parser.add_argument("--jobs", type=int, help="--replay: slots (default the run's summary.json, else 2)")
+    parser.add_argument("--times-from", type=Path, metavar="RUN",
+                        help="--replay: start from each cell's time in this earlier run's folder")
     args = parser.parse_args(argv)
     if (args.log is None) == (args.replay is None):
         parser.error("give a log or --replay ROWS")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if not args.replay.is_file():
             parser.error(f"--replay {args.replay} does not exist")
-        points = replay_run(args.replay, args.hardware, args.jobs)
+        points = replay_run(args.replay, args.hardware, args.jobs, earlier=args.times_from)
         if not points:
             sys.exit(f"{args.replay}: no rows with start and end times"
                      + (f" on {args.hardware}" if args.hardware else ""))

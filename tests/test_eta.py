@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from calib.study.grid import Cell
-from calib.study.schedule import PAST_DUE, Estimate, aa_factor, replay_run, worst_error
+from calib.study.schedule import PAST_DUE, REUSED_SPEED, Estimate, aa_factor, replay_run, worst_error
 
 REPO = Path(__file__).resolve().parents[1]
 THIS_MACHINE = "avx512_core_bf16"  # the machine kind whose committed runs the estimate is held to
@@ -96,15 +96,16 @@ def test_speed_is_timed_alone_after_the_work_and_learns_from_the_timed_cells():
     assert est.left(now=15.0) == pytest.approx(1.5 * 30.0)
 
 
-def test_a_cell_whose_file_was_timed_before_expects_no_speed_time():
+def test_a_cell_whose_file_was_timed_before_expects_little_speed_time():
     """A cell that makes a file already timed on this machine, ISA, protocol and versions reuses that timing
-    (`calib.study.timing.timed`): its speed prior leaves the estimate, and comes back if its file turns out new."""
+    (`calib.study.timing.timed`): its speed prior leaves the estimate but for reading the timing, and comes back
+    if its file turns out new."""
     done, timed = Cell("quantize", "resnet20", seed=0), Cell("quantize", "resnet20", seed=1)
     est = Estimate([done, timed], jobs=1, speed={timed: 30.0})
     est.work_done(done, OK | {"wall_seconds": 4.0}, at=0.0)
     with_speed = est.left(now=0.0)
     est.speed_reused(timed)
-    assert est.left(now=0.0) == pytest.approx(with_speed - 30.0)
+    assert est.left(now=0.0) == pytest.approx(with_speed - 30.0 + REUSED_SPEED)
     est.speed_reused(timed, False)
     assert est.left(now=0.0) == pytest.approx(with_speed)
 
@@ -131,3 +132,53 @@ def test_expected_reuse_needs_every_timing_of_the_cell_under_todays_key(tmp_path
     assert expected_reuse(tmp_path, {"repeats": 10}, versions) == set()  # another protocol times again
     assert expected_reuse(tmp_path, protocol, {"openvino": "2"}) == set()  # so do other versions
     assert expected_reuse(tmp_path, protocol, versions, before=1.5) == set()  # rows that finished later
+
+
+def test_earlier_times_take_this_machine_kinds_newest_row(tmp_path):
+    """A cell's time comes from its newest ok row on this machine kind, else from its newest on any; the work
+    alone (no speed, no FP32 export); and the estimate is told whether all came from this machine kind."""
+    import json
+
+    from calib.study.schedule import earlier_times
+
+    a, b, c = Cell("quantize", "resnet20"), Cell("quantize", "resnet56"), Cell("baseline", "resnet20")
+    rows = [{"cell": a.id, "wall_seconds": 10.0, "finished_at": 1.0, "hardware_key": "here"},
+            {"cell": a.id, "wall_seconds": 20.0, "finished_at": 2.0, "hardware_key": "there"},
+            {"cell": a.id, "wall_seconds": 30.0, "finished_at": 0.5, "hardware_key": "here"},
+            {"cell": b.id, "wall_seconds": 9.0, "speed_seconds": 4.0, "step_seconds": {"export": 1.0},
+             "finished_at": 1.0, "hardware_key": "here"},
+            {"cell": c.id, "wall_seconds": 5.0, "finished_at": 1.0, "hardware_key": "here", "status": "error"}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(OK | r) + "\n" for r in rows))
+    assert earlier_times(tmp_path, [a, b, c], key=lambda cell: "here") == ({a: 10.0, b: 4.0}, True)
+    assert earlier_times(tmp_path, [a], key=lambda cell: "elsewhere") == ({a: 20.0}, False)
+    assert earlier_times(tmp_path / "none", [a]) == ({}, True)
+
+
+def test_cells_that_ran_before_take_their_time_then_at_this_runs_pace():
+    """With every cell's earlier time there is an estimate from the start; finished cells set the pace. On this
+    machine kind the pace starts at 1 and moves as the work done outweighs `EARLIER_TRUST`; from another
+    machine kind it is what the cells took."""
+    from calib.study.schedule import EARLIER_TRUST, KIND_TRUST
+
+    a, b, c = (Cell("quantize", "resnet20", seed=s) for s in range(3))
+    earlier = {a: 10.0, b: 20.0, c: 30.0}
+    here = Estimate([a, b, c], jobs=1, earlier=earlier, same_machine=True)
+    assert here.left(now=0.0) == pytest.approx(60.0)
+    here.work_done(a, OK | {"wall_seconds": 20.0}, at=0.0)  # twice its earlier time
+    overall = (20.0 + EARLIER_TRUST) / (10.0 + EARLIER_TRUST)
+    assert here.left(now=0.0) == pytest.approx(50.0 * (20.0 + KIND_TRUST * overall) / (10.0 + KIND_TRUST))
+    there = Estimate([a, b, c], jobs=1, earlier=earlier, same_machine=False)
+    there.work_done(a, OK | {"wall_seconds": 20.0}, at=0.0)
+    assert there.left(now=0.0) == pytest.approx(100.0)
+
+
+def test_times_from_must_be_a_run_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from calib.cli import app
+
+    result = CliRunner().invoke(app, ["study", "run", str(REPO / "experiments" / "main.toml"), "--times-from",
+                                      str(tmp_path), "--out", str(tmp_path / "out")])
+    err = result.stderr.strip()
+    assert result.exit_code == 2 and len(err.splitlines()) == 1 and "--times-from" in err, result.output
+    assert not (tmp_path / "out").exists()

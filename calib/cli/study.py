@@ -35,6 +35,9 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
               data_dir: DataDir = None,
               jobs: Annotated[int, typer.Option(min=1, help="Local worker processes for cells that time nothing; "
                                                             "timed cells always run alone.")] = 1,
+              times_from: Annotated[Path | None, typer.Option(
+                  help="An earlier run's folder: the time-left estimate starts from each cell's time there; "
+                       "default results/study/<grid name> beside the grid's folder, where it is.")] = None,
               quiet: Quiet = False) -> None:
     """Run a grid; a rerun runs every cell without an ok row (so a killed run resumes, skipped cells retry).
 
@@ -42,7 +45,7 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
     from calib.core.progress import duration, fd_stdout, progress
     from calib.study.grid import Selection, load_grid, select
     from calib.study.runner import run_study
-    from calib.study.schedule import Estimate, expected_reuse, note_reuse, speed_prior, timings
+    from calib.study.schedule import Estimate, earlier_times, expected_reuse, note_reuse, speed_prior, timings
 
     if not grid.is_file():
         raise OptionError(f"grid file {grid} does not exist")
@@ -62,10 +65,14 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
     out = out or Path("runs/study") / g.name
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out} is a file; give a folder for the run")
+    if times_from is not None and not (times_from / "rows.jsonl").is_file():
+        raise OptionError(f"--times-from {times_from} holds no rows.jsonl; give a study run's folder")
+    times_from = times_from or grid.resolve().parent.parent / "results" / "study" / g.name
     counts = {"ok": 0, "skipped": 0, "error": 0}
     log = run_log()
     cells = {c.id: c for c in select(g, selection)}
-    estimate = Estimate(list(cells.values()), jobs, {c: speed_prior(g, c) for c in cells.values() if g.times(c)})
+    estimate = Estimate(list(cells.values()), jobs, {c: speed_prior(g, c) for c in cells.values() if g.times(c)},
+                        *earlier_times(times_from, list(cells.values())))
     known = timings(out)  # files timed before: a cell that makes one again reuses its timing
     if known:
         from dataclasses import asdict

@@ -78,6 +78,14 @@ PRIOR = {("quantize", "accuracy-aware", "openvino"): 5.0, ("quantize", "default"
          ("baseline", "default", "onnxruntime"): 0.35}
 AA_PRIOR_WEIGHT = 4.0  # the accuracy-aware prior counts as this many finished cells of the model
 PAST_DUE = 0.1  # a cell running past its expected time is expected to need this fraction of it again
+# Cells with a time from an earlier run (`earlier_times`) are expected to take it times this run's pace: the
+# seconds these cells took over the seconds they took then. On the same machine kind the pace starts at 1 and
+# counts as this many seconds of earlier work (one run's cells differ from the next's by a fifth or more, by what
+# shares the machine with them); each kind of cell (`kind_of`) has its own pace, which starts at the run's and
+# counts as `KIND_TRUST` seconds.
+EARLIER_TRUST = 240.0
+KIND_TRUST = 60.0
+REUSED_SPEED = 0.3  # seconds a timed cell takes when all its timings are there: its file found and read
 PACE_CELLS = 8  # the run's pace: the last this many finished cells of a (model, kind) pair seen before
 
 
@@ -182,6 +190,40 @@ def expected_reuse(folder: Path, protocol: dict, versions: dict, before: float |
     return out
 
 
+def work_seconds(row: dict) -> float:
+    """A finished cell's work: its wall time less its speed measurement and its one-off FP32 export."""
+    steps = row.get("step_seconds") or {}
+    return max(0.0, float(row.get("wall_seconds") or 0.0) - float(row.get("speed_seconds") or 0.0)
+               - float(steps.get("export", 0.0)))
+
+
+def cell_hardware_key(cell: Cell) -> str:
+    """The `hardware_key` a cell's row gets on this machine."""
+    from calib.core.hardware import cpu_model, hardware_key, native_isa
+
+    native = native_isa()
+    return hardware_key(cpu_model(), native if cell.isa == NATIVE else cell.isa, native)
+
+
+def earlier_times(folder: Path, cells: list[Cell], key=cell_hardware_key) -> tuple[dict[Cell, float], bool]:
+    """Each cell's work seconds when it last ran in an earlier run's folder (its `rows.jsonl`): the newest ok row
+    of the cell on this machine kind (`key(cell)`), else the newest on any. Cells keep their time from run to run
+    far better than any model of them does (an accuracy-aware search takes as long as it restores layers, and
+    the same set restores the same layers), so the estimate starts from these and scales them by the pace of
+    this run (`Estimate`). Also whether every one of them ran on this machine kind."""
+    from calib.core.runs import read_jsonl
+
+    wanted = {c.id: c for c in cells}
+    newest: dict[str, tuple[bool, float, float]] = {}
+    for r in read_jsonl(folder / "rows.jsonl") if (folder / "rows.jsonl").is_file() else ():
+        cell = wanted.get(r.get("cell"))
+        if cell is None or r.get("status") != "ok" or not r.get("wall_seconds"):
+            continue
+        rank = (r.get("hardware_key") == key(cell), float(r.get("finished_at") or 0.0), work_seconds(r))
+        newest[cell.id] = max(newest.get(cell.id, rank), rank)
+    return {wanted[i]: t for i, (_, _, t) in newest.items()}, all(same for same, _, _ in newest.values())
+
+
 def _geomean(values: list[float]) -> float:
     import math
 
@@ -225,7 +267,10 @@ class Estimate:
     """Time left in a run: the work of the cells left, shared by `jobs` slots, then each timed cell's speed
     measured alone.
 
-    - A cell is expected to take what finished cells of its model and kind took (less the one-off FP32 export);
+    - A cell that ran in an earlier run (`earlier`, from `earlier_times`) is expected to take its time there
+      times this run's pace (`EARLIER_TRUST`, `KIND_TRUST`): with every cell known so, there is an estimate
+      from the start.
+    - Any other cell is expected to take what finished cells of its model and kind took (less the one-off FP32 export);
       a pair not seen yet, its model's factor times its kind's (`fit_factors`), else its kind's `PRIOR` in
       seconds per unit of prior. `longest_first` starts one cell of every pair early.
     - An accuracy-aware cell is expected to take `aa_factor` default cells of its model, weighed as
@@ -238,12 +283,15 @@ class Estimate:
       after another in the order the runner times them; the one being timed counts its elapsed time.
     """
 
-    def __init__(self, cells: list[Cell], jobs: int, speed: dict[Cell, float] | None = None):
+    def __init__(self, cells: list[Cell], jobs: int, speed: dict[Cell, float] | None = None,
+                 earlier: dict[Cell, float] | None = None, same_machine: bool = False):
         self.work_left = list(cells)
+        self.earlier = dict(earlier or {})  # cell -> its work seconds in an earlier run (`earlier_times`)
+        self.same_machine = same_machine  # whether all of those ran on this machine kind
         speed = speed or {}
         self.speed_prior = {c: speed[c] for group in by_isa(list(cells)).values() for c in group if c in speed}
         self.speed_left = list(self.speed_prior)  # in the order the runner times them
-        self._prior_of: dict[Cell, float] = {}  # speed priors before `speed_reused` changed them
+        self.reused: set[Cell] = set()  # timed cells whose timings are all there already (`speed_reused`)
         self.jobs = jobs
         self.seconds: dict[Cell, float] = {}  # finished cells' work seconds
         self.speed_seconds: dict[Cell, float] = {}
@@ -266,16 +314,13 @@ class Estimate:
             self.work_left.remove(cell)
             self.last_end = time.time() if at is None else at
             if row.get("status") == "ok":
-                steps = row.get("step_seconds") or {}
-                self.seconds[cell] = max(0.0, float(row.get("wall_seconds") or 0.0)
-                                         - float(row.get("speed_seconds") or 0.0) - float(steps.get("export", 0.0)))
+                self.seconds[cell] = work_seconds(row)
 
     def speed_reused(self, cell: Cell, reused: bool = True) -> None:
-        """Whether a cell's file has all its timings already (`timings`): then its speed takes no time."""
+        """Whether a cell's file has all its timings already (`timings`): then its speed takes `REUSED_SPEED`."""
         with self.lock:
             if cell in self.speed_prior:
-                self._prior_of.setdefault(cell, self.speed_prior[cell])
-                self.speed_prior[cell] = 0.0 if reused else self._prior_of[cell]
+                (self.reused.add if reused else self.reused.discard)(cell)
 
     def row(self, cell: Cell, row: dict, at: float | None = None) -> None:
         """A cell's row arrived: its work (if not reported already) and its speed are done."""
@@ -288,7 +333,8 @@ class Estimate:
                     self.speed_seconds[cell] = float(row["speed_seconds"])
 
     def left(self, now: float | None = None) -> float | None:
-        """Seconds left at `now` (time.time()), or None before any cell finished."""
+        """Seconds left at `now` (time.time()), or None before any cell finished (unless every cell left has an
+        earlier time)."""
         with self.lock:
             return self._left(time.time() if now is None else now)
 
@@ -303,8 +349,8 @@ class Estimate:
         means = {pair: sum(v) / len(v) for pair, v in pairs.items()}
         pace = _pace(plain)
         models, kinds = fit_factors(means)
-        typical_model = _geomean(list(models.values()))
-        unit = _geomean([kinds[k] / PRIOR.get(k[:3], 1.0) for k in kinds])  # seconds per unit of prior
+        typical_model = _geomean(list(models.values())) if models else 1.0
+        unit = _geomean([kinds[k] / PRIOR.get(k[:3], 1.0) for k in kinds]) if kinds else 1.0  # s per unit of prior
         searched: dict[str, list[float]] = {}
         for c, t in self.seconds.items():
             if c.algo == "accuracy-aware":
@@ -316,7 +362,20 @@ class Estimate:
                 return means[cell.model, kind] * pace
             return models.get(cell.model, typical_model) * kinds.get(kind, prior(cell) * unit) * pace
 
+        again = [c for c in self.seconds if c in self.earlier]
+
+        trust = EARLIER_TRUST if self.same_machine else 0.0
+        overall = ((sum(self.seconds[c] for c in again) + trust) / (sum(self.earlier[c] for c in again) + trust)
+                   if again or trust else 1.0)
+        by_kind: dict[tuple, list[Cell]] = {}
+        for c in again:
+            by_kind.setdefault(kind_of(c), []).append(c)
+        scale = {k: (sum(self.seconds[c] for c in v) + KIND_TRUST * overall)
+                 / (sum(self.earlier[c] for c in v) + KIND_TRUST) for k, v in by_kind.items()}
+
         def expected(cell: Cell) -> float:
+            if cell in self.earlier:
+                return self.earlier[cell] * scale.get(kind_of(cell), overall)
             if cell.algo != "accuracy-aware":
                 return default(cell)
             seen = searched.get(cell.model, [])
@@ -326,7 +385,7 @@ class Estimate:
         return expected
 
     def _left(self, now: float) -> float | None:
-        if not self.seconds:
+        if not self.seconds and not all(c in self.earlier for c in self.work_left):
             return None
         expected = self._expected()
 
@@ -338,10 +397,10 @@ class Estimate:
         for cell in longest_first([c for c in self.work_left if c not in self.running]):
             slots[slots.index(min(slots))] += expected(cell)
         work = max(slots, default=0.0)
-        timed = [c for c in self.speed_prior if c in self.speed_seconds and self.speed_prior[c] > 0]
+        timed = [c for c in self.speed_prior if c in self.speed_seconds and c not in self.reused]
         scale = (sum(self.speed_seconds[c] for c in timed) / max(1e-9, sum(self.speed_prior[c] for c in timed))
                  if timed else 1.0)
-        speed = [self.speed_prior[c] * scale for c in self.speed_left]
+        speed = [REUSED_SPEED if c in self.reused else self.speed_prior[c] * scale for c in self.speed_left]
         if speed and not self.work_left and self.last_end is not None:
             speed[0] = remaining(speed[0], self.last_end)  # being timed now
         return work + sum(speed)
@@ -375,17 +434,19 @@ def _cell(row: dict) -> Cell:
 
 def replay(rows: list[dict], jobs: int, speed: dict[Cell, float] | None = None, start: float | None = None,
            every: float = 10.0, known: dict | None = None, protocol: dict | None = None,
-           reused: set[str] | None = None) -> list[tuple[float, float | None, float]]:
+           reused: set[str] | None = None, earlier: tuple[dict[Cell, float], bool] | None = None
+           ) -> list[tuple[float, float | None, float]]:
     """A finished run's rows fed to `Estimate` as they happened (each cell's start, end of work and row) and asked
     every `every` seconds, as the progress line asks: (elapsed, estimated seconds left, seconds actually left).
     Elapsed counts from `start` (when the run began; default the first cell's start). `speed`: each timed cell's
     prior seconds (`speed_prior`); `known`, `protocol`: the folder's `timings` and the grid's protocol, to tell
     the cells whose timings were there already when their work ended; `reused`: the ids of those expected to
-    reuse theirs from the start (`expected_reuse`)."""
+    reuse theirs from the start (`expected_reuse`); `earlier`: the cells' times in an earlier run
+    (`earlier_times`)."""
     cells = [(_cell(r), r) for r in rows if "started_at" in r and "finished_at" in r]
     if not cells:
         return []
-    estimate = Estimate([c for c, _ in cells], jobs, speed)
+    estimate = Estimate([c for c, _ in cells], jobs, speed, *(earlier or ()))
     for cell, _ in cells:
         if cell.id in (reused or ()):
             estimate.speed_reused(cell)
@@ -443,10 +504,11 @@ def worst_error(points: list[tuple[float, float | None, float]], floor: float = 
 
 
 def replay_run(rows_path: Path, hardware: str | None = None, jobs: int | None = None,
-               every: float = 10.0) -> list[tuple[float, float | None, float]]:
+               every: float = 10.0, earlier: Path | None = None) -> list[tuple[float, float | None, float]]:
     """`replay` of a run folder's newest run (the rows that started after its newest manifest; of those whose
     `hardware_key` contains `hardware`), from when that run began, with the speed priors of its grid and its
-    summary's jobs."""
+    summary's jobs; with `earlier` (another run's folder), each cell's time there (`earlier_times`, preferring
+    rows of the replayed row's machine kind)."""
     from calib.core.runs import read_jsonl
     from calib.study.grid import load_grid
 
@@ -479,4 +541,8 @@ def replay_run(rows_path: Path, hardware: str | None = None, jobs: int | None = 
     reused = None
     if protocol is not None and start is not None:
         reused = expected_reuse(folder, protocol, row_versions(rows[0]), start)
-    return replay(rows, jobs, speed, start, every, known, protocol, reused)
+    before = None
+    if earlier is not None:
+        keys = {r["cell"]: r.get("hardware_key") for r in rows}
+        before = earlier_times(earlier, [_cell(r) for r in rows], key=lambda c: keys.get(c.id))
+    return replay(rows, jobs, speed, start, every, known, protocol, reused, before)
