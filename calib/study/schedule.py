@@ -78,13 +78,14 @@ PRIOR = {("quantize", "accuracy-aware", "openvino"): 5.0, ("quantize", "default"
          ("baseline", "default", "onnxruntime"): 0.35}
 AA_PRIOR_WEIGHT = 4.0  # the accuracy-aware prior counts as this many finished cells of the model
 PAST_DUE = 0.1  # a cell running past its expected time is expected to need this fraction of it again
-# Cells with a time from an earlier run (`earlier_times`) are expected to take it times this run's pace: the
-# seconds these cells took over the seconds they took then. On the same machine kind the pace starts at 1 and
-# counts as this many seconds of earlier work (one run's cells differ from the next's by a fifth or more, by what
-# shares the machine with them); each kind of cell (`kind_of`) has its own pace, which starts at the run's and
-# counts as `KIND_TRUST` seconds.
-EARLIER_TRUST = 240.0
-KIND_TRUST = 60.0
+# Cells with a time from an earlier run (`earlier_times`) are expected to take it times their kind's pace in this
+# run (`kind_of`): the seconds its finished cells took over the seconds they took then (the run's pace while a kind
+# has none). The pace moves with the machine's load and by engine (on one machine, a day's OpenVINO cells took 0.7
+# of an earlier day's, its ONNX Runtime cells the same), so it is learned, not assumed; on the same machine kind it
+# starts at 1, counting as `EARLIER_TRUST` seconds of earlier work, and a kind's counts its first `KIND_TRUST`
+# seconds at the run's pace, so one short cell does not swing it.
+EARLIER_TRUST = 10.0
+KIND_TRUST = 5.0
 REUSED_SPEED = 0.3  # seconds a timed cell takes when all its timings are there: its file found and read
 PACE_CELLS = 8  # the run's pace: the last this many finished cells of a (model, kind) pair seen before
 
