@@ -19,23 +19,34 @@ OK = {"status": "ok"}
 @pytest.mark.parametrize("run", ["main", "official"])
 def test_time_left_of_the_committed_runs_stays_within_half_after_a_quarter(run):
     """Each cell's start, end of work and row fed to the estimate as they happened in the newest committed run
-    (two slots, the speed phase alone at the end), asked every 10 s: after a quarter of the run, while at least
-    30 s were left, it is never off by half. The aim is a fifth; what keeps these runs from it (NNCF's
-    accuracy-aware searches of ResNet56 take 7 to 110 s, by how much the set's INT8 loses) is in
-    docs/results.md's time-left table, which prints the figures."""
+    (two slots, the speed phase alone at the end), asked every 10 s, with no earlier run of the cells to start
+    from (a grid never run): after a quarter of the run, while at least 30 s were left, it is never off by half.
+    From an earlier run's times it does better (next test); without them the accuracy-aware searches of
+    ResNet56 (7 to 110 s, by how much the set's INT8 loses) are what no earlier cell tells."""
     points = replay_run(REPO / "results" / "study" / run / "rows.jsonl", THIS_MACHINE)
     assert len(points) > 10
     assert worst_error(points) <= 0.50
 
 
-@pytest.mark.parametrize("run", ["main", "official"])
-def test_a_replay_says_what_the_run_itself_printed(run):
-    """The replay is faithful: the committed progress log of the run the rows came from (what the run printed
-    every 10 s) and the rows replayed give the same largest error, within a few points."""
+def test_the_main_job_said_its_time_left_within_a_fifth():
+    """README's main job, run as README says on this machine kind with the committed main run beside it, printed
+    an estimate within a fifth of the time actually left at every line after a quarter of the run (while at
+    least 30 s were left): the committed log of that run."""
     from calib.study.schedule import log_points
 
-    printed = worst_error(log_points((REPO / "results" / "timing" / f"{run}-progress.log").read_text()))
-    replayed = worst_error(replay_run(REPO / "results" / "study" / run / "rows.jsonl", THIS_MACHINE))
+    points = log_points((REPO / "results" / "timing" / "main-progress.log").read_text())
+    assert len(points) > 10
+    assert worst_error(points) <= 0.20
+
+
+def test_a_replay_says_what_the_run_itself_printed():
+    """The replay is faithful: the committed progress log of a run (what it printed every 10 s) and its rows
+    replayed from the same earlier run give the same largest error, within a few points."""
+    from calib.study.schedule import log_points
+
+    printed = worst_error(log_points((REPO / "results" / "timing" / "main-progress.log").read_text()))
+    replayed = worst_error(replay_run(REPO / "results" / "study" / "main-rerun" / "rows.jsonl", THIS_MACHINE,
+                                      earlier=REPO / "results" / "study" / "main"))
     assert printed is not None and replayed is not None and abs(printed - replayed) <= 0.05
 
 

@@ -44,7 +44,8 @@ def duration(seconds: float) -> str:
 
 
 class _Heartbeat:
-    """A thread that writes one line about a step every `HEARTBEAT_S` seconds to a stream that is no terminal."""
+    """A thread that writes one line about a step every `HEARTBEAT_S` seconds to a stream that is no terminal, and
+    one more when the step ends well: a log then says when it ended, not only when it was last asked."""
 
     def __init__(self, line: Callable[[], str], stream: IO[str]):
         self.line, self.stream, self.stop_event = line, stream, threading.Event()
@@ -62,9 +63,15 @@ class _Heartbeat:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         self.stop_event.set()
         self.thread.join()
+        if kind is None:
+            try:
+                self.stream.write(self.line() + "\n")
+                self.stream.flush()
+            except (ValueError, OSError):
+                pass
 
 
 def status_line(description: str, completed: float, total: float | None, elapsed: float,

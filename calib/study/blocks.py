@@ -375,29 +375,50 @@ def time_official(repo: Path) -> str:
                                 (Path("results/study/official"), "After")))
 
 
+# The committed progress logs (`calib study run GRID --jobs 2 2> LOG`): the run folder whose rows they printed, and
+# the earlier run the estimate started from (None: a log printed before `--times-from`, by commit 3d22539's estimate)
+PROGRESS_LOGS = {"main-progress.log": (Path("results/study/main-rerun"), MAIN),
+                 "official-progress.log": (OFFICIAL, None)}
+# Committed runs replayed through today's estimate, each from nothing (a grid never run before) and from an
+# earlier run of the same cells (`--times-from`): the "before" runs are of older code, so a harder test
+REPLAYS = ((MAIN, None), (MAIN, Path("results/study/main-before")), (OFFICIAL, None),
+           (OFFICIAL, Path("results/study/official-before")), (Path("results/study/main-before"), MAIN))
+
+
 @register_block("time-left")
 def time_left(repo: Path) -> str:
     """How far the progress line's "about ... left" was off after a quarter of a run: real runs (their committed
-    progress logs) and the committed runs' rows replayed through today's estimator."""
+    progress logs) and the committed runs' rows replayed through today's estimator, from nothing and from an
+    earlier run of the same cells."""
     from calib.study.schedule import log_points, replay_run, worst_error
 
     def pct(points) -> str:
         worst = worst_error(points)
         return "-" if worst is None else f"{100 * worst:.0f} %"
 
+    def link(path: Path) -> str:
+        return f"[`{path.as_posix()}`](/{path.as_posix()})"
+
     lines = []
-    for log in sorted((repo / "results" / "timing").glob("*-progress.log")):
+    for name, (run, earlier) in PROGRESS_LOGS.items():
+        log = repo / "results" / "timing" / name
+        if not log.is_file():
+            continue
         points = log_points(log.read_text())
         end = points[-1][0] if points else 0.0
-        lines.append([f"[`{log.name}`](/{log.relative_to(repo).as_posix()})", "the run, as it printed", duration(end),
-                      pct(points)])
-    for run in (MAIN, OFFICIAL):
-        points = replay_run(repo / run / "rows.jsonl", "avx512_core_bf16")
+        lines.append([link(log.relative_to(repo)) + f" ({run.name})", "as it printed",
+                      f"each cell's time in {link(earlier)}" if earlier else "nothing (the estimate of 3d22539)",
+                      duration(end), pct(points)])
+    for run, earlier in REPLAYS:
+        points = replay_run(repo / run / "rows.jsonl", "avx512_core_bf16",
+                            earlier=repo / earlier if earlier else None)
         end = points[-1][0] + points[-1][2] if points else 0.0
-        lines.append([f"[`{run.as_posix()}`](/{run.as_posix()})", "its rows replayed (`scripts/eta_check.py --replay`)",
+        lines.append([link(run), "its rows replayed (`scripts/eta_check.py --replay`)",
+                      f"each cell's time in {link(earlier)}" if earlier else "nothing: a grid never run",
                       duration(end), pct(points)])
     return ("Largest |said − actual| / actual of \"time left\" after a quarter of the run, while at least 30 s were "
-            "left (AMD EPYC | avx512_core_bf16):\n\n" + _md(["run", "estimate", "run time", "largest error"], lines))
+            "left (AMD EPYC | avx512_core_bf16):\n\n"
+            + _md(["run", "estimate", "started from", "run time", "largest error"], lines))
 
 
 @register_block("expected-equal")
