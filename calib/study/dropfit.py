@@ -39,15 +39,13 @@ def family(model: str) -> str:
 def drop_cells(run: Path) -> pd.DataFrame:
     """A run's quantize cells with probe signals: condition, `drop` (FP32 − INT8 test top-1), its paired interval,
     the signals and `correct` (per test image, for pairing cells with each other)."""
-    from calib.study.report import _correct, _subset, cell_table, load_rows
+    from calib.study.report import cell_table, load_rows, row_correct
 
     df = load_rows(run)
     if not any(f in df for f in FIT_FEATURES):
         raise CalibError(f"{run}: no row records the label-free signals ({', '.join(FIT_FEATURES)}); rerun the grid")
     table = cell_table(df, probe=True)
-    labels, subsets = df.attrs.get("test_labels"), df.attrs.get("test_subsets")
-    table["correct"] = [_correct(p, labels, _subset(sha, subsets))
-                        for p, sha in zip(table.int8_predictions, table.test_indices_sha256)]
+    table["correct"] = [row_correct(df, p, sha) for p, sha in zip(table.int8_predictions, table.test_indices_sha256)]
     table["drop"] = -table.delta_to_fp32.astype(float)
     table["family"] = table.model.map(family)
     table["run"] = run.name

@@ -212,6 +212,13 @@ def _subset(sha, subsets: dict | None) -> np.ndarray | None:
     return (subsets or {}).get(sha) if isinstance(sha, str) else None
 
 
+def row_correct(df: pd.DataFrame, predictions, test_indices_sha256) -> np.ndarray | None:
+    """Per test image of one of `df`'s rows (`load_rows`), whether its prediction is right: the run's labels, on
+    the test images the row was scored on."""
+    subset = _subset(test_indices_sha256, df.attrs.get("test_subsets"))
+    return _correct(predictions, df.attrs.get("test_labels"), subset)
+
+
 def _pick(row: dict | None, col: str):
     return np.nan if row is None else row.get(col, np.nan)
 
