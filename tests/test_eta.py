@@ -163,6 +163,10 @@ def test_earlier_times_take_this_machine_kinds_newest_row(tmp_path):
     assert earlier_times(tmp_path, [a, b, c], key=lambda cell: "here") == ({a: 10.0, b: 4.0}, True)
     assert earlier_times(tmp_path, [a], key=lambda cell: "elsewhere") == ({a: 20.0}, False)
     assert earlier_times(tmp_path / "none", [a]) == ({}, True)
+    (tmp_path / "out").mkdir()  # a run folder of its own beside the committed one: rows pooled, newest wins
+    (tmp_path / "out" / "rows.jsonl").write_text(json.dumps(OK | rows[0] | {"wall_seconds": 7.0, "finished_at": 3.0})
+                                                 + "\n")
+    assert earlier_times([tmp_path, tmp_path / "out"], [a], key=lambda cell: "here") == ({a: 7.0}, True)
 
 
 def test_cells_that_ran_before_take_their_time_then_at_this_runs_pace():

@@ -37,7 +37,8 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
                                                             "timed cells always run alone.")] = 1,
               times_from: Annotated[Path | None, typer.Option(
                   help="An earlier run's folder: the time-left estimate starts from each cell's time there; "
-                       "default results/study/<grid name> beside the grid's folder, where it is.")] = None,
+                       "default results/study/<grid name> beside the grid's folder, where it is, and --out.")]
+              = None,
               quiet: Quiet = False) -> None:
     """Run a grid; a rerun runs every cell without an ok row (so a killed run resumes, skipped cells retry).
 
@@ -67,12 +68,12 @@ def study_run(grid: Annotated[Path, typer.Argument(help="Grid TOML file.")],
         raise OptionError(f"--out {out} is a file; give a folder for the run")
     if times_from is not None and not (times_from / "rows.jsonl").is_file():
         raise OptionError(f"--times-from {times_from} holds no rows.jsonl; give a study run's folder")
-    times_from = times_from or grid.resolve().parent.parent / "results" / "study" / g.name
+    earlier = [times_from] if times_from else [grid.resolve().parent.parent / "results" / "study" / g.name, out]
     counts = {"ok": 0, "skipped": 0, "error": 0}
     log = run_log()
     cells = {c.id: c for c in select(g, selection)}
     estimate = Estimate(list(cells.values()), jobs, {c: speed_prior(g, c) for c in cells.values() if g.times(c)},
-                        *earlier_times(times_from, list(cells.values())))
+                        *earlier_times(earlier, list(cells.values())))
     known = timings(out)  # files timed before: a cell that makes one again reuses its timing
     if known:
         from dataclasses import asdict

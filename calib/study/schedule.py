@@ -206,8 +206,9 @@ def cell_hardware_key(cell: Cell) -> str:
     return hardware_key(cpu_model(), native if cell.isa == NATIVE else cell.isa, native)
 
 
-def earlier_times(folder: Path, cells: list[Cell], key=cell_hardware_key) -> tuple[dict[Cell, float], bool]:
-    """Each cell's work seconds when it last ran in an earlier run's folder (its `rows.jsonl`): the newest ok row
+def earlier_times(folders: Path | list[Path], cells: list[Cell], key=cell_hardware_key
+                  ) -> tuple[dict[Cell, float], bool]:
+    """Each cell's work seconds when it last ran in earlier runs' folders (their `rows.jsonl`): the newest ok row
     of the cell on this machine kind (`key(cell)`), else the newest on any. Cells keep their time from run to run
     far better than any model of them does (an accuracy-aware search takes as long as it restores layers, and
     the same set restores the same layers), so the estimate starts from these and scales them by the pace of
@@ -216,7 +217,9 @@ def earlier_times(folder: Path, cells: list[Cell], key=cell_hardware_key) -> tup
 
     wanted = {c.id: c for c in cells}
     newest: dict[str, tuple[bool, float, float]] = {}
-    for r in read_jsonl(folder / "rows.jsonl") if (folder / "rows.jsonl").is_file() else ():
+    folders = [folders] if isinstance(folders, Path) else folders
+    rows = (r for folder in folders if (folder / "rows.jsonl").is_file() for r in read_jsonl(folder / "rows.jsonl"))
+    for r in rows:
         cell = wanted.get(r.get("cell"))
         if cell is None or r.get("status") != "ok" or not r.get("wall_seconds"):
             continue
