@@ -130,6 +130,20 @@ def test_progress_prints_a_line_every_few_seconds_off_a_terminal(monkeypatch, ca
     assert capsys.readouterr().err == ""
 
 
+def test_a_logged_step_ends_its_log_with_its_end_and_a_short_step_stays_silent(monkeypatch, capsys):
+    from calib.core import progress
+
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 0.05)
+    with progress.progress("work", 10) as advance:
+        time.sleep(0.2)
+        advance(10)
+    assert capsys.readouterr().err.splitlines()[-1].startswith("work: 10/10 (100 %), ")
+    monkeypatch.setattr(progress, "HEARTBEAT_S", 60.0)
+    with progress.progress("short", 10) as advance:
+        advance(10)
+    assert capsys.readouterr().err == ""
+
+
 GRID = """
 name = "out"
 models = ["tiny_cnn"]

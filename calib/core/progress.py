@@ -45,10 +45,12 @@ def duration(seconds: float) -> str:
 
 class _Heartbeat:
     """A thread that writes one line about a step every `HEARTBEAT_S` seconds to a stream that is no terminal, and
-    one more when the step ends well: a log then says when it ended, not only when it was last asked."""
+    after any, one more when the step ends well: a log then says when it ended, not only when it was last asked
+    (a step too short for a line stays silent)."""
 
     def __init__(self, line: Callable[[], str], stream: IO[str]):
         self.line, self.stream, self.stop_event = line, stream, threading.Event()
+        self.wrote = False
         self.thread = threading.Thread(target=self._run, daemon=True, name="calib-progress")
 
     def _run(self) -> None:
@@ -56,6 +58,7 @@ class _Heartbeat:
             try:
                 self.stream.write(self.line() + "\n")
                 self.stream.flush()
+                self.wrote = True
             except (ValueError, OSError):  # the stream was closed under us: nothing more to say
                 return
 
@@ -66,7 +69,7 @@ class _Heartbeat:
     def __exit__(self, kind, *exc) -> None:
         self.stop_event.set()
         self.thread.join()
-        if kind is None:
+        if kind is None and self.wrote:
             try:
                 self.stream.write(self.line() + "\n")
                 self.stream.flush()
