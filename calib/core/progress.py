@@ -53,13 +53,19 @@ class _Heartbeat:
         self.wrote = False
         self.thread = threading.Thread(target=self._run, daemon=True, name="calib-progress")
 
+    def _write(self) -> bool:
+        """One line; False where the stream was closed under us (nothing more to say)."""
+        try:
+            self.stream.write(self.line() + "\n")
+            self.stream.flush()
+        except (ValueError, OSError):
+            return False
+        self.wrote = True
+        return True
+
     def _run(self) -> None:
         while not self.stop_event.wait(HEARTBEAT_S):
-            try:
-                self.stream.write(self.line() + "\n")
-                self.stream.flush()
-                self.wrote = True
-            except (ValueError, OSError):  # the stream was closed under us: nothing more to say
+            if not self._write():
                 return
 
     def __enter__(self) -> _Heartbeat:
@@ -70,11 +76,7 @@ class _Heartbeat:
         self.stop_event.set()
         self.thread.join()
         if kind is None and self.wrote:
-            try:
-                self.stream.write(self.line() + "\n")
-                self.stream.flush()
-            except (ValueError, OSError):
-                pass
+            self._write()
 
 
 def status_line(description: str, completed: float, total: float | None, elapsed: float,

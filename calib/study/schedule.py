@@ -216,6 +216,7 @@ def earlier_times(folders: Path | list[Path], cells: list[Cell], key=cell_hardwa
     from calib.core.runs import read_jsonl
 
     wanted = {c.id: c for c in cells}
+    here = {c.id: key(c) for c in cells}  # once per cell, not per row
     newest: dict[str, tuple[bool, float, float]] = {}
     folders = [folders] if isinstance(folders, Path) else folders
     rows = (r for folder in folders if (folder / "rows.jsonl").is_file() for r in read_jsonl(folder / "rows.jsonl"))
@@ -223,7 +224,7 @@ def earlier_times(folders: Path | list[Path], cells: list[Cell], key=cell_hardwa
         cell = wanted.get(r.get("cell"))
         if cell is None or r.get("status") != "ok" or not r.get("wall_seconds"):
             continue
-        rank = (r.get("hardware_key") == key(cell), float(r.get("finished_at") or 0.0), work_seconds(r))
+        rank = (r.get("hardware_key") == here[cell.id], float(r.get("finished_at") or 0.0), work_seconds(r))
         newest[cell.id] = max(newest.get(cell.id, rank), rank)
     return {wanted[i]: t for i, (_, _, t) in newest.items()}, all(same for same, _, _ in newest.values())
 
@@ -367,7 +368,6 @@ class Estimate:
             return models.get(cell.model, typical_model) * kinds.get(kind, prior(cell) * unit) * pace
 
         again = [c for c in self.seconds if c in self.earlier]
-
         trust = EARLIER_TRUST if self.same_machine else 0.0
         overall = ((sum(self.seconds[c] for c in again) + trust) / (sum(self.earlier[c] for c in again) + trust)
                    if again or trust else 1.0)
