@@ -102,7 +102,8 @@ def test_the_shipped_fit_is_the_one_the_committed_official_cells_give():
     """calib/core/drop_fit.json is generated: fitting the committed official rows again gives it to the byte."""
     from pathlib import Path
 
-    from calib.study.dropfit import OFFICIAL, drop_cells, fit_on, fitted_on
+    from calib.study.blocks import OFFICIAL
+    from calib.study.dropfit import drop_cells, fit_on, fitted_on
 
     cells = drop_cells(Path(__file__).resolve().parents[1] / OFFICIAL)
     assert fit_on(cells, fitted_on("official", cells)).to_json() == drop.FIT_FILE.read_text()

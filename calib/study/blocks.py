@@ -985,14 +985,12 @@ def aa_profile(repo: Path) -> str:
 
 @functools.lru_cache(maxsize=2)
 def _drop_validation(repo: Path, stamp: tuple) -> dict:
-    from calib.study.dropfit import FAMILIES, OFFICIAL, validation
+    from calib.study.dropfit import validation
 
     return validation(repo / OFFICIAL, repo / FAMILIES)
 
 
 def _validation(repo: Path) -> dict:
-    from calib.study.dropfit import FAMILIES, OFFICIAL
-
     stamp = tuple((repo / r / "rows.jsonl").stat().st_mtime_ns for r in (OFFICIAL, FAMILIES))
     return _drop_validation(repo.resolve(), stamp)
 

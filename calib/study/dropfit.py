@@ -139,9 +139,6 @@ def scatter(cells: pd.DataFrame, fit: DropFit, path: Path) -> Path:
     return save_figure(g.figure, path, dpi=110)
 
 
-OFFICIAL, FAMILIES = Path("results/study/official"), Path("results/study/families")
-
-
 def validation(fit_run: Path, judge_run: Path) -> dict:
     """The whole validation: the fit made on `fit_run`'s cells and judged on `judge_run`'s, with the choice of
     source on each (everything a page or the command shows)."""
